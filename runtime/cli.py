@@ -1,0 +1,28 @@
+"""The ``runtime`` command: ``runtime db`` (embedded server); ``runtime serve`` comes next."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from runtime.embedded import cli as db_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``runtime``."""
+    parser = argparse.ArgumentParser(prog="runtime", description="reactgen runtime")
+    commands = parser.add_subparsers(dest="command", required=True)
+    db = commands.add_parser("db", help="run the embedded MongoDB-compatible server",
+                             description="Run the embedded MongoDB-compatible server. The first "
+                             "line on stdout is its connection URI; logs go to stderr.")
+    db_cli.add_arguments(db)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``runtime`` console script."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(args_list)
+    if args.command == "db":
+        return db_cli.run_from_args(args, args_list[1:])
+    return 2

@@ -1,0 +1,251 @@
+"""How command handlers read and write documents: directly, or inside a transaction.
+
+:class:`DirectAccess` applies each write to the catalog at once (one command is one atomic unit).
+:class:`TransactionAccess` keeps a transaction's writes in a private overlay that only that
+transaction reads; at commit they are checked for conflicts and applied as one unit, so readers
+and change streams see all of them at once, and nothing of an aborted one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from runtime.embedded import planner
+from runtime.embedded.datastore import DataStore, WriteUnit
+from runtime.embedded.errors import CommandError, WriteError
+from runtime.embedded.ordering import Key, id_key
+from runtime.embedded.storage import Collection
+
+TRANSIENT = "TransientTransactionError"
+
+
+class Access(Protocol):
+    """The document operations command handlers use."""
+
+    store: DataStore
+
+    def collection(self, db: str, name: str) -> Collection | None:
+        """An existing collection."""
+        ...
+
+    def ensure(self, db: str, name: str) -> Collection:
+        """A collection, created implicitly when missing."""
+        ...
+
+    def candidates(self, coll: Collection, query: dict[str, Any],
+                   sort: list[tuple[str, int]] | None) -> tuple[Iterator[dict[str, Any]], bool]:
+        """Documents that may match ``query``; True when they come in ``sort`` order."""
+        ...
+
+    def insert(self, coll: Collection, doc: dict[str, Any]) -> None:
+        """Insert a document."""
+        ...
+
+    def replace(self, coll: Collection, old: dict[str, Any], new: dict[str, Any],
+                is_replacement: bool) -> None:
+        """Store ``new`` in place of ``old``."""
+        ...
+
+    def delete(self, coll: Collection, doc: dict[str, Any]) -> None:
+        """Delete a document."""
+        ...
+
+
+def _documents(coll: Collection, keys: Iterator[Key]) -> Iterator[dict[str, Any]]:
+    docs = coll.docs
+    for key in keys:
+        doc = docs.get(key)
+        if doc is not None:
+            yield doc
+
+
+class DirectAccess:
+    """Reads and writes the committed state; writes are recorded in ``unit``."""
+
+    def __init__(self, store: DataStore, unit: WriteUnit) -> None:
+        self.store = store
+        self.unit = unit
+
+    def collection(self, db: str, name: str) -> Collection | None:
+        return self.store.catalog.get(db, name)
+
+    def ensure(self, db: str, name: str) -> Collection:
+        return self.store.ensure_collection(self.unit, db, name)
+
+    def candidates(self, coll: Collection, query: dict[str, Any],
+                   sort: list[tuple[str, int]] | None) -> tuple[Iterator[dict[str, Any]], bool]:
+        chosen = planner.plan(coll, query, sort)
+        return _documents(coll, chosen.ids), chosen.sorted_by_index
+
+    def insert(self, coll: Collection, doc: dict[str, Any]) -> None:
+        self.store.insert(self.unit, coll, doc)
+
+    def replace(self, coll: Collection, old: dict[str, Any], new: dict[str, Any],
+                is_replacement: bool) -> None:
+        self.store.replace(self.unit, coll, old, new, is_replacement)
+
+    def delete(self, coll: Collection, doc: dict[str, Any]) -> None:
+        self.store.delete(self.unit, coll, doc)
+
+
+@dataclass
+class _Touched:
+    base: dict[str, Any] | None  # committed document when first touched
+    current: dict[str, Any] | None  # the transaction's version (None = deleted)
+
+
+@dataclass
+class Transaction:
+    """A multi-document transaction's private state."""
+
+    lsid: dict[str, Any]
+    txn_number: int
+    touched: dict[tuple[str, str, Key], _Touched] = field(default_factory=dict)
+    steps: list[tuple[str, str, str, Key, bool]] = field(default_factory=list)
+    failed: CommandError | None = None
+
+    def release(self, store: DataStore) -> None:
+        """Drop this transaction's document locks."""
+        locks = store.transaction_locks
+        for key in self.touched:
+            if locks.get(key) is self:
+                del locks[key]
+
+
+class TransactionAccess:
+    """Reads the committed state through the transaction's overlay; buffers writes."""
+
+    def __init__(self, store: DataStore, txn: Transaction) -> None:
+        self.store = store
+        self.txn = txn
+        self._unit = WriteUnit()
+
+    def collection(self, db: str, name: str) -> Collection | None:
+        return self.store.catalog.get(db, name)
+
+    def ensure(self, db: str, name: str) -> Collection:
+        coll = self.store.catalog.get(db, name)
+        if coll is None:
+            coll = self.store.create_collection(self._unit, db, name, {})
+            self.store.commit(self._unit)
+            self._unit = WriteUnit()
+        return coll
+
+    def candidates(self, coll: Collection, query: dict[str, Any],
+                   sort: list[tuple[str, int]] | None) -> tuple[Iterator[dict[str, Any]], bool]:
+        chosen = planner.plan(coll, query, sort)
+        return self._merged(coll, chosen.ids), False
+
+    def _merged(self, coll: Collection, keys: Iterator[Key]) -> Iterator[dict[str, Any]]:
+        touched = self.txn.touched
+        seen: set[Key] = set()
+        for key in keys:
+            entry = touched.get((coll.db, coll.name, key))
+            if entry is not None:
+                seen.add(key)
+                if entry.current is not None:
+                    yield entry.current
+                continue
+            doc = coll.docs.get(key)
+            if doc is not None:
+                yield doc
+        for (db, name, key), entry in list(touched.items()):
+            if db == coll.db and name == coll.name and key not in seen:
+                if entry.current is not None and entry.base is None:
+                    yield entry.current
+
+    def _touch(self, coll: Collection, key: Key) -> _Touched:
+        lock_key = (coll.db, coll.name, key)
+        holder = self.store.transaction_locks.get(lock_key)
+        if holder is not None and holder is not self.txn:
+            raise CommandError(
+                112,
+                "Write conflict during plan execution and yielding is disabled.",
+                labels=[TRANSIENT],
+            )
+        self.store.transaction_locks[lock_key] = self.txn
+        entry = self.txn.touched.get(lock_key)
+        if entry is None:
+            base = coll.docs.get(key)
+            entry = _Touched(base=base, current=base)
+            self.txn.touched[lock_key] = entry
+        return entry
+
+    def _check_unique(self, coll: Collection, doc: dict[str, Any], key: Key) -> None:
+        for index in coll.indexes.values():
+            if not index.spec.unique:
+                continue
+            for components in index.keys_for(doc):
+                for other_key in index.scan(components, components):
+                    if other_key == key:
+                        continue
+                    touched = self.txn.touched.get((coll.db, coll.name, other_key))
+                    if touched is None or (touched.current is not None and
+                                           components in index.keys_for(touched.current)):
+                        raise index.duplicate_error(doc)
+            for (db, name, other_key), touched in self.txn.touched.items():
+                if (db, name) == (coll.db, coll.name) and other_key != key and touched.current:
+                    if set(index.keys_for(touched.current)) & set(index.keys_for(doc)):
+                        raise index.duplicate_error(doc)
+
+    def insert(self, coll: Collection, doc: dict[str, Any]) -> None:
+        key = id_key(doc["_id"])
+        entry = self._touch(coll, key)
+        if entry.current is not None:
+            raise coll.indexes["_id_"].duplicate_error(doc)
+        self._check_unique(coll, doc, key)
+        entry.current = doc
+        self.txn.steps.append(("insert", coll.db, coll.name, key, False))
+
+    def replace(self, coll: Collection, old: dict[str, Any], new: dict[str, Any],
+                is_replacement: bool) -> None:
+        key = id_key(old["_id"])
+        entry = self._touch(coll, key)
+        self._check_unique(coll, new, key)
+        entry.current = new
+        self.txn.steps.append(("replace", coll.db, coll.name, key, is_replacement))
+
+    def delete(self, coll: Collection, doc: dict[str, Any]) -> None:
+        key = id_key(doc["_id"])
+        entry = self._touch(coll, key)
+        entry.current = None
+        self.txn.steps.append(("delete", coll.db, coll.name, key, False))
+
+    def commit(self) -> WriteUnit:
+        """Validate and apply the transaction's writes as one unit (not yet committed)."""
+        catalog = self.store.catalog
+        for (db, name, key), entry in self.txn.touched.items():
+            coll = catalog.get(db, name)
+            current = coll.docs.get(key) if coll is not None else None
+            if current is not entry.base:
+                raise CommandError(112, "Write conflict: a document written by this transaction "
+                                   "was changed by another operation", labels=[TRANSIENT])
+        unit = WriteUnit(lsid=self.txn.lsid, txn_number=self.txn.txn_number)
+        # Each document's final version is applied once, in the order documents were first
+        # touched, which keeps the events in statement order for the common one-write case.
+        final_order: list[tuple[str, str, Key]] = []
+        for _, db, name, key, _replacement in self.txn.steps:
+            if (db, name, key) not in final_order:
+                final_order.append((db, name, key))
+        replacement_of = {(db, name, key): repl for op, db, name, key, repl in self.txn.steps
+                          if op == "replace"}
+        try:
+            for db, name, key in final_order:
+                coll = catalog.get(db, name)
+                if coll is None:
+                    continue
+                entry = self.txn.touched[(db, name, key)]
+                old = coll.docs.get(key)
+                new = entry.current
+                if old is None and new is not None:
+                    self.store.insert(unit, coll, new)
+                elif old is not None and new is None:
+                    self.store.delete(unit, coll, old)
+                elif old is not None and new is not None and old is not new:
+                    self.store.replace(unit, coll, old, new,
+                                       replacement_of.get((db, name, key), False))
+        except WriteError as exc:
+            raise CommandError(exc.code, exc.message, labels=[TRANSIENT]) from exc
+        return unit

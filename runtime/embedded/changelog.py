@@ -1,0 +1,181 @@
+"""The change log (our oplog): every committed change, in commit order, with resume tokens.
+
+Change streams read from here. Each entry gets a sequence number; its resume token encodes
+``(clusterTime, txnOpIndex, sequence, kind)`` as fixed-width hex, so tokens compare like the log.
+The log is bounded by size (``--oplog-size-mb``); resuming from a position that fell out of it is
+``ChangeStreamHistoryLost`` (286).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import bson
+from bson.timestamp import Timestamp
+
+from runtime.embedded.errors import CommandError
+from runtime.embedded.wire import CODEC
+
+TOKEN_EVENT = 0
+TOKEN_INVALIDATE = 1
+TOKEN_HIGH_WATER_MARK = 2
+_TOKEN_LENGTH = 8 + 8 + 8 + 16 + 2
+
+
+@dataclass
+class ResumePosition:
+    """A decoded resume token."""
+
+    cluster_time: Timestamp
+    txn_index: int
+    seq: int
+    kind: int
+
+
+def encode_token(cluster_time: Timestamp, txn_index: int, seq: int, kind: int) -> dict[str, Any]:
+    """The ``{_data: hex}`` resume token for a log position."""
+    return {
+        "_data": f"{cluster_time.time:08X}{cluster_time.inc:08X}{txn_index:08X}{seq:016X}{kind:02X}"
+    }
+
+
+def decode_token(token: Any) -> ResumePosition:
+    """Parse a resume token; malformed tokens are ``InvalidResumeToken`` (260)."""
+    data = token.get("_data") if isinstance(token, dict) else None
+    if not isinstance(data, str) or len(data) != _TOKEN_LENGTH:
+        raise CommandError(260, f"invalid resume token: {token!r}")
+    try:
+        return ResumePosition(
+            cluster_time=Timestamp(int(data[0:8], 16), int(data[8:16], 16)),
+            txn_index=int(data[16:24], 16),
+            seq=int(data[24:40], 16),
+            kind=int(data[40:42], 16),
+        )
+    except ValueError as exc:
+        raise CommandError(260, f"invalid resume token: {token!r}") from exc
+
+
+@dataclass
+class ChangeEntry:
+    """One committed change as the log keeps it (images included, event shape decided later)."""
+
+    op: str
+    db: str
+    coll: str | None
+    cluster_time: Timestamp
+    wall_time: datetime.datetime
+    txn_index: int = 0
+    seq: int = 0
+    document_key: dict[str, Any] | None = None
+    post_image: dict[str, Any] | None = None
+    pre_image: dict[str, Any] | None = None
+    images_enabled: bool = False
+    update_description: dict[str, Any] | None = None
+    to: dict[str, Any] | None = None
+    operation_description: dict[str, Any] | None = None
+    collection_uuid: Any = None
+    lsid: dict[str, Any] | None = None
+    txn_number: Any = None
+    size: int = field(default=0, compare=False)
+
+    def token(self, kind: int = TOKEN_EVENT) -> dict[str, Any]:
+        """This entry's resume token."""
+        return encode_token(self.cluster_time, self.txn_index, self.seq, kind)
+
+    def to_document(self) -> dict[str, Any]:
+        """BSON-ready form, for the write-ahead log."""
+        doc = {k: v for k, v in self.__dict__.items() if k != "size" and v is not None}
+        return doc
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> ChangeEntry:
+        """Inverse of :meth:`to_document`."""
+        entry = cls(**{k: v for k, v in doc.items() if k in cls.__dataclass_fields__})
+        entry.size = len(bson.encode(doc, codec_options=CODEC))
+        return entry
+
+
+class ChangeLog:
+    """A bounded, in-order log of :class:`ChangeEntry` with awaitable appends."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.entries: deque[ChangeEntry] = deque()
+        self.last_seq = 0
+        self.last_time = Timestamp(0, 0)
+        self.evicted_through = 0  # every entry with seq <= this is gone
+        self._bytes = 0
+        self._appended = asyncio.Event()
+
+    def append(self, entries: list[ChangeEntry], assign: bool = True) -> None:
+        """Add committed entries (one command or one transaction) and wake waiting streams."""
+        for entry in entries:
+            if assign:
+                self.last_seq += 1
+                entry.seq = self.last_seq
+            else:
+                self.last_seq = max(self.last_seq, entry.seq)
+            if not entry.size:
+                entry.size = len(bson.encode(entry.to_document(), codec_options=CODEC))
+            self.entries.append(entry)
+            self._bytes += entry.size
+            self.last_time = entry.cluster_time
+        while self._bytes > self.max_bytes and len(self.entries) > 1:
+            gone = self.entries.popleft()
+            self._bytes -= gone.size
+            self.evicted_through = gone.seq
+        if entries:
+            self._appended.set()
+            self._appended = asyncio.Event()
+
+    def reset_notifier(self) -> None:
+        """Bind the notifier to the running loop (the log may be built before the loop starts)."""
+        self._appended = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        """Wait until something is appended, or ``timeout`` seconds pass."""
+        event = self._appended
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def after(self, seq: int) -> Iterator[ChangeEntry]:
+        """Entries with a sequence number greater than ``seq``, oldest first."""
+        if not self.entries or seq >= self.last_seq:
+            return
+        first = self.entries[0].seq
+        start = max(0, seq + 1 - first)
+        for index in range(start, len(self.entries)):
+            yield self.entries[index]
+
+    def require_available(self, seq: int) -> None:
+        """Raise 286 if the entries after ``seq`` are no longer all in the log."""
+        if seq < self.evicted_through:
+            raise CommandError(
+                286,
+                "Resume of change stream was not possible, as the resume point may no longer be "
+                "in the oplog.",
+            )
+
+    def seq_at_time(self, ts: Timestamp) -> int:
+        """The position just before the first entry at or after ``ts`` (inclusive start)."""
+        key = (ts.time, ts.inc)
+        if self.evicted_through and self.entries and key < (
+            self.entries[0].cluster_time.time,
+            self.entries[0].cluster_time.inc,
+        ):
+            self.require_available(-1)
+        for entry in self.entries:
+            if (entry.cluster_time.time, entry.cluster_time.inc) >= key:
+                return entry.seq - 1
+        return self.last_seq
+
+    def high_water_mark(self) -> dict[str, Any]:
+        """Token meaning "everything in the log so far has been seen"."""
+        return encode_token(self.last_time, 0xFFFFFFFF, self.last_seq, TOKEN_HIGH_WATER_MARK)

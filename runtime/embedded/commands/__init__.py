@@ -1,0 +1,13 @@
+"""Command handlers, one module per family; importing this package registers all of them."""
+
+from runtime.embedded.commands import (  # noqa: F401  (imported for registration)
+    aggregation,
+    catalog,
+    crud,
+    handshake,
+    testing,
+    transactions,
+)
+from runtime.embedded.commands.registry import COMMANDS, CommandInfo
+
+__all__ = ["COMMANDS", "CommandInfo"]

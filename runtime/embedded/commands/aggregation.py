@@ -1,0 +1,180 @@
+"""The ``aggregate`` command: pipelines over a collection, ``$out``/``$merge``, change streams."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtime.embedded import change_streams, engine
+from runtime.embedded.commands.crud import matching
+from runtime.embedded.commands.registry import CommandContext, command, int_option
+from runtime.embedded.cursors import first_batch_reply
+from runtime.embedded.errors import CommandError, WriteError
+from runtime.embedded.ordering import id_key, value_key
+
+
+class _CollectionsOf:
+    """Lets ``$lookup``/``$unionWith`` read the other collections of one database."""
+
+    def __init__(self, ctx: CommandContext) -> None:
+        self._ctx = ctx
+
+    def documents(self, collection: str) -> list[dict[str, Any]]:
+        coll = self._ctx.access.collection(self._ctx.db, collection)
+        return list(matching(self._ctx, coll, {}, None)) if coll is not None else []
+
+
+def _pipeline(ctx: CommandContext) -> list[dict[str, Any]]:
+    pipeline = ctx.body.get("pipeline")
+    if not isinstance(pipeline, list) or not all(isinstance(s, dict) for s in pipeline):
+        raise CommandError(14, "'pipeline' option must be specified as an array of objects")
+    for stage in pipeline:
+        if len(stage) != 1:
+            raise CommandError(40323, "A pipeline stage specification object must contain "
+                               "exactly one field.")
+    return pipeline
+
+
+@command("aggregate", in_transaction=True)
+async def aggregate(ctx: CommandContext) -> dict[str, Any]:
+    """Run a pipeline; a leading ``$changeStream`` opens a change stream instead."""
+    pipeline = _pipeline(ctx)
+    target = ctx.body.get("aggregate")
+    cursor_opts = ctx.body.get("cursor")
+    if cursor_opts is None and not ctx.body.get("explain"):
+        raise CommandError(9, "The 'cursor' option is required, except for aggregate with the "
+                           "explain argument")
+    batch_size = int_option(cursor_opts or {}, "batchSize")
+    if pipeline and "$changeStream" in pipeline[0]:
+        if ctx.transaction is not None:
+            raise CommandError(263, "Cannot run a $changeStream in a transaction")
+        return _open_change_stream(ctx, target, pipeline, batch_size)
+    for stage in pipeline[1:]:
+        if "$changeStream" in stage:
+            raise CommandError(40602, "$changeStream is only valid as the first stage in a "
+                               "pipeline.")
+    if not isinstance(target, str):
+        if target == 1:
+            raise CommandError(40324, "collection-less aggregate stages ($currentOp, "
+                               "$listLocalSessions, $documents) are not supported")
+        raise CommandError(73, "'aggregate' needs a collection name or 1")
+    writer = None
+    if pipeline and next(iter(pipeline[-1])) in ("$out", "$merge"):
+        writer = pipeline[-1]
+        pipeline = pipeline[:-1]
+        if ctx.transaction is not None:
+            raise CommandError(263, f"{next(iter(writer))} cannot be used in a transaction")
+    coll = ctx.access.collection(ctx.db, target)
+    query: dict[str, Any] = {}
+    rest = pipeline
+    if pipeline and "$match" in pipeline[0] and isinstance(pipeline[0]["$match"], dict):
+        query, rest = pipeline[0]["$match"], pipeline[1:]
+        if "$expr" in query or "$text" in query or "$where" in query:
+            query, rest = {}, pipeline
+    source = list(matching(ctx, coll, query, None)) if coll is not None else []
+    results = engine.run_pipeline(source, rest, _CollectionsOf(ctx), ctx.variables)
+    if writer is not None:
+        _write_results(ctx, writer, results)
+        results = []
+    return first_batch_reply(ctx.state.cursors, ctx.namespace(target), iter(results), batch_size)
+
+
+def _open_change_stream(ctx: CommandContext, target: Any, pipeline: list[dict[str, Any]],
+                        batch_size: int | None) -> dict[str, Any]:
+    if target == 1:
+        coll = None
+    elif isinstance(target, str):
+        coll = target
+    else:
+        raise CommandError(73, "'aggregate' needs a collection name or 1")
+    state = ctx.state
+    stream = change_streams.open_stream(state.cursors.new_id(), ctx.db, coll, pipeline,
+                                        state.store.changelog)
+    batch = change_streams.collect(stream, state.store.changelog, state.store.catalog,
+                                   batch_size if batch_size is not None else None, ctx.variables)
+    if not stream.closed:
+        state.cursors.add(stream)
+    return change_streams.cursor_reply(stream, batch, True, stream.cursor_id)
+
+
+def _write_results(ctx: CommandContext, writer: dict[str, Any],
+                   results: list[dict[str, Any]]) -> None:
+    name, spec = next(iter(writer.items()))
+    access = ctx.access
+    try:
+        if name == "$out":
+            target_db, target_coll = ctx.db, spec
+            if isinstance(spec, dict):
+                target_db, target_coll = spec.get("db", ctx.db), spec.get("coll")
+            if not isinstance(target_coll, str):
+                raise CommandError(14, "$out needs a collection name")
+            store = ctx.state.store
+            existing = store.catalog.get(target_db, target_coll)
+            if existing is not None:
+                for doc in list(existing.docs.values()):
+                    access.delete(existing, doc)
+            coll = access.ensure(target_db, target_coll)
+            for doc in results:
+                access.insert(coll, doc if "_id" in doc else {"_id": _new_id(), **doc})
+            return
+        _merge(ctx, spec, results)
+    except WriteError as exc:
+        raise exc.as_command_error() from exc
+
+
+def _new_id() -> Any:
+    from bson import ObjectId
+
+    return ObjectId()
+
+
+def _merge(ctx: CommandContext, spec: Any, results: list[dict[str, Any]]) -> None:
+    if isinstance(spec, str):
+        spec = {"into": spec}
+    if not isinstance(spec, dict):
+        raise CommandError(14, "$merge needs a collection name or a specification object")
+    into = spec.get("into")
+    target_db, target_coll = ctx.db, into
+    if isinstance(into, dict):
+        target_db, target_coll = into.get("db", ctx.db), into.get("coll")
+    if not isinstance(target_coll, str):
+        raise CommandError(14, "$merge 'into' must name a collection")
+    on = spec.get("on", "_id")
+    on_fields = [on] if isinstance(on, str) else list(on)
+    when_matched = spec.get("whenMatched", "merge")
+    when_not_matched = spec.get("whenNotMatched", "insert")
+    access = ctx.access
+    coll = access.ensure(target_db, target_coll)
+    for doc in results:
+        query = {}
+        for field in on_fields:
+            if field not in doc:
+                if field == "_id":
+                    doc = {"_id": _new_id(), **doc}
+                else:
+                    raise CommandError(51132, f"$merge write error: 'on' field '{field}' cannot "
+                                       "be missing")
+            query[field] = doc[field]
+        existing = next(matching(ctx, coll, query, None), None)
+        if existing is None:
+            if when_not_matched == "insert":
+                access.insert(coll, doc)
+            elif when_not_matched == "fail":
+                raise CommandError(13113, "$merge could not find a matching document in the "
+                                   "target collection")
+            continue
+        if when_matched == "keepExisting":
+            continue
+        if when_matched == "fail":
+            raise CommandError(11000, "$merge found a matching document with whenMatched: fail")
+        if when_matched == "replace":
+            new = {"_id": existing["_id"], **{k: v for k, v in doc.items() if k != "_id"}}
+        elif when_matched == "merge":
+            new = {**existing, **{k: v for k, v in doc.items() if k != "_id"}}
+        elif isinstance(when_matched, list):
+            variables = dict(ctx.variables)
+            variables["new"] = doc
+            new = engine.apply_update(existing, when_matched, {}, None, False, variables)
+        else:
+            raise CommandError(2, f"unsupported $merge whenMatched {when_matched!r}")
+        if id_key(new["_id"]) != id_key(existing["_id"]) or value_key(new) != value_key(existing):
+            access.replace(coll, existing, new, True)

@@ -1,0 +1,217 @@
+"""Catalog commands: collections, databases and indexes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bson.int64 import Int64
+
+from runtime.embedded import engine
+from runtime.embedded.commands.registry import CommandContext, command, doc_option
+from runtime.embedded.cursors import first_batch_reply
+from runtime.embedded.errors import CommandError
+from runtime.embedded.indexes import parse_index_spec
+from runtime.embedded.storage import ID_INDEX, Collection
+
+_CREATE_OPTIONS = {"capped", "size", "max", "validator", "validationLevel", "validationAction",
+                   "changeStreamPreAndPostImages", "collation", "timeseries", "expireAfterSeconds",
+                   "clusteredIndex", "storageEngine", "indexOptionDefaults", "viewOn", "pipeline",
+                   "comment"}
+
+
+def _require(ctx: CommandContext, name: str) -> Collection:
+    coll = ctx.access.collection(ctx.db, name)
+    if coll is None:
+        raise CommandError(26, f"ns does not exist: {ctx.namespace(name)}")
+    return coll
+
+
+@command("create", in_transaction=True)
+async def create(ctx: CommandContext) -> dict[str, Any]:
+    """Create a collection with options."""
+    name = ctx.collection_name()
+    if ctx.access.collection(ctx.db, name) is not None:
+        raise CommandError(48, f"Collection {ctx.namespace(name)} already exists.")
+    options = {k: v for k, v in ctx.body.items()
+               if k in _CREATE_OPTIONS and k not in ("comment",)}
+    if "viewOn" in options:
+        raise CommandError(166, "views are not supported by the embedded server")
+    ctx.state.store.create_collection(ctx.unit, ctx.db, name, options)
+    return {"ok": 1.0}
+
+
+@command("collMod")
+async def coll_mod(ctx: CommandContext) -> dict[str, Any]:
+    """Change collection options (e.g. ``changeStreamPreAndPostImages``) or an index's TTL."""
+    coll = _require(ctx, ctx.collection_name())
+    changes = {k: v for k, v in ctx.body.items() if k in _CREATE_OPTIONS}
+    index_change = doc_option(ctx.body, "index")
+    reply: dict[str, Any] = {"ok": 1.0}
+    if index_change is not None:
+        target = None
+        for index in coll.indexes.values():
+            if index.spec.name == index_change.get("name") or dict(index.spec.key) == \
+                    index_change.get("keyPattern"):
+                target = index
+        if target is None:
+            raise CommandError(27, "cannot find index for collMod")
+        if "expireAfterSeconds" in index_change:
+            reply["expireAfterSeconds_old"] = target.spec.expire_after_seconds
+            target.spec.expire_after_seconds = float(index_change["expireAfterSeconds"])
+            reply["expireAfterSeconds_new"] = index_change["expireAfterSeconds"]
+    if changes:
+        ctx.state.store.modify_collection(ctx.unit, coll, changes)
+    return reply
+
+
+@command("drop")
+async def drop(ctx: CommandContext) -> dict[str, Any]:
+    """Drop a collection."""
+    name = ctx.collection_name()
+    coll = _require(ctx, name)
+    count = len(coll.indexes)
+    ctx.state.store.drop_collection(ctx.unit, coll)
+    return {"nIndexesWas": count, "ns": ctx.namespace(name), "ok": 1.0}
+
+
+@command("dropDatabase")
+async def drop_database(ctx: CommandContext) -> dict[str, Any]:
+    """Drop every collection of the database."""
+    if ctx.db in ctx.state.store.catalog.databases:
+        ctx.state.store.drop_database(ctx.unit, ctx.db)
+    return {"dropped": ctx.db, "ok": 1.0}
+
+
+@command("renameCollection", admin_only=True)
+async def rename_collection(ctx: CommandContext) -> dict[str, Any]:
+    """Rename ``db.a`` to ``db.b`` (``dropTarget`` honoured)."""
+    source, target = ctx.body.get("renameCollection"), ctx.body.get("to")
+    if not isinstance(source, str) or not isinstance(target, str) or "." not in source \
+            or "." not in target:
+        raise CommandError(73, "renameCollection and to must be full namespaces 'db.collection'")
+    src_db, src_name = source.split(".", 1)
+    dst_db, dst_name = target.split(".", 1)
+    store = ctx.state.store
+    coll = store.catalog.get(src_db, src_name)
+    if coll is None:
+        raise CommandError(26, f"Source collection {source} does not exist")
+    existing = store.catalog.get(dst_db, dst_name)
+    if existing is not None:
+        if not ctx.body.get("dropTarget"):
+            raise CommandError(48, f"target namespace {target} exists")
+        store.drop_collection(ctx.unit, existing)
+    store.rename_collection(ctx.unit, coll, dst_db, dst_name)
+    return {"ok": 1.0}
+
+
+@command("listCollections", in_transaction=True)
+async def list_collections(ctx: CommandContext) -> dict[str, Any]:
+    """Collections of the database, filtered."""
+    query = engine.validate_filter(ctx.body.get("filter"))
+    name_only = bool(ctx.body.get("nameOnly"))
+    infos = []
+    for coll in ctx.state.store.catalog.collections(ctx.db):
+        info = coll.info()
+        if engine.matches(query, info, ctx.variables):
+            infos.append({"name": info["name"], "type": "collection"} if name_only else info)
+    batch_size = (ctx.body.get("cursor") or {}).get("batchSize")
+    return first_batch_reply(ctx.state.cursors, f"{ctx.db}.$cmd.listCollections", iter(infos),
+                             batch_size)
+
+
+@command("listDatabases", admin_only=True)
+async def list_databases(ctx: CommandContext) -> dict[str, Any]:
+    """Databases that hold at least one collection."""
+    query = engine.validate_filter(ctx.body.get("filter"))
+    databases = []
+    for name in sorted(ctx.state.store.catalog.databases):
+        entry: dict[str, Any] = {"name": name, "sizeOnDisk": Int64(0), "empty": False}
+        if engine.matches(query, entry, ctx.variables):
+            databases.append({"name": name} if ctx.body.get("nameOnly") else entry)
+    return {"databases": databases, "totalSize": Int64(0), "totalSizeMb": Int64(0), "ok": 1.0}
+
+
+@command("createIndexes", in_transaction=True)
+async def create_indexes(ctx: CommandContext) -> dict[str, Any]:
+    """Create indexes (existing identical ones are a no-op; conflicting ones are errors)."""
+    name = ctx.collection_name()
+    raw = ctx.body.get("indexes")
+    if not isinstance(raw, list) or not raw:
+        raise CommandError(2, "Must specify at least one index to create")
+    specs = [parse_index_spec(r) for r in raw]
+    created = ctx.access.collection(ctx.db, name) is None
+    coll = ctx.access.ensure(ctx.db, name)
+    before = len(coll.indexes)
+    store = ctx.state.store
+    for spec in specs:
+        same_name = coll.indexes.get(spec.name)
+        same_key = next((i for i in coll.indexes.values() if i.spec.key == spec.key), None)
+        if same_name is not None or same_key is not None:
+            existing = same_name or same_key
+            assert existing is not None
+            if existing.spec.to_document() == spec.to_document():
+                continue
+            if same_name is not None and same_name.spec.key != spec.key:
+                raise CommandError(86, f"An existing index has the same name as the requested "
+                                   f"index but a different key: {spec.name}")
+            raise CommandError(85, f"An equivalent index already exists with a different name "
+                               f"or options: {existing.spec.name}")
+        store.create_index(ctx.unit, coll, spec)
+    return {"numIndexesBefore": before, "numIndexesAfter": len(coll.indexes),
+            "createdCollectionAutomatically": created, "ok": 1.0}
+
+
+@command("listIndexes", in_transaction=True)
+async def list_indexes(ctx: CommandContext) -> dict[str, Any]:
+    """The indexes of a collection."""
+    name = ctx.collection_name()
+    coll = _require(ctx, name)
+    docs = [i.spec.to_document() for i in coll.indexes.values()]
+    batch_size = (ctx.body.get("cursor") or {}).get("batchSize")
+    return first_batch_reply(ctx.state.cursors, ctx.namespace(name), iter(docs), batch_size)
+
+
+@command("dropIndexes", "deleteIndexes")
+async def drop_indexes(ctx: CommandContext) -> dict[str, Any]:
+    """Drop one index by name or key, several by name, or all but ``_id_`` with ``"*"``."""
+    coll = _require(ctx, ctx.collection_name())
+    wanted = ctx.body.get("index")
+    count = len(coll.indexes)
+    names: list[str]
+    if wanted == "*":
+        names = [n for n in coll.indexes if n != ID_INDEX]
+    elif isinstance(wanted, str):
+        names = [wanted]
+    elif isinstance(wanted, list):
+        names = [str(n) for n in wanted]
+    elif isinstance(wanted, dict):
+        names = [i.spec.name for i in coll.indexes.values() if dict(i.spec.key) == wanted]
+        if not names:
+            raise CommandError(27, f"can't find index with key: {wanted}")
+    else:
+        raise CommandError(14, "'index' must be a name, a key pattern, a list or '*'")
+    for name in names:
+        if name == ID_INDEX:
+            raise CommandError(72, "cannot drop _id index")
+        if name not in coll.indexes:
+            raise CommandError(27, f"index not found with name [{name}]")
+    for name in names:
+        ctx.state.store.drop_index(ctx.unit, coll, name)
+    return {"nIndexesWas": count, "ok": 1.0}
+
+
+@command("dbStats")
+async def db_stats(ctx: CommandContext) -> dict[str, Any]:
+    """Rough statistics of a database."""
+    colls = ctx.state.store.catalog.collections(ctx.db)
+    return {"db": ctx.db, "collections": len(colls), "views": 0,
+            "objects": sum(len(c.docs) for c in colls),
+            "indexes": sum(len(c.indexes) for c in colls), "ok": 1.0}
+
+
+@command("collStats")
+async def coll_stats(ctx: CommandContext) -> dict[str, Any]:
+    """Rough statistics of a collection."""
+    coll = _require(ctx, ctx.collection_name())
+    return {"ns": coll.namespace, "count": len(coll.docs), "nindexes": len(coll.indexes),
+            "ok": 1.0}

@@ -1,0 +1,410 @@
+"""Document commands: insert, update, delete, find, getMore, killCursors, findAndModify, count,
+distinct."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+from bson import ObjectId
+from bson.int64 import Int64
+
+from runtime.embedded import change_streams, engine
+from runtime.embedded.commands.registry import (
+    CommandContext,
+    command,
+    doc_option,
+    int_option,
+    sort_option,
+)
+from runtime.embedded.cursors import QueryCursor, first_batch_reply
+from runtime.embedded.errors import CommandError, WriteError
+from runtime.embedded.ordering import MISSING, document_sort_key, get_path, value_key
+from runtime.embedded.storage import Collection
+from runtime.embedded.update_description import same_value
+from runtime.embedded.wire import MAX_BSON_SIZE
+
+MAX_ID_RETRIES = 3
+
+
+def matching(ctx: CommandContext, coll: Collection, query: dict[str, Any],
+             sort: list[tuple[str, int]] | None) -> Iterator[dict[str, Any]]:
+    """Documents matching ``query`` in ``sort`` order (index order when an index gives it)."""
+    docs, ordered = ctx.access.candidates(coll, query, sort)
+    variables = ctx.variables
+    matched = (d for d in docs if engine.matches(query, d, variables))
+    if sort and not ordered:
+        return iter(sorted(matched, key=lambda d: document_sort_key(d, sort)))
+    return matched
+
+
+def _prepare_insert(doc: Any) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise WriteError(14, "document to insert must be an object")
+    if "_id" not in doc:
+        doc = {"_id": ObjectId(), **doc}
+    elif next(iter(doc)) != "_id":
+        doc = {"_id": doc["_id"], **{k: v for k, v in doc.items() if k != "_id"}}
+    if isinstance(doc["_id"], list):
+        raise WriteError(2, "can't use an array for _id")
+    for key in doc:
+        if key.startswith("$"):
+            raise WriteError(52, f"Document can't have $ prefixed field names: {key}")
+    return doc
+
+
+def _statements(ctx: CommandContext, field: str) -> list[Any]:
+    value = ctx.body.get(field)
+    if not isinstance(value, list):
+        raise CommandError(14, f"BSON field '{ctx.name}.{field}' is missing or not an array")
+    return value
+
+
+def _write_reply(n: int, errors: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    reply: dict[str, Any] = {"n": n, **extra}
+    if errors:
+        reply["writeErrors"] = errors
+    reply["ok"] = 1.0
+    return reply
+
+
+def _raise_in_transaction(ctx: CommandContext, exc: WriteError) -> None:
+    if ctx.transaction is not None:
+        raise exc.as_command_error()
+
+
+@command("insert", in_transaction=True, retryable_write=True)
+async def insert(ctx: CommandContext) -> dict[str, Any]:
+    """Insert documents; ordered batches stop at the first error."""
+    name = ctx.collection_name()
+    docs = _statements(ctx, "documents")
+    ordered = ctx.body.get("ordered", True) is not False
+    coll = ctx.access.ensure(ctx.db, name)
+    n = 0
+    errors: list[dict[str, Any]] = []
+    for index, raw in enumerate(docs):
+        try:
+            ctx.access.insert(coll, _prepare_insert(raw))
+            n += 1
+        except WriteError as exc:
+            _raise_in_transaction(ctx, exc)
+            errors.append(exc.to_document(index))
+            if ordered:
+                break
+    return _write_reply(n, errors)
+
+
+def _replacement(old: dict[str, Any] | None, replacement: dict[str, Any]) -> dict[str, Any]:
+    engine.validate_replacement(replacement)
+    if old is None:
+        return _prepare_insert(replacement)
+    if "_id" in replacement and not same_value(replacement["_id"], old["_id"]) and (
+        replacement["_id"] != old["_id"]
+    ):
+        raise WriteError(66, "After applying the update, the (immutable) field '_id' was found "
+                         "to have been altered")
+    return {"_id": old["_id"], **{k: v for k, v in replacement.items() if k != "_id"}}
+
+
+def _upsert_document(query: dict[str, Any], update: dict[str, Any] | list[dict[str, Any]],
+                     array_filters: list[dict[str, Any]] | None,
+                     variables: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(update, dict) and not engine.is_operator_update(update):
+        doc = dict(update)
+        seed_id = engine.upsert_seed(query).get("_id", MISSING)
+        if "_id" not in doc and seed_id is not MISSING:
+            doc = {"_id": seed_id, **doc}
+        return _prepare_insert(_replacement(None, doc))
+    seed = engine.upsert_seed(query)
+    new = engine.apply_update(seed, update, query, array_filters, True, variables)
+    return _prepare_insert(new)
+
+
+def _update_one_statement(ctx: CommandContext, coll: Collection, stmt: Any,
+                          index: int, upserted: list[dict[str, Any]]) -> tuple[int, int]:
+    if not isinstance(stmt, dict):
+        raise WriteError(14, "update statement must be an object")
+    query = engine.validate_filter(stmt.get("q"))
+    update = stmt.get("u")
+    if not isinstance(update, dict | list):
+        raise WriteError(14, "BSON field 'update.updates.u' must be an object or an array")
+    multi = bool(stmt.get("multi", False))
+    is_replacement = isinstance(update, dict) and not engine.is_operator_update(update)
+    if is_replacement and multi:
+        raise WriteError(9, "multi update is not supported for replacement-style update")
+    array_filters = stmt.get("arrayFilters")
+    sort = sort_option(stmt, "sort")
+    found = matching(ctx, coll, query, sort)
+    targets = list(found) if multi else list(itertools.islice(found, 1))
+    matched = modified = 0
+    for old in targets:
+        if is_replacement:
+            assert isinstance(update, dict)
+            new = _replacement(old, update)
+        else:
+            new = engine.apply_update(old, update, query, array_filters, False, ctx.variables)
+        matched += 1
+        if not same_value(old, new):
+            if len(new) and _too_large(new):
+                raise WriteError(17419, "Resulting document after update is larger than 16 MiB")
+            ctx.access.replace(coll, old, new, is_replacement)
+            modified += 1
+    if not targets and stmt.get("upsert"):
+        doc = _upsert_document(query, update, array_filters, ctx.variables)
+        ctx.access.insert(coll, doc)
+        upserted.append({"index": index, "_id": doc["_id"]})
+    return matched, modified
+
+
+def _too_large(doc: dict[str, Any]) -> bool:
+    import bson
+
+    return len(bson.encode(doc)) > MAX_BSON_SIZE
+
+
+@command("update", in_transaction=True, retryable_write=True)
+async def update(ctx: CommandContext) -> dict[str, Any]:
+    """Apply update statements (operators, replacements or pipelines; multi; upsert)."""
+    name = ctx.collection_name()
+    statements = _statements(ctx, "updates")
+    ordered = ctx.body.get("ordered", True) is not False
+    coll = ctx.access.ensure(ctx.db, name)
+    matched = modified = 0
+    upserted: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    for index, stmt in enumerate(statements):
+        try:
+            m, mod = _update_one_statement(ctx, coll, stmt, index, upserted)
+            matched += m
+            modified += mod
+        except WriteError as exc:
+            _raise_in_transaction(ctx, exc)
+            errors.append(exc.to_document(index))
+            if ordered:
+                break
+    extra: dict[str, Any] = {"nModified": modified}
+    if upserted:
+        extra["upserted"] = upserted
+    return _write_reply(matched + len(upserted), errors, **extra)
+
+
+@command("delete", in_transaction=True, retryable_write=True)
+async def delete(ctx: CommandContext) -> dict[str, Any]:
+    """Delete the documents matching each statement (``limit`` 1 or 0 = all)."""
+    name = ctx.collection_name()
+    statements = _statements(ctx, "deletes")
+    ordered = ctx.body.get("ordered", True) is not False
+    coll = ctx.access.collection(ctx.db, name)
+    n = 0
+    errors: list[dict[str, Any]] = []
+    for index, stmt in enumerate(statements):
+        try:
+            if not isinstance(stmt, dict):
+                raise WriteError(14, "delete statement must be an object")
+            query = engine.validate_filter(stmt.get("q"))
+            limit = stmt.get("limit", 0)
+            if limit not in (0, 1):
+                raise WriteError(9, "The limit field in delete objects must be 0 or 1")
+            if coll is None:
+                continue
+            found = matching(ctx, coll, query, sort_option(stmt, "sort"))
+            targets = list(itertools.islice(found, 1)) if limit == 1 else list(found)
+            for doc in targets:
+                ctx.access.delete(coll, doc)
+                n += 1
+        except WriteError as exc:
+            _raise_in_transaction(ctx, exc)
+            errors.append(exc.to_document(index))
+            if ordered:
+                break
+    return _write_reply(n, errors)
+
+
+def _results(ctx: CommandContext, coll: Collection | None, query: dict[str, Any],
+             sort: list[tuple[str, int]] | None, skip: int, limit: int | None,
+             projection: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
+    if coll is None:
+        return iter(())
+    docs: Iterator[dict[str, Any]] = matching(ctx, coll, query, sort)
+    if skip or limit:
+        docs = itertools.islice(docs, skip, skip + limit if limit else None)
+    if projection:
+        variables = ctx.variables
+        docs = (engine.project(d, projection, variables) for d in docs)
+    return docs
+
+
+class _Materialising:
+    """Evaluates lazily for the first batch, then fixes the rest so later writes can't disturb it."""
+
+    def __init__(self, results: Iterator[dict[str, Any]]) -> None:
+        self._results = results
+        self._rest: Iterator[dict[str, Any]] | None = None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self._rest is not None:
+            return next(self._rest)
+        return next(self._results)
+
+    def settle(self) -> None:
+        if self._rest is None:
+            self._rest = iter(list(self._results))
+
+
+@command("find", in_transaction=True)
+async def find(ctx: CommandContext) -> dict[str, Any]:
+    """Query a collection; returns a cursor."""
+    name = ctx.collection_name()
+    query = engine.validate_filter(ctx.body.get("filter"))
+    sort = sort_option(ctx.body)
+    projection = doc_option(ctx.body, "projection")
+    skip = int_option(ctx.body, "skip", 0) or 0
+    raw_limit = ctx.body.get("limit", 0)
+    if isinstance(raw_limit, bool) or not isinstance(raw_limit, int | float):
+        raise CommandError(14, "BSON field 'limit' is the wrong type, expected a number")
+    single_batch = bool(ctx.body.get("singleBatch")) or raw_limit < 0
+    limit = abs(int(raw_limit))
+    batch_size = int_option(ctx.body, "batchSize")
+    coll = ctx.access.collection(ctx.db, name)
+    results = _Materialising(_results(ctx, coll, query, sort, skip, limit or None, projection))
+    if limit and (batch_size is None or batch_size > limit):
+        batch_size = limit
+    reply = first_batch_reply(ctx.state.cursors, ctx.namespace(name), results, batch_size,
+                              single_batch)
+    if reply["cursor"]["id"]:
+        results.settle()
+    return reply
+
+
+@command("getMore", in_transaction=True)
+async def get_more(ctx: CommandContext) -> dict[str, Any]:
+    """Next batch of a find, aggregate or change-stream cursor."""
+    cursor_id = ctx.body.get("getMore")
+    coll = ctx.body.get("collection")
+    if not isinstance(coll, str):
+        raise CommandError(40414, "BSON field 'getMore.collection' is missing but a required "
+                           "field")
+    cursor = ctx.state.cursors.get(cursor_id, ctx.namespace(coll))
+    batch_size = int_option(ctx.body, "batchSize")
+    if isinstance(cursor, change_streams.ChangeStreamCursor):
+        batch = await change_streams.next_batch(
+            cursor, ctx.state.store.changelog, ctx.state.store.catalog, batch_size,
+            ctx.body.get("maxTimeMS"), ctx.variables)
+        if cursor.closed:
+            ctx.state.cursors.remove(cursor.cursor_id)
+        return change_streams.cursor_reply(cursor, batch, False, cursor.cursor_id)
+    assert isinstance(cursor, QueryCursor)
+    batch = cursor.next_batch(batch_size)
+    if cursor.exhausted:
+        ctx.state.cursors.remove(cursor.cursor_id)
+    return {"cursor": {"nextBatch": batch, "id": Int64(0 if cursor.exhausted else
+                                                       cursor.cursor_id), "ns": cursor.ns},
+            "ok": 1.0}
+
+
+@command("killCursors", in_transaction=True)
+async def kill_cursors(ctx: CommandContext) -> dict[str, Any]:
+    """Close cursors."""
+    ids = ctx.body.get("cursors")
+    if not isinstance(ids, list):
+        raise CommandError(14, "BSON field 'killCursors.cursors' must be an array")
+    killed, missing = [], []
+    for cursor_id in ids:
+        (killed if ctx.state.cursors.remove(cursor_id) else missing).append(cursor_id)
+    return {"cursorsKilled": killed, "cursorsNotFound": missing, "cursorsAlive": [],
+            "cursorsUnknown": [], "ok": 1.0}
+
+
+@command("findAndModify", "findandmodify", in_transaction=True, retryable_write=True)
+async def find_and_modify(ctx: CommandContext) -> dict[str, Any]:
+    """Atomically find one document and update, replace or remove it."""
+    name = ctx.collection_name()
+    body = ctx.body
+    query = engine.validate_filter(body.get("query"))
+    sort = sort_option(body)
+    remove = bool(body.get("remove", False))
+    update = body.get("update")
+    fields = doc_option(body, "fields")
+    return_new = bool(body.get("new", False))
+    upsert = bool(body.get("upsert", False))
+    if remove and (update is not None or upsert or return_new):
+        raise CommandError(9, "Cannot specify remove together with update, upsert or new")
+    if not remove and not isinstance(update, dict | list):
+        raise CommandError(9, "Either an update or remove=true must be specified")
+    coll = ctx.access.collection(ctx.db, name)
+    old = next(matching(ctx, coll, query, sort), None) if coll is not None else None
+    last_error: dict[str, Any] = {"n": 0}
+    value: dict[str, Any] | None = None
+    try:
+        if remove:
+            if old is not None and coll is not None:
+                ctx.access.delete(coll, old)
+                last_error = {"n": 1}
+                value = old
+        elif old is not None and coll is not None:
+            assert update is not None
+            is_replacement = isinstance(update, dict) and not engine.is_operator_update(update)
+            if is_replacement:
+                assert isinstance(update, dict)
+                new = _replacement(old, update)
+            else:
+                new = engine.apply_update(old, update, query, body.get("arrayFilters"), False,
+                                          ctx.variables)
+            if not same_value(old, new):
+                ctx.access.replace(coll, old, new, is_replacement)
+            last_error = {"n": 1, "updatedExisting": True}
+            value = new if return_new else old
+        elif upsert:
+            assert update is not None
+            coll = ctx.access.ensure(ctx.db, name)
+            doc = _upsert_document(query, update, body.get("arrayFilters"), ctx.variables)
+            ctx.access.insert(coll, doc)
+            last_error = {"n": 1, "updatedExisting": False, "upserted": doc["_id"]}
+            value = doc if return_new else None
+        else:
+            last_error = {"n": 0, "updatedExisting": False}
+    except WriteError as exc:
+        raise exc.as_command_error() from exc
+    if value is not None and fields:
+        value = engine.project(value, fields, ctx.variables)
+    return {"lastErrorObject": last_error, "value": value, "ok": 1.0}
+
+
+@command("count")
+async def count(ctx: CommandContext) -> dict[str, Any]:
+    """Count matching documents (``skip``/``limit`` honoured)."""
+    name = ctx.collection_name()
+    query = engine.validate_filter(ctx.body.get("query"))
+    coll = ctx.access.collection(ctx.db, name)
+    if coll is None:
+        return {"n": 0, "ok": 1.0}
+    skip = int_option(ctx.body, "skip", 0) or 0
+    limit = abs(int(ctx.body.get("limit", 0) or 0))
+    if not query and not skip and not limit:
+        return {"n": len(coll.docs), "ok": 1.0}
+    n = sum(1 for _ in _results(ctx, coll, query, None, skip, limit or None, None))
+    return {"n": n, "ok": 1.0}
+
+
+@command("distinct", in_transaction=True)
+async def distinct(ctx: CommandContext) -> dict[str, Any]:
+    """Distinct values of a field (array elements counted individually)."""
+    name = ctx.collection_name()
+    key = ctx.body.get("key")
+    if not isinstance(key, str):
+        raise CommandError(14, "BSON field 'distinct.key' must be a string")
+    query = engine.validate_filter(ctx.body.get("query"))
+    coll = ctx.access.collection(ctx.db, name)
+    values: dict[Any, Any] = {}
+    if coll is not None:
+        for doc in matching(ctx, coll, query, None):
+            value = get_path(doc, key)
+            if value is MISSING:
+                continue
+            for item in value if isinstance(value, list) else [value]:
+                values.setdefault(value_key(item), item)
+    return {"values": [values[k] for k in sorted(values)], "ok": 1.0}

@@ -1,0 +1,14 @@
+"""Test-only commands, enabled with --enable-test-commands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runtime.embedded.commands.registry import CommandContext, command
+
+
+@command("configureFailPoint", admin_only=True, test_only=True)
+async def configure_fail_point(ctx: CommandContext) -> dict[str, Any]:
+    """Turn a fail point on or off (see :mod:`runtime.embedded.failpoints`)."""
+    ctx.state.failpoints.configure(ctx.body)
+    return {"ok": 1.0}

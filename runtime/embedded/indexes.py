@@ -1,0 +1,213 @@
+"""Secondary indexes: ordered key entries, uniqueness, sparse and partial filters, TTL options.
+
+Each index keeps a sorted list of entries ``(component keys..., _id key)``. Components of
+descending fields are wrapped in :class:`~runtime.embedded.ordering.Reverse`, so iterating the
+list forwards yields the index's declared order and backwards the exact opposite, which lets a
+query whose sort matches the index stream documents in order and stop at its limit.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sortedcontainers import SortedList
+
+from runtime.embedded.errors import CommandError, WriteError
+from runtime.embedded.ordering import (
+    BOTTOM,
+    MISSING,
+    NULL,
+    TOP,
+    UNDEFINED,
+    Key,
+    Reverse,
+    get_path,
+    value_key,
+)
+
+# A document may produce at most this many entries in one index (arrays in several fields).
+MAX_ENTRIES_PER_DOCUMENT = 10_000
+
+
+@dataclass
+class IndexSpec:
+    """What ``createIndexes`` declared for one index."""
+
+    name: str
+    key: list[tuple[str, Any]]
+    unique: bool = False
+    sparse: bool = False
+    partial_filter: dict[str, Any] | None = None
+    expire_after_seconds: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_document(self) -> dict[str, Any]:
+        """The index as ``listIndexes`` reports it."""
+        doc: dict[str, Any] = {"v": 2, "key": dict(self.key), "name": self.name}
+        if self.unique:
+            doc["unique"] = True
+        if self.sparse:
+            doc["sparse"] = True
+        if self.partial_filter is not None:
+            doc["partialFilterExpression"] = self.partial_filter
+        if self.expire_after_seconds is not None:
+            doc["expireAfterSeconds"] = self.expire_after_seconds
+        doc.update(self.options)
+        return doc
+
+    @property
+    def directions(self) -> list[int]:
+        """1 or -1 per field (non-numeric index types such as "text" count as ascending)."""
+        return [-1 if isinstance(d, int | float) and d < 0 else 1 for _, d in self.key]
+
+    @property
+    def fields(self) -> list[str]:
+        """The indexed paths in order."""
+        return [f for f, _ in self.key]
+
+
+def _field_keys(doc: dict[str, Any], path: str) -> tuple[list[Key], bool]:
+    value = get_path(doc, path)
+    if value is MISSING:
+        return [(NULL,)], False
+    if isinstance(value, list):
+        if not value:
+            return [(UNDEFINED,)], True
+        keys: dict[Key, None] = {}
+        for element in value:
+            if isinstance(element, list):
+                keys[value_key(element)] = None
+                for inner in element:
+                    keys[value_key(inner)] = None
+            else:
+                keys[value_key(element)] = None
+        return list(keys), True
+    return [value_key(value)], False
+
+
+class Index:
+    """One secondary index over a collection's documents."""
+
+    def __init__(self, spec: IndexSpec, matches: Callable[[dict[str, Any], dict[str, Any]], bool]):
+        self.spec = spec
+        self.entries: SortedList = SortedList()
+        self.multikey = False
+        self._matches = matches
+        self._directions = spec.directions
+
+    def keys_for(self, doc: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Component tuples (without the ``_id`` key) that ``doc`` contributes."""
+        if self.spec.partial_filter is not None and not self._matches(
+            self.spec.partial_filter, doc
+        ):
+            return []
+        per_field: list[list[Key]] = []
+        present = False
+        for path in self.spec.fields:
+            keys, is_array = _field_keys(doc, path)
+            if is_array:
+                self.multikey = True
+            if get_path(doc, path) is not MISSING:
+                present = True
+            per_field.append(keys)
+        if self.spec.sparse and not present:
+            return []
+        combos: list[tuple[Any, ...]] = []
+        for combo in itertools.product(*per_field):
+            combos.append(
+                tuple(
+                    Reverse(k) if d < 0 else k
+                    for k, d in zip(combo, self._directions, strict=True)
+                )
+            )
+            if len(combos) > MAX_ENTRIES_PER_DOCUMENT:
+                raise WriteError(17280, f"too many index keys for index {self.spec.name}")
+        return combos
+
+    def check_unique(self, doc: dict[str, Any], doc_id: Key, ignore: set[Key]) -> None:
+        """Raise DuplicateKey if another document (not in ``ignore``) has one of ``doc``'s keys."""
+        if not self.spec.unique:
+            return
+        for components in self.keys_for(doc):
+            for entry in self.entries.irange(components + (BOTTOM,), components + (TOP,)):
+                other = entry[-1]
+                if other != doc_id and other not in ignore:
+                    raise self.duplicate_error(doc)
+
+    def duplicate_error(self, doc: dict[str, Any]) -> WriteError:
+        """The E11000 error for ``doc`` colliding in this index."""
+        key_value = {}
+        for path in self.spec.fields:
+            value = get_path(doc, path)
+            key_value[path] = None if value is MISSING else value
+        shown = ", ".join(f"{k}: {v!r}" for k, v in key_value.items())
+        return WriteError(
+            11000,
+            f"E11000 duplicate key error collection: index: {self.spec.name} dup key: {{ {shown} }}",
+            {"keyPattern": dict(self.spec.key), "keyValue": key_value},
+        )
+
+    def add(self, doc: dict[str, Any], doc_id: Key) -> None:
+        """Insert ``doc``'s entries."""
+        for components in self.keys_for(doc):
+            self.entries.add(components + (doc_id,))
+
+    def remove(self, doc: dict[str, Any], doc_id: Key) -> None:
+        """Remove ``doc``'s entries."""
+        for components in self.keys_for(doc):
+            self.entries.discard(components + (doc_id,))
+
+    def scan(
+        self, lower: tuple[Any, ...], upper: tuple[Any, ...], reverse: bool = False
+    ) -> Iterator[Key]:
+        """``_id`` keys of entries between two component-prefix bounds (inclusive)."""
+        for entry in self.entries.irange(lower + (BOTTOM,), upper + (TOP,), reverse=reverse):
+            yield entry[-1]
+
+    def component_bounds(
+        self, position: int, low: Any, high: Any
+    ) -> tuple[Any, Any]:
+        """Stored-order bounds of one component given ascending value bounds."""
+        if self._directions[position] < 0:
+            return (Reverse(high) if high is not TOP else BOTTOM), (
+                Reverse(low) if low is not BOTTOM else TOP
+            )
+        return low, high
+
+
+def parse_index_spec(raw: dict[str, Any]) -> IndexSpec:
+    """Validate one entry of ``createIndexes.indexes``."""
+    key = raw.get("key")
+    name = raw.get("name")
+    if not isinstance(key, dict) or not key:
+        raise CommandError(9, "index specification must contain a non-empty 'key' document")
+    if not isinstance(name, str) or not name:
+        raise CommandError(9, "index specification must contain a string 'name'")
+    for path, direction in key.items():
+        if not path or path.startswith("$") and path != "$**":
+            raise CommandError(67, f"bad index key pattern field name {path!r}")
+        if isinstance(direction, bool) or not (
+            isinstance(direction, int | float) and direction != 0 or isinstance(direction, str)
+        ):
+            raise CommandError(67, f"bad index key pattern value {direction!r} for {path!r}")
+    partial = raw.get("partialFilterExpression")
+    if partial is not None and not isinstance(partial, dict):
+        raise CommandError(9, "partialFilterExpression must be a document")
+    ttl = raw.get("expireAfterSeconds")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl < 0):
+        raise CommandError(2, "expireAfterSeconds must be a non-negative number")
+    known = {"key", "name", "unique", "sparse", "partialFilterExpression", "expireAfterSeconds",
+             "v", "ns"}
+    options = {k: v for k, v in raw.items() if k not in known}
+    return IndexSpec(
+        name=name,
+        key=list(key.items()),
+        unique=bool(raw.get("unique", False)),
+        sparse=bool(raw.get("sparse", False)),
+        partial_filter=partial,
+        expire_after_seconds=float(ttl) if ttl is not None else None,
+        options=options,
+    )

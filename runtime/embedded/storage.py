@@ -1,0 +1,150 @@
+"""In-memory storage: databases, collections, their documents and indexes.
+
+Documents are kept as decoded dictionaries keyed by the ordering key of their ``_id`` and treated
+as immutable: every write stores a new dictionary. That makes copy-on-write transactions cheap
+(a transaction remembers the object it read) and lets readers hand stored documents straight to
+the BSON encoder.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from bson.binary import Binary
+
+from runtime.embedded import engine
+from runtime.embedded.errors import CommandError
+from runtime.embedded.indexes import Index, IndexSpec
+from runtime.embedded.ordering import Key, id_key
+
+ID_INDEX = "_id_"
+
+
+def _partial_matches(query: dict[str, Any], doc: dict[str, Any]) -> bool:
+    return engine.matches(query, doc, {})
+
+
+class Collection:
+    """One collection: documents by ``_id`` plus its indexes and options."""
+
+    def __init__(self, db: str, name: str, options: dict[str, Any] | None = None,
+                 collection_uuid: Binary | None = None) -> None:
+        self.db = db
+        self.name = name
+        self.options: dict[str, Any] = dict(options or {})
+        self.uuid = collection_uuid or Binary.from_uuid(uuid.uuid4())
+        self.docs: dict[Key, dict[str, Any]] = {}
+        self.indexes: dict[str, Index] = {}
+        self.add_index(IndexSpec(name=ID_INDEX, key=[("_id", 1)]))
+
+    @property
+    def namespace(self) -> str:
+        """``db.collection``."""
+        return f"{self.db}.{self.name}"
+
+    @property
+    def images_enabled(self) -> bool:
+        """Whether change streams may serve pre- and post-images for this collection."""
+        option = self.options.get("changeStreamPreAndPostImages")
+        return isinstance(option, dict) and bool(option.get("enabled"))
+
+    def add_index(self, spec: IndexSpec) -> Index:
+        """Build an index over the current documents (fails on a duplicate for unique ones)."""
+        index = Index(spec, _partial_matches)
+        for key, doc in self.docs.items():
+            if spec.unique:
+                try:
+                    index.check_unique(doc, key, set())
+                except Exception as exc:
+                    message = getattr(exc, "message", str(exc))
+                    raise CommandError(11000, f"Index build failed: {message}") from exc
+            index.add(doc, key)
+        self.indexes[spec.name] = index
+        return index
+
+    def check_unique(self, doc: dict[str, Any], key: Key, replacing: bool) -> None:
+        """Raise DuplicateKey if ``doc`` would collide in a unique index (or on ``_id``)."""
+        if not replacing and key in self.docs:
+            raise self.indexes[ID_INDEX].duplicate_error(doc)
+        for name, index in self.indexes.items():
+            if name != ID_INDEX and index.spec.unique:
+                index.check_unique(doc, key, set())
+
+    def put(self, doc: dict[str, Any], previous: dict[str, Any] | None) -> None:
+        """Store ``doc`` (replacing ``previous`` when given); uniqueness already checked."""
+        key = id_key(doc["_id"])
+        if previous is not None:
+            for index in self.indexes.values():
+                index.remove(previous, key)
+        self.docs[key] = doc
+        for index in self.indexes.values():
+            index.add(doc, key)
+
+    def remove(self, doc: dict[str, Any]) -> None:
+        """Delete a stored document."""
+        key = id_key(doc["_id"])
+        for index in self.indexes.values():
+            index.remove(doc, key)
+        del self.docs[key]
+
+    def get(self, key: Key) -> dict[str, Any] | None:
+        """The stored document with this ``_id`` key, if any."""
+        return self.docs.get(key)
+
+    def info(self) -> dict[str, Any]:
+        """The collection as ``listCollections`` reports it."""
+        return {
+            "name": self.name,
+            "type": "collection",
+            "options": dict(self.options),
+            "info": {"readOnly": False, "uuid": self.uuid},
+            "idIndex": {"v": 2, "key": {"_id": 1}, "name": ID_INDEX},
+        }
+
+
+class Catalog:
+    """All databases and their collections."""
+
+    def __init__(self) -> None:
+        self.databases: dict[str, dict[str, Collection]] = {}
+
+    def get(self, db: str, name: str) -> Collection | None:
+        """An existing collection, or ``None``."""
+        return self.databases.get(db, {}).get(name)
+
+    def create(self, db: str, name: str, options: dict[str, Any] | None = None,
+               collection_uuid: Binary | None = None) -> Collection:
+        """Create a collection (the caller checks that it does not exist)."""
+        validate_collection_name(db, name)
+        coll = Collection(db, name, options, collection_uuid)
+        self.databases.setdefault(db, {})[name] = coll
+        return coll
+
+    def drop(self, db: str, name: str) -> Collection | None:
+        """Remove a collection; returns it, or ``None`` if it did not exist."""
+        colls = self.databases.get(db)
+        if colls is None:
+            return None
+        coll = colls.pop(name, None)
+        if not colls:
+            self.databases.pop(db, None)
+        return coll
+
+    def collections(self, db: str) -> list[Collection]:
+        """The collections of a database, by name."""
+        return [self.databases[db][n] for n in sorted(self.databases.get(db, {}))]
+
+    def all_collections(self) -> Iterator[Collection]:
+        """Every collection of every database."""
+        for db in sorted(self.databases):
+            yield from self.collections(db)
+
+
+def validate_collection_name(db: str, name: str) -> None:
+    """Reject names MongoDB rejects (InvalidNamespace, 73)."""
+    if not db or any(c in db for c in '/\\. "$\x00'):
+        raise CommandError(73, f"Invalid database name: '{db}'")
+    if not name or "$" in name or "\x00" in name or name.startswith("."):
+        raise CommandError(73, f"Invalid collection name: '{name}'")

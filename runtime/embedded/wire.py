@@ -1,0 +1,174 @@
+"""MongoDB wire protocol framing: OP_MSG, the legacy OP_QUERY handshake and OP_REPLY.
+
+Only framing lives here; what a command means is decided by :mod:`runtime.embedded.dispatcher`.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import bson
+from bson.codec_options import CodecOptions
+
+OP_REPLY = 1
+OP_QUERY = 2004
+OP_COMPRESSED = 2012
+OP_MSG = 2013
+
+HEADER = struct.Struct("<iiii")
+MAX_MESSAGE_SIZE = 48_000_000
+MAX_BSON_SIZE = 16 * 1024 * 1024
+
+FLAG_CHECKSUM_PRESENT = 1 << 0
+FLAG_MORE_TO_COME = 1 << 1
+FLAG_EXHAUST_ALLOWED = 1 << 16
+_KNOWN_REQUIRED_FLAGS = FLAG_CHECKSUM_PRESENT | FLAG_MORE_TO_COME
+
+# tz_aware=False keeps datetimes naive UTC exactly as PyMongo sends them; documents keep the
+# order of their keys (dict) as BSON requires.
+CODEC = CodecOptions(tz_aware=False, uuid_representation=4)
+
+
+class ProtocolViolation(Exception):
+    """The bytes on a connection are not a valid message; the connection is closed."""
+
+
+class BadRequest(Exception):
+    """A well-framed message whose content is invalid; answered with an error reply."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Header:
+    """The 16-byte header every message starts with."""
+
+    length: int
+    request_id: int
+    response_to: int
+    op_code: int
+
+
+@dataclass
+class Request:
+    """A decoded command request."""
+
+    request_id: int
+    op_code: int
+    body: dict[str, Any]
+    more_to_come: bool = False
+    exhaust_allowed: bool = False
+    sequences: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def parse_header(data: bytes) -> Header:
+    """Decode and sanity-check a message header."""
+    length, request_id, response_to, op_code = HEADER.unpack(data)
+    if length < HEADER.size or length > MAX_MESSAGE_SIZE:
+        raise ProtocolViolation(f"message length {length} out of range")
+    return Header(length, request_id, response_to, op_code)
+
+
+def _decode_document(data: bytes, offset: int) -> tuple[dict[str, Any], int]:
+    if offset + 4 > len(data):
+        raise BadRequest(17, "truncated BSON document")
+    (size,) = struct.unpack_from("<i", data, offset)
+    if size < 5 or offset + size > len(data):
+        raise BadRequest(17, "BSON document length out of range")
+    try:
+        doc = bson.decode(data[offset : offset + size], codec_options=CODEC)
+    except Exception as exc:  # bson raises several unrelated exception types
+        raise BadRequest(22, f"invalid BSON: {exc}") from exc
+    return doc, offset + size
+
+
+def parse_op_msg(header: Header, payload: bytes) -> Request:
+    """Decode an OP_MSG body (everything after the header)."""
+    if len(payload) < 5:
+        raise BadRequest(17, "OP_MSG too short")
+    (flags,) = struct.unpack_from("<I", payload, 0)
+    if flags & 0xFFFF & ~_KNOWN_REQUIRED_FLAGS:
+        raise BadRequest(223, f"unknown required OP_MSG flag bits {flags:#x}")
+    end = len(payload) - (4 if flags & FLAG_CHECKSUM_PRESENT else 0)
+    offset = 4
+    body: dict[str, Any] | None = None
+    sequences: dict[str, list[dict[str, Any]]] = {}
+    while offset < end:
+        kind = payload[offset]
+        offset += 1
+        if kind == 0:
+            if body is not None:
+                raise BadRequest(40430, "OP_MSG has more than one body section")
+            body, offset = _decode_document(payload[:end], offset)
+        elif kind == 1:
+            if offset + 4 > end:
+                raise BadRequest(17, "truncated document sequence")
+            (size,) = struct.unpack_from("<i", payload, offset)
+            seq_end = offset + size
+            if size < 5 or seq_end > end:
+                raise BadRequest(17, "document sequence length out of range")
+            name_end = payload.find(b"\x00", offset + 4, seq_end)
+            if name_end < 0:
+                raise BadRequest(17, "document sequence identifier not terminated")
+            name = payload[offset + 4 : name_end].decode("utf-8", "replace")
+            if name in sequences:
+                raise BadRequest(40431, f"duplicate document sequence {name!r}")
+            docs: list[dict[str, Any]] = []
+            pos = name_end + 1
+            while pos < seq_end:
+                doc, pos = _decode_document(payload[:seq_end], pos)
+                docs.append(doc)
+            sequences[name] = docs
+            offset = seq_end
+        else:
+            raise BadRequest(40432, f"unknown OP_MSG section kind {kind}")
+    if body is None:
+        raise BadRequest(40587, "OP_MSG has no body section")
+    for name, docs in sequences.items():
+        if name in body:
+            raise BadRequest(40433, f"duplicate field {name!r} in body and document sequence")
+        body[name] = docs
+    return Request(
+        request_id=header.request_id,
+        op_code=OP_MSG,
+        body=body,
+        more_to_come=bool(flags & FLAG_MORE_TO_COME),
+        exhaust_allowed=bool(flags & FLAG_EXHAUST_ALLOWED),
+        sequences=sequences,
+    )
+
+
+def parse_op_query(header: Header, payload: bytes) -> tuple[str, Request]:
+    """Decode a legacy OP_QUERY; returns the full collection name and the command."""
+    if len(payload) < 4:
+        raise BadRequest(17, "OP_QUERY too short")
+    name_end = payload.find(b"\x00", 4)
+    if name_end < 0:
+        raise BadRequest(17, "OP_QUERY collection name not terminated")
+    full_name = payload[4:name_end].decode("utf-8", "replace")
+    offset = name_end + 1 + 8  # numberToSkip, numberToReturn
+    query, _ = _decode_document(payload, offset)
+    if "$query" in query:
+        query = dict(query["$query"])
+    if "$db" not in query:
+        query["$db"] = full_name.split(".", 1)[0]
+    return full_name, Request(request_id=header.request_id, op_code=OP_QUERY, body=query)
+
+
+def encode_op_msg(response_to: int, request_id: int, doc: dict[str, Any]) -> bytes:
+    """Encode a single-section OP_MSG reply."""
+    body = bson.encode(doc, codec_options=CODEC)
+    payload = struct.pack("<I", 0) + b"\x00" + body
+    return HEADER.pack(HEADER.size + len(payload), request_id, response_to, OP_MSG) + payload
+
+
+def encode_op_reply(response_to: int, request_id: int, doc: dict[str, Any]) -> bytes:
+    """Encode a legacy OP_REPLY carrying one document (handshake over OP_QUERY)."""
+    body = bson.encode(doc, codec_options=CODEC)
+    payload = struct.pack("<iqii", 8, 0, 0, 1) + body
+    return HEADER.pack(HEADER.size + len(payload), request_id, response_to, OP_REPLY) + payload
