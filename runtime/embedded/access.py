@@ -8,6 +8,7 @@ and change streams see all of them at once, and nothing of an aborted one.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -105,6 +106,7 @@ class Transaction:
     touched: dict[tuple[str, str, Key], _Touched] = field(default_factory=dict)
     steps: list[tuple[str, str, str, Key, bool]] = field(default_factory=list)
     failed: CommandError | None = None
+    started: float = field(default_factory=time.monotonic)  # for the lifetime limit
 
     def release(self, store: DataStore) -> None:
         """Drop this transaction's document locks."""
@@ -152,9 +154,9 @@ class TransactionAccess:
             if doc is not None:
                 yield doc
         for (db, name, key), entry in list(touched.items()):
-            if db == coll.db and name == coll.name and key not in seen:
-                if entry.current is not None and entry.base is None:
-                    yield entry.current
+            if db == coll.db and name == coll.name and key not in seen \
+                    and entry.current is not None and entry.base is None:
+                yield entry.current
 
     def _touch(self, coll: Collection, key: Key) -> _Touched:
         lock_key = (coll.db, coll.name, key)
@@ -186,9 +188,10 @@ class TransactionAccess:
                                            components in index.keys_for(touched.current)):
                         raise index.duplicate_error(doc)
             for (db, name, other_key), touched in self.txn.touched.items():
-                if (db, name) == (coll.db, coll.name) and other_key != key and touched.current:
-                    if set(index.keys_for(touched.current)) & set(index.keys_for(doc)):
-                        raise index.duplicate_error(doc)
+                if (db, name) == (coll.db, coll.name) and other_key != key \
+                        and touched.current \
+                        and set(index.keys_for(touched.current)) & set(index.keys_for(doc)):
+                    raise index.duplicate_error(doc)
 
     def insert(self, coll: Collection, doc: dict[str, Any]) -> None:
         key = id_key(doc["_id"])

@@ -4,6 +4,9 @@ A stream is a position in the change log plus a scope (collection, database or c
 options. ``getMore`` reads entries after the position, turns each one that is in scope into the
 event document drivers expect, runs the user's further stages on it, and, when nothing is there,
 waits on the log's append notification up to ``maxTimeMS``: no polling inside the server.
+
+The stream's ``postBatchResumeToken`` is the token of the last event returned or, past entries
+that produced no event, a high-water-mark token for the position; both compare like the log.
 """
 
 from __future__ import annotations
@@ -13,13 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bson.int64 import Int64
+from bson.timestamp import Timestamp
 
 from runtime.embedded import engine
 from runtime.embedded.changelog import (
+    TOKEN_EVENT,
     TOKEN_HIGH_WATER_MARK,
     TOKEN_INVALIDATE,
     ChangeEntry,
     ChangeLog,
+    ResumePosition,
     decode_token,
     encode_token,
 )
@@ -37,6 +43,12 @@ DEFAULT_AWAIT_MS = 1000
 _FULL_DOCUMENT = ("default", "updateLookup", "whenAvailable", "required")
 _BEFORE_CHANGE = ("off", "whenAvailable", "required")
 
+ERROR_CLUSTER_STREAM = 73
+ERROR_STAGE_NOT_ALLOWED = 20
+ERROR_FATAL = 280  # ChangeStreamFatalError
+ERROR_NO_IMAGE = 47  # NoMatchingDocument
+_NO_IMAGE_NAME = {"codeName": "NoMatchingDocument"}
+
 
 @dataclass
 class ChangeStreamCursor:
@@ -47,13 +59,19 @@ class ChangeStreamCursor:
     db: str
     coll: str | None  # None: database or cluster stream
     cluster: bool
-    position: int
+    position: int  # sequence number of the last log entry this stream has consumed
     position_token: dict[str, Any]
     full_document: str = "default"
     before_change: str = "off"
     expanded: bool = False
     stages: list[dict[str, Any]] = field(default_factory=list)
     closed: bool = False
+    # startAtOperationTime: entries committed before it are skipped even if they follow the
+    # position (the time may lie in the future).
+    start_time: Timestamp | None = None
+    # An entry that invalidates this stream whose event was delivered but whose invalidate was
+    # not yet (the batch was full, or the stream resumed right after it).
+    pending_invalidate: ChangeEntry | None = None
 
 
 def _validate_options(spec: Any) -> dict[str, Any]:
@@ -70,6 +88,17 @@ def _validate_options(spec: Any) -> dict[str, Any]:
     if spec.get("fullDocumentBeforeChange", "off") not in _BEFORE_CHANGE:
         raise CommandError(2, "unknown fullDocumentBeforeChange mode "
                            f"{spec.get('fullDocumentBeforeChange')!r}")
+    for flag in ("showExpandedEvents", "allChangesForCluster"):
+        if flag in spec and not isinstance(spec[flag], bool):
+            raise CommandError(14, f"BSON field '$changeStream.{flag}' is the wrong type, "
+                               "expected type 'bool'")
+    if "startAtOperationTime" in spec and not isinstance(spec["startAtOperationTime"], Timestamp):
+        raise CommandError(14, "BSON field '$changeStream.startAtOperationTime' is the wrong "
+                           "type, expected type 'timestamp'")
+    for option in ("resumeAfter", "startAfter"):
+        if option in spec and not isinstance(spec[option], dict):
+            raise CommandError(14, f"BSON field '$changeStream.{option}' is the wrong type, "
+                               "expected type 'object'")
     starts = [k for k in ("resumeAfter", "startAfter", "startAtOperationTime") if k in spec]
     if len(starts) > 1:
         raise CommandError(40674, "Only one type of resume option is allowed, but multiple were "
@@ -77,18 +106,7 @@ def _validate_options(spec: Any) -> dict[str, Any]:
     return spec
 
 
-def open_stream(cursor_id: int, db: str, coll: str | None, pipeline: list[dict[str, Any]],
-                log: ChangeLog) -> ChangeStreamCursor:
-    """Validate a change-stream pipeline and create its cursor at the right log position."""
-    spec = _validate_options(pipeline[0]["$changeStream"])
-    cluster = bool(spec.get("allChangesForCluster"))
-    if cluster and (db != "admin" or coll is not None):
-        raise CommandError(ERROR_CLUSTER_STREAM, "A $changeStream with 'allChangesForCluster:true' "
-                           "may only be opened on the 'admin' database, and with no collection")
-    if db == "admin" and not cluster:
-        raise CommandError(ERROR_CLUSTER_STREAM, "$changeStream may not be opened on the internal "
-                           "admin database")
-    stages = pipeline[1:]
+def _validate_stages(stages: list[dict[str, Any]]) -> None:
     for stage in stages:
         if not isinstance(stage, dict) or len(stage) != 1:
             raise CommandError(40323, "A pipeline stage specification object must contain "
@@ -103,24 +121,60 @@ def open_stream(cursor_id: int, db: str, coll: str | None, pipeline: list[dict[s
                 raise CommandError(40324, f"Unrecognized pipeline stage name: '{name}'")
             raise CommandError(ERROR_STAGE_NOT_ALLOWED, f"Stage {name} is not permitted in a "
                                "$changeStream pipeline")
+
+
+def _resume_point(position: ResumePosition, token: Any, log: ChangeLog) -> ChangeEntry | None:
+    """Check that the log can resume after ``position``; returns its entry when still held."""
+    if position.seq > log.last_seq:
+        raise CommandError(ERROR_FATAL, "cannot resume stream; the resume token was not found. "
+                           f"{token!r}")
+    log.require_available(position.seq)
+    entry = log.get(position.seq)
+    if position.kind == TOKEN_HIGH_WATER_MARK or entry is None:
+        return entry
+    if entry.cluster_time != position.cluster_time or entry.txn_index != position.txn_index:
+        # A token of another log (e.g. of an earlier in-memory server): its position means
+        # nothing here, and resuming from it would silently skip or repeat changes.
+        raise CommandError(ERROR_FATAL, "cannot resume stream; the resume token was not found. "
+                           f"{token!r}")
+    return entry
+
+
+def open_stream(cursor_id: int, db: str, coll: str | None, pipeline: list[dict[str, Any]],
+                log: ChangeLog) -> ChangeStreamCursor:
+    """Validate a change-stream pipeline and create its cursor at the right log position."""
+    spec = _validate_options(pipeline[0]["$changeStream"])
+    cluster = bool(spec.get("allChangesForCluster"))
+    if cluster and (db != "admin" or coll is not None):
+        raise CommandError(ERROR_CLUSTER_STREAM, "A $changeStream with 'allChangesForCluster:true' "
+                           "may only be opened on the 'admin' database, and with no collection")
+    if db == "admin" and not cluster:
+        raise CommandError(ERROR_CLUSTER_STREAM, "$changeStream may not be opened on the internal "
+                           "admin database")
+    stages = pipeline[1:]
+    _validate_stages(stages)
+    start_time: Timestamp | None = None
+    resumed_entry: ChangeEntry | None = None
     if "resumeAfter" in spec or "startAfter" in spec:
-        token = spec.get("resumeAfter", spec.get("startAfter"))
+        token: dict[str, Any] = spec.get("resumeAfter", spec.get("startAfter")) or {}
         position = decode_token(token)
         if "resumeAfter" in spec and position.kind == TOKEN_INVALIDATE:
             raise CommandError(260, "Attempting to resume a change stream using 'resumeAfter' is "
                                "not allowed from an invalidate notification.")
-        log.require_available(position.seq)
-        start, start_token = position.seq, token
+        entry = _resume_point(position, token, log)
+        if position.kind == TOKEN_EVENT:
+            resumed_entry = entry
+        start, start_token = position.seq, dict(token)
     elif "startAtOperationTime" in spec:
-        start = log.seq_at_time(spec["startAtOperationTime"])
-        start_token = log.high_water_mark()
+        start_time = spec["startAtOperationTime"]
+        assert isinstance(start_time, Timestamp)
+        start = log.seq_at_time(start_time)
+        # Sorts after every entry before the start time and before every entry from it on.
+        start_token = encode_token(start_time, 0, start, TOKEN_HIGH_WATER_MARK)
     else:
         start, start_token = log.last_seq, log.high_water_mark()
-    if coll is not None:
-        ns = f"{db}.{coll}"
-    else:
-        ns = f"{db}.$cmd.aggregate"
-    return ChangeStreamCursor(
+    ns = f"{db}.{coll}" if coll is not None else f"{db}.$cmd.aggregate"
+    stream = ChangeStreamCursor(
         cursor_id=cursor_id,
         ns=ns,
         db=db,
@@ -132,11 +186,20 @@ def open_stream(cursor_id: int, db: str, coll: str | None, pipeline: list[dict[s
         before_change=spec.get("fullDocumentBeforeChange", "off"),
         expanded=bool(spec.get("showExpandedEvents", False)),
         stages=stages,
+        start_time=start_time,
     )
+    if resumed_entry is not None and _in_scope(stream, resumed_entry) and _invalidates(
+        stream, resumed_entry
+    ):
+        # Resuming right after a drop or rename of the watched namespace: the invalidate that
+        # followed it is still owed.
+        stream.pending_invalidate = resumed_entry
+    return stream
 
 
-ERROR_CLUSTER_STREAM = 73
-ERROR_STAGE_NOT_ALLOWED = 20
+def _namespace_of_target(entry: ChangeEntry) -> tuple[Any, Any]:
+    to = entry.to or {}
+    return to.get("db"), to.get("coll")
 
 
 def _in_scope(stream: ChangeStreamCursor, entry: ChangeEntry) -> bool:
@@ -146,13 +209,13 @@ def _in_scope(stream: ChangeStreamCursor, entry: ChangeEntry) -> bool:
         return False
     if stream.cluster:
         return True
-    if entry.db != stream.db:
-        return False
+    renamed_to = _namespace_of_target(entry) if entry.op == "rename" else (None, None)
     if stream.coll is None:
-        return True
+        return entry.db == stream.db or renamed_to[0] == stream.db
     if entry.op == "dropDatabase":
         return False
-    return entry.coll == stream.coll
+    return (entry.db, entry.coll) == (stream.db, stream.coll) or renamed_to == (stream.db,
+                                                                                 stream.coll)
 
 
 def _invalidates(stream: ChangeStreamCursor, entry: ChangeEntry) -> bool:
@@ -160,7 +223,21 @@ def _invalidates(stream: ChangeStreamCursor, entry: ChangeEntry) -> bool:
         return False
     if stream.coll is None:
         return entry.op == "dropDatabase" and entry.db == stream.db
-    return entry.op in ("drop", "rename") and entry.db == stream.db and entry.coll == stream.coll
+    if entry.op == "drop":
+        return (entry.db, entry.coll) == (stream.db, stream.coll)
+    if entry.op == "rename":
+        # Renaming the watched collection away, or another collection onto its name.
+        return (entry.db, entry.coll) == (stream.db, stream.coll) or _namespace_of_target(
+            entry) == (stream.db, stream.coll)
+    return False
+
+
+def _missing_image(kind: str, which: str, entry: ChangeEntry) -> CommandError:
+    events = "update events" if kind == "post" else "update, delete and replace events"
+    return CommandError(ERROR_NO_IMAGE, f"Change stream was configured to require a {kind}-image "
+                        f"for all {events}, but the {kind}-image was not found for event: "
+                        f"{{ns: {entry.db}.{entry.coll}, documentKey: {entry.document_key}}}"
+                        f" ({which})", extra=dict(_NO_IMAGE_NAME))
 
 
 def _event(stream: ChangeStreamCursor, entry: ChangeEntry, catalog: Catalog) -> dict[str, Any]:
@@ -185,40 +262,36 @@ def _event(stream: ChangeStreamCursor, entry: ChangeEntry, catalog: Catalog) -> 
         elif stream.full_document in ("whenAvailable", "required"):
             image = entry.post_image if entry.images_enabled else None
             if image is None and stream.full_document == "required":
-                raise CommandError(ERROR_NO_IMAGE, "Change stream was configured to require a "
-                                   "post-image for all update events, but no post-image was "
-                                   "available")
+                raise _missing_image("post", "fullDocument: required", entry)
             event["fullDocument"] = image
     event["ns"] = ns
     if entry.document_key is not None:
         event["documentKey"] = entry.document_key
     if entry.update_description is not None:
         description = dict(entry.update_description)
+        paths = description.pop("disambiguatedPaths", None)
         if stream.expanded:
-            description["disambiguatedPaths"] = {}
+            description["disambiguatedPaths"] = paths or {}
         event["updateDescription"] = description
     if entry.op in ("update", "replace", "delete") and stream.before_change != "off":
         image = entry.pre_image if entry.images_enabled else None
         if image is None and stream.before_change == "required":
-            raise CommandError(ERROR_NO_IMAGE, "Change stream was configured to require a "
-                               "pre-image for all update, delete and replace events, but no "
-                               "pre-image was available")
+            raise _missing_image("pre", "fullDocumentBeforeChange: required", entry)
         event["fullDocumentBeforeChange"] = image
     if entry.to is not None:
         event["to"] = entry.to
     if stream.expanded and entry.operation_description is not None:
         event["operationDescription"] = entry.operation_description
+    if stream.expanded and entry.state_before_change is not None:
+        event["stateBeforeChange"] = entry.state_before_change
     if entry.lsid is not None:
         event["lsid"] = entry.lsid
         event["txnNumber"] = entry.txn_number
     return event
 
 
-ERROR_NO_IMAGE = 280
-
-
 def _apply_stages(stream: ChangeStreamCursor, event: dict[str, Any],
-                  variables: dict[str, Any], catalog: Catalog) -> dict[str, Any] | None:
+                  variables: dict[str, Any]) -> dict[str, Any] | None:
     if not stream.stages:
         return event
     token = event["_id"]
@@ -227,10 +300,10 @@ def _apply_stages(stream: ChangeStreamCursor, event: dict[str, Any],
         return None
     result = results[0]
     if result.get("_id") != token:
-        raise CommandError(280, "Encountered an event whose _id field, which contains the resume "
-                           "token, was modified by the pipeline. Modifying the _id field of an "
-                           "event makes it impossible to resume the stream from that point. "
-                           "Only transformations that retain the unmodified _id field are "
+        raise CommandError(ERROR_FATAL, "Encountered an event whose _id field, which contains the "
+                           "resume token, was modified by the pipeline. Modifying the _id field "
+                           "of an event makes it impossible to resume the stream from that "
+                           "point. Only transformations that retain the unmodified _id field are "
                            "allowed.")
     return result
 
@@ -240,45 +313,87 @@ class _NoForeign:
         return []
 
 
+def _before_start(stream: ChangeStreamCursor, entry: ChangeEntry) -> bool:
+    start = stream.start_time
+    return start is not None and (entry.cluster_time.time, entry.cluster_time.inc) < (
+        start.time, start.inc)
+
+
+def _invalidate(stream: ChangeStreamCursor, entry: ChangeEntry,
+                variables: dict[str, Any]) -> dict[str, Any] | None:
+    """Close the stream with the invalidate that follows ``entry``; the event unless filtered."""
+    event: dict[str, Any] = {
+        "_id": entry.token(TOKEN_INVALIDATE),
+        "operationType": "invalidate",
+        "clusterTime": entry.cluster_time,
+        "wallTime": entry.wall_time,
+    }
+    result = _apply_stages(stream, event, variables)
+    stream.position_token = entry.token(TOKEN_INVALIDATE)
+    stream.pending_invalidate = None
+    stream.closed = True
+    return result
+
+
 def collect(stream: ChangeStreamCursor, log: ChangeLog, catalog: Catalog,
             batch_size: int | None, variables: dict[str, Any]) -> list[dict[str, Any]]:
-    """Events available now after the stream's position (advancing it)."""
-    log.require_available(stream.position)
+    """Events available now after the stream's position (advancing it).
+
+    ``batch_size`` None means no limit; 0 gives an empty batch (an aggregate's first batch).
+    An error (a missing required image, a modified ``_id``) leaves the position before the
+    entry that caused it.
+    """
     batch: list[dict[str, Any]] = []
-    limit = batch_size if batch_size and batch_size > 0 else None
-    for entry in log.after(stream.position):
-        if limit is not None and len(batch) >= limit:
-            break
-        stream.position = entry.seq
-        stream.position_token = encode_token(entry.cluster_time, 0xFFFFFFFF, entry.seq,
-                                             TOKEN_HIGH_WATER_MARK)
-        if not _in_scope(stream, entry):
-            continue
-        event = _apply_stages(stream, _event(stream, entry, catalog), variables, catalog)
-        if event is not None:
-            batch.append(event)
-            stream.position_token = event["_id"]
-        if _invalidates(stream, entry):
-            invalidate = {
-                "_id": entry.token(TOKEN_INVALIDATE),
-                "operationType": "invalidate",
-                "clusterTime": entry.cluster_time,
-                "wallTime": entry.wall_time,
-            }
-            batch.append(invalidate)
-            stream.position_token = invalidate["_id"]
-            stream.closed = True
-            break
-    if not batch and stream.position >= log.last_seq:
+    limit = None if batch_size is None else max(0, batch_size)
+    if stream.closed:
+        return batch
+    if stream.pending_invalidate is None:
+        log.require_available(stream.position)
+        for entry in log.after(stream.position):
+            if limit is not None and len(batch) >= limit:
+                break
+            event = None
+            in_scope = _in_scope(stream, entry) and not _before_start(stream, entry)
+            if in_scope:
+                event = _apply_stages(stream, _event(stream, entry, catalog), variables)
+            stream.position = entry.seq
+            if event is not None:
+                batch.append(event)
+                stream.position_token = event["_id"]
+            elif not _before_start(stream, entry):
+                stream.position_token = encode_token(entry.cluster_time, 0xFFFFFFFF, entry.seq,
+                                                     TOKEN_HIGH_WATER_MARK)
+            if in_scope and _invalidates(stream, entry):
+                stream.pending_invalidate = entry
+                break
+    pending = stream.pending_invalidate
+    if pending is not None:
+        if limit is None or len(batch) < limit:
+            invalidate = _invalidate(stream, pending, variables)
+            if invalidate is not None:
+                batch.append(invalidate)
+        return batch
+    if not batch and stream.position >= log.last_seq and not _before_start_of_log(stream, log):
         stream.position_token = log.high_water_mark()
     return batch
+
+
+def _before_start_of_log(stream: ChangeStreamCursor, log: ChangeLog) -> bool:
+    """Whether a (future) ``startAtOperationTime`` lies beyond everything in the log."""
+    start = stream.start_time
+    return start is not None and (log.last_time.time, log.last_time.inc) < (start.time,
+                                                                             start.inc)
 
 
 async def next_batch(stream: ChangeStreamCursor, log: ChangeLog, catalog: Catalog,
                      batch_size: int | None, max_time_ms: Any,
                      variables: dict[str, Any]) -> list[dict[str, Any]]:
     """A getMore: events now, or wait for a commit up to ``maxTimeMS`` (default 1 s)."""
-    wait_ms = DEFAULT_AWAIT_MS if not isinstance(max_time_ms, int | float) else max_time_ms
+    if not batch_size:
+        batch_size = None  # a getMore's batchSize 0 (or none) means "no limit"
+    wait_ms: float = DEFAULT_AWAIT_MS
+    if isinstance(max_time_ms, int | float) and not isinstance(max_time_ms, bool):
+        wait_ms = max_time_ms
     deadline = time.monotonic() + max(0, wait_ms) / 1000
     while True:
         batch = collect(stream, log, catalog, batch_size, variables)

@@ -9,7 +9,10 @@ The log is bounded by size (``--oplog-size-mb``); resuming from a position that 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
 import datetime
+import itertools
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -78,6 +81,7 @@ class ChangeEntry:
     update_description: dict[str, Any] | None = None
     to: dict[str, Any] | None = None
     operation_description: dict[str, Any] | None = None
+    state_before_change: dict[str, Any] | None = None
     collection_uuid: Any = None
     lsid: dict[str, Any] | None = None
     txn_number: Any = None
@@ -100,6 +104,14 @@ class ChangeEntry:
         return entry
 
 
+def _seq_of(entry: ChangeEntry) -> int:
+    return entry.seq
+
+
+def _time_of(entry: ChangeEntry) -> tuple[int, int]:
+    return entry.cluster_time.time, entry.cluster_time.inc
+
+
 class ChangeLog:
     """A bounded, in-order log of :class:`ChangeEntry` with awaitable appends."""
 
@@ -109,6 +121,7 @@ class ChangeLog:
         self.last_seq = 0
         self.last_time = Timestamp(0, 0)
         self.evicted_through = 0  # every entry with seq <= this is gone
+        self.evicted_time = Timestamp(0, 0)  # cluster time of the last evicted entry, if known
         self._bytes = 0
         self._appended = asyncio.Event()
 
@@ -129,6 +142,7 @@ class ChangeLog:
             gone = self.entries.popleft()
             self._bytes -= gone.size
             self.evicted_through = gone.seq
+            self.evicted_time = gone.cluster_time
         if entries:
             self._appended.set()
             self._appended = asyncio.Event()
@@ -140,19 +154,25 @@ class ChangeLog:
     async def wait(self, timeout: float) -> None:
         """Wait until something is appended, or ``timeout`` seconds pass."""
         event = self._appended
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            pass
+
+    def get(self, seq: int) -> ChangeEntry | None:
+        """The entry with sequence number ``seq``, if the log still holds it."""
+        index = bisect.bisect_left(self.entries, seq, key=_seq_of)
+        if index < len(self.entries) and self.entries[index].seq == seq:
+            return self.entries[index]
+        return None
 
     def after(self, seq: int) -> Iterator[ChangeEntry]:
-        """Entries with a sequence number greater than ``seq``, oldest first."""
+        """Entries with a sequence number greater than ``seq``, oldest first.
+
+        The caller must not append while it iterates (nothing awaits in between).
+        """
         if not self.entries or seq >= self.last_seq:
-            return
-        first = self.entries[0].seq
-        start = max(0, seq + 1 - first)
-        for index in range(start, len(self.entries)):
-            yield self.entries[index]
+            return iter(())
+        start = bisect.bisect_right(self.entries, seq, key=_seq_of)
+        return itertools.islice(self.entries, start, None)
 
     def require_available(self, seq: int) -> None:
         """Raise 286 if the entries after ``seq`` are no longer all in the log."""
@@ -164,16 +184,18 @@ class ChangeLog:
             )
 
     def seq_at_time(self, ts: Timestamp) -> int:
-        """The position just before the first entry at or after ``ts`` (inclusive start)."""
+        """The position just before the first entry at or after ``ts`` (inclusive start).
+
+        ``ChangeStreamHistoryLost`` (286) when entries at or after ``ts`` may have been evicted.
+        """
         key = (ts.time, ts.inc)
-        if self.evicted_through and self.entries and key < (
-            self.entries[0].cluster_time.time,
-            self.entries[0].cluster_time.inc,
-        ):
-            self.require_available(-1)
-        for entry in self.entries:
-            if (entry.cluster_time.time, entry.cluster_time.inc) >= key:
-                return entry.seq - 1
+        index = bisect.bisect_left(self.entries, key, key=_time_of)
+        if self.evicted_through:
+            evicted = (self.evicted_time.time, self.evicted_time.inc)
+            if key <= evicted or (evicted == (0, 0) and index == 0):
+                self.require_available(-1)
+        if index < len(self.entries):
+            return self.entries[index].seq - 1
         return self.last_seq
 
     def high_water_mark(self) -> dict[str, Any]:

@@ -177,8 +177,15 @@ class DataStore:
         unit.ops.append({"op": "rename", "db": old_db, "coll": old_name, "toDb": to_db,
                          "toColl": to_name})
         if self._publishes(old_db, old_name):
+            description: dict[str, Any] = {"to": {"db": to_db, "coll": to_name}}
+            last = unit.entries[-1] if unit.entries else None
+            if last is not None and last.op == "drop" and (last.db, last.coll) == (to_db,
+                                                                                  to_name):
+                # ``dropTarget``: like MongoDB, one rename event names the dropped target.
+                unit.entries.pop()
+                description["dropTarget"] = last.collection_uuid
             entry = self._entry("rename", coll, old_db, to={"db": to_db, "coll": to_name},
-                                operation_description={"to": {"db": to_db, "coll": to_name}})
+                                operation_description=description)
             entry.coll = old_name
             unit.entries.append(entry)
 
@@ -204,12 +211,14 @@ class DataStore:
     def modify_collection(self, unit: WriteUnit, coll: Collection,
                           changes: dict[str, Any]) -> None:
         """``collMod``: change collection options."""
-        old = {k: coll.options.get(k) for k in changes if k in coll.options}
+        old = {"uuid": coll.uuid, **coll.options}
         coll.options.update(changes)
         unit.ops.append({"op": "collMod", "db": coll.db, "coll": coll.name, "options": changes})
         if self._publishes(coll.db, coll.name):
-            unit.entries.append(self._entry("modify", coll, coll.db, operation_description={
-                "collectionOptions": changes, "oldCollectionOptions": old}))
+            # As MongoDB: the collMod fields, and the options before it as stateBeforeChange.
+            entry = self._entry("modify", coll, coll.db, operation_description=dict(changes),
+                                state_before_change={"collectionOptions": old})
+            unit.entries.append(entry)
 
     # -- recovery -----------------------------------------------------------------------------
 

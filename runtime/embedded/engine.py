@@ -300,13 +300,31 @@ def _set_path(doc: dict[str, Any], path: str, value: Any) -> None:
     target[parts[-1]] = value
 
 
+def _positional_filter(query: dict[str, Any] | None,
+                       projection: dict[str, Any]) -> dict[str, Any] | None:
+    """The query clauses on the arrays a positional projection (``"a.$": 1``) names."""
+    arrays = [key[: -len(".$")] for key in projection if key.endswith(".$")]
+    if not arrays or not query:
+        return None
+    clauses: dict[str, Any] = {}
+    for key, value in query.items():
+        if any(key == a or key.startswith(a + ".") for a in arrays):
+            clauses[key] = value
+    return clauses or None
+
+
 def project(doc: dict[str, Any], projection: dict[str, Any] | None,
-            variables: dict[str, Any]) -> dict[str, Any]:
-    """Apply a find-style projection to one document."""
+            variables: dict[str, Any], query: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Apply a find-style projection to one document (``query`` serves ``"a.$"``)."""
     if not projection:
         return doc
+    positional = _positional_filter(query, projection)
+    if positional is None and any(key.endswith(".$") for key in projection):
+        raise CommandError(51246, "Executor error during find command :: caused by :: "
+                           "positional operator '.$' couldn't find a matching element in the "
+                           "array")
     try:
-        result = dict(_UPDATER._copy_only_fields(doc, dict(projection), dict))
+        result = dict(_UPDATER._copy_only_fields(doc, dict(projection), dict, positional))
     except (PyMongoError, NotImplementedError, TypeError, ValueError, KeyError) as exc:
         raise _translate(exc) from exc
     if "_id" in result:

@@ -7,19 +7,27 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from bson.binary import Binary
+
 from runtime.embedded.access import TRANSIENT, Transaction
 from runtime.embedded.errors import CommandError
 
 SESSION_TIMEOUT_MINUTES = 30
+NO_TXN_NUMBER = -1
 
 
 @dataclass
 class Session:
-    """Server-side state of one ``lsid``."""
+    """Server-side state of one ``lsid``.
+
+    ``last_txn_number`` is the highest ``txnNumber`` seen on the session, whether a retryable
+    write or a transaction used it (``-1``: none yet). Only the reply of that latest retryable
+    write is kept, as on MongoDB: a retry of an older ``txnNumber`` is ``TransactionTooOld``.
+    """
 
     lsid: dict[str, Any]
-    last_txn_number: int = 0
-    retry_replies: dict[int, dict[str, Any]] = field(default_factory=dict)
+    last_txn_number: int = NO_TXN_NUMBER
+    retry_reply: dict[str, Any] | None = None  # reply of the retryable write last_txn_number
     transaction: Transaction | None = None
     txn_state: str = "none"  # none | in_progress | committed | aborted
     last_used: float = field(default_factory=time.monotonic)
@@ -29,7 +37,19 @@ def _session_key(lsid: dict[str, Any]) -> bytes:
     value = lsid["id"]
     if isinstance(value, uuid.UUID):
         return value.bytes
-    return bytes(value)
+    if isinstance(value, Binary) and value.subtype in (3, 4) and len(value) == 16:
+        return bytes(value)
+    raise CommandError(14, "BSON field 'lsid.id' is the wrong type, expected a UUID "
+                       "(binData subtype 4)")
+
+
+def validate_lsid(lsid: Any) -> None:
+    """Reject an ``lsid`` that is not ``{id: UUID}`` (as MongoDB does, with a TypeMismatch)."""
+    if not isinstance(lsid, dict):
+        raise CommandError(14, "BSON field 'lsid' is the wrong type, expected type 'object'")
+    if "id" not in lsid:
+        raise CommandError(40414, "BSON field 'lsid.id' is missing but a required field")
+    _session_key(lsid)
 
 
 class SessionRegistry:
@@ -39,9 +59,13 @@ class SessionRegistry:
         self.sessions: dict[bytes, Session] = {}
 
     def get(self, lsid: Any) -> Session | None:
-        """The session of a command's ``lsid`` (created on first use)."""
-        if not isinstance(lsid, dict) or "id" not in lsid:
+        """The session of a command's ``lsid`` (created on first use); None without one.
+
+        An ``lsid`` of the wrong shape is an error (call :func:`validate_lsid` first).
+        """
+        if lsid is None:
             return None
+        validate_lsid(lsid)
         key = _session_key(lsid)
         session = self.sessions.get(key)
         if session is None:
@@ -54,7 +78,11 @@ class SessionRegistry:
         """Forget a session (``endSessions``); returns it so its transaction can be aborted."""
         if not isinstance(lsid, dict) or "id" not in lsid:
             return None
-        return self.sessions.pop(_session_key(lsid), None)
+        try:
+            key = _session_key(lsid)
+        except CommandError:
+            return None
+        return self.sessions.pop(key, None)
 
     def expired(self) -> list[Session]:
         """Sessions idle longer than the logical session timeout (removed from the registry)."""

@@ -3,10 +3,24 @@
 One asyncio event loop runs every command. A handler does not await between reading and writing
 storage (only change-stream getMores await, and they hold no write state), so each command is
 atomic with respect to every other, which is what makes 20 concurrent claimers safe.
+
+Sessions, retryable writes and transactions follow MongoDB's rules (see ``_execute``):
+
+* a retryable write (``txnNumber`` outside a transaction) whose ``txnNumber`` equals the
+  session's latest returns the recorded reply without running again; an older one is
+  ``TransactionTooOld`` (225);
+* a transaction is opened by ``startTransaction`` with a new ``txnNumber``; any error in one of
+  its statements aborts it; ``commitTransaction`` is idempotent; abort after commit is 256,
+  commit after abort is 251;
+* errors carry the labels MongoDB adds: ``RetryableWriteError`` (retryable writes, commit and
+  abort failing with a retryable code), ``TransientTransactionError`` (statements of a
+  transaction failing with a transient code, and 251), ``ResumableChangeStreamError``
+  (change-stream getMores failing with a resumable code).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import time
@@ -21,22 +35,29 @@ from runtime.embedded import engine
 from runtime.embedded.access import DirectAccess, Transaction, TransactionAccess
 from runtime.embedded.change_streams import ChangeStreamCursor
 from runtime.embedded.commands import COMMANDS
-from runtime.embedded.commands.registry import CommandContext
+from runtime.embedded.commands.registry import GENERIC_FIELDS, CommandContext
 from runtime.embedded.cursors import CursorRegistry
 from runtime.embedded.datastore import DataStore, WriteUnit
-from runtime.embedded.errors import CommandError, WriteError
+from runtime.embedded.errors import RESUMABLE_CHANGE_STREAM_CODES, CommandError, WriteError
 from runtime.embedded.failpoints import FailPoints, Injected
 from runtime.embedded.persistence import Persistence
 from runtime.embedded.sessions import Session, SessionRegistry, no_such_transaction
 
 log = logging.getLogger("runtime.embedded")
 
-# Fields every command may carry that are about the request, not the command itself.
-GENERIC_FIELDS = frozenset({"$db", "lsid", "$clusterTime", "$readPreference", "txnNumber",
-                            "autocommit", "startTransaction", "readConcern", "writeConcern",
-                            "comment", "maxTimeMS", "apiVersion", "apiStrict",
-                            "apiDeprecationErrors", "$audit", "bypassDocumentValidation"})
-RETRIED_REPLIES_KEPT = 32
+__all__ = ["GENERIC_FIELDS", "CloseConnection", "ServerConfig", "ServerState"]
+
+
+FINISH_COMMANDS = frozenset({"commitTransaction", "abortTransaction"})
+# Codes that make a retryable write (or commit/abort) safe to retry: RetryableWriteError.
+RETRYABLE_WRITE_CODES = frozenset({6, 7, 89, 91, 134, 189, 262, 9001, 10107, 11600, 11602,
+                                   13435, 13436})
+# Codes that abort a transaction in a way that retrying the whole transaction may fix.
+TRANSIENT_TRANSACTION_CODES = frozenset({24, 112, 251, 267}) | RETRYABLE_WRITE_CODES
+RETRYABLE_WRITE_LABEL = "RetryableWriteError"
+TRANSIENT_LABEL = "TransientTransactionError"
+RESUMABLE_LABEL = "ResumableChangeStreamError"
+DEFAULT_TRANSACTION_LIFETIME_S = 60
 
 
 @dataclass
@@ -56,6 +77,17 @@ class CloseConnection(Exception):
     """Raised by a fail point to drop the client's connection without a reply."""
 
 
+@dataclass
+class _Request:
+    """What the dispatcher worked out about a command before running it."""
+
+    name: str
+    in_transaction: bool  # autocommit: false (a statement, commit or abort of a transaction)
+    finishes_transaction: bool  # commitTransaction / abortTransaction
+    retryable_write: bool  # txnNumber on a retryable write command outside a transaction
+    change_stream_get_more: bool = False
+
+
 class ServerState:
     """Storage, sessions, cursors and fail points, plus the command dispatcher."""
 
@@ -73,6 +105,8 @@ class ServerState:
         self.connection_count = 0
         self.connections_made = 0
         self.opcounters: Counter[str] = Counter()
+        # setParameter transactionLifetimeLimitSeconds: older transactions are aborted.
+        self.transaction_lifetime_s: float = DEFAULT_TRANSACTION_LIFETIME_S
 
     # -- sessions -----------------------------------------------------------------------------
 
@@ -89,9 +123,16 @@ class ServerState:
         self.sessions.sessions.clear()
 
     def expire_sessions(self) -> None:
-        """Abort transactions of sessions idle past the logical session timeout."""
+        """Abort transactions past their lifetime and those of sessions idle too long."""
         for session in self.sessions.expired():
             self._abort(session)
+        limit = time.monotonic() - self.transaction_lifetime_s
+        for session in self.sessions.sessions.values():
+            txn = session.transaction
+            if txn is not None and session.txn_state == "in_progress" and txn.started < limit:
+                log.info("aborting transaction %d: older than transactionLifetimeLimitSeconds "
+                         "(%g)", txn.txn_number, self.transaction_lifetime_s)
+                self._abort(session)
 
     def _abort(self, session: Session) -> None:
         if session.transaction is not None and session.txn_state == "in_progress":
@@ -104,13 +145,14 @@ class ServerState:
         session = ctx.session
         txn_number = ctx.body.get("txnNumber")
         if session is None or not isinstance(txn_number, int):
-            raise CommandError(50768, "commitTransaction and abortTransaction need a session "
-                               "and a txnNumber")
-        if txn_number != session.last_txn_number:
+            raise CommandError(50768, f"{ctx.name} needs a session (lsid) and a txnNumber")
+        if txn_number < session.last_txn_number:
+            raise _too_old(txn_number, session)
+        if txn_number > session.last_txn_number:
             raise no_such_transaction(txn_number)
         if commit:
             if session.txn_state == "committed":
-                return {"ok": 1.0}
+                return {"ok": 1.0}  # a retried commit
             if session.txn_state != "in_progress" or session.transaction is None:
                 raise no_such_transaction(txn_number)
             txn = session.transaction
@@ -141,38 +183,43 @@ class ServerState:
         if body.get("autocommit", True) is not False:
             if body.get("startTransaction"):
                 raise CommandError(50768, "startTransaction requires autocommit: false")
+            if "autocommit" in body:
+                raise CommandError(72, "autocommit may only be specified as false")
             return None
         txn_number = body.get("txnNumber")
         if session is None or not isinstance(txn_number, int):
             raise CommandError(50768, "a transaction needs lsid and txnNumber")
-        if name in ("commitTransaction", "abortTransaction"):
+        if name in FINISH_COMMANDS:
             return session.transaction
         info = COMMANDS.get(name)
         if info is not None and not info.in_transaction:
             raise CommandError(263, f"Cannot run '{name}' in a multi-document transaction.")
-        if body.get("startTransaction"):
-            if txn_number < session.last_txn_number:
-                raise CommandError(225, f"Cannot start transaction {txn_number} because a newer "
-                                   f"transaction {session.last_txn_number} has already started")
-            if txn_number == session.last_txn_number and session.txn_state != "none":
-                raise CommandError(263 if session.txn_state == "in_progress" else 256,
-                                   f"transaction {txn_number} has already been started")
-            self._abort(session)
-            if "writeConcern" in body:
-                raise CommandError(72, "writeConcern is not allowed within a multi-statement "
-                                   "transaction")
-            session.last_txn_number = txn_number
-            session.transaction = Transaction(lsid=body["lsid"], txn_number=txn_number)
-            session.txn_state = "in_progress"
-            return session.transaction
-        if txn_number != session.last_txn_number or session.txn_state != "in_progress" \
-                or session.transaction is None:
-            if txn_number == session.last_txn_number and session.txn_state == "committed":
-                raise CommandError(256, "Transaction has been committed")
-            raise no_such_transaction(txn_number)
         if "writeConcern" in body:
             raise CommandError(72, "writeConcern is not allowed within a multi-statement "
                                "transaction")
+        if txn_number < session.last_txn_number:
+            raise _too_old(txn_number, session)
+        if body.get("startTransaction"):
+            if txn_number == session.last_txn_number:
+                if session.txn_state == "committed":
+                    raise CommandError(256, f"Transaction {txn_number} has already been "
+                                       "committed")
+                raise CommandError(117, f"Cannot start a transaction with txnNumber "
+                                   f"{txn_number}: it has already been used on this session")
+            self._abort(session)
+            session.last_txn_number = txn_number
+            session.retry_reply = None
+            session.transaction = Transaction(lsid=body["lsid"], txn_number=txn_number)
+            session.txn_state = "in_progress"
+            return session.transaction
+        if txn_number == session.last_txn_number and session.txn_state == "committed":
+            raise CommandError(256, f"Transaction {txn_number} has been committed")
+        if txn_number != session.last_txn_number or session.txn_state != "in_progress" \
+                or session.transaction is None:
+            raise no_such_transaction(txn_number)
+        if "readConcern" in body:
+            raise CommandError(72, "Only the first command in a transaction may specify a "
+                               "readConcern")
         return session.transaction
 
     # -- dispatch -----------------------------------------------------------------------------
@@ -180,13 +227,16 @@ class ServerState:
     def injected_failure(self, name: str, body: dict[str, Any],
                          connection: dict[str, Any]) -> Injected | None:
         """A fail point's failure for this command, if one is configured and fires."""
-        if not self.failpoints.points:
+        if not self.failpoints.points or name == "configureFailPoint":
             return None
-        is_stream = False
-        if name == "getMore":
-            cursor = self.cursors.cursors.get(body.get("getMore"))  # type: ignore[arg-type]
-            is_stream = isinstance(cursor, ChangeStreamCursor)
-        return self.failpoints.check(name, connection.get("app_name"), is_stream)
+        return self.failpoints.check(name, connection.get("app_name"),
+                                     self._is_change_stream_get_more(name, body))
+
+    def _is_change_stream_get_more(self, name: str, body: dict[str, Any]) -> bool:
+        if name != "getMore":
+            return False
+        cursor = self.cursors.cursors.get(body.get("getMore"))  # type: ignore[arg-type]
+        return isinstance(cursor, ChangeStreamCursor)
 
     async def execute(self, body: dict[str, Any], connection: dict[str, Any]) -> dict[str, Any]:
         """Run one command and return its reply document (errors included, never raised)."""
@@ -215,35 +265,120 @@ class ServerState:
         if not isinstance(db, str) or not db:
             raise CommandError(40571, "OP_MSG requests require a $db argument")
         info = COMMANDS.get(name)
-        if info is None or info.test_only and not self.config.enable_test_commands:
+        if info is None or (info.test_only and not self.config.enable_test_commands):
             raise CommandError(59, f"no such command: '{name}'")
         if info.admin_only and db != "admin":
             raise CommandError(13, f"{name} may only be run against the admin database.")
         self.opcounters["command"] += 1
+        txn_number = _txn_number(body)
+        in_transaction = body.get("autocommit", True) is False
+        request = _Request(
+            name=name,
+            in_transaction=in_transaction,
+            finishes_transaction=name in FINISH_COMMANDS,
+            retryable_write=info.retryable_write and txn_number is not None
+            and not in_transaction,
+        )
+        if txn_number is not None and not in_transaction and not request.retryable_write \
+                and not request.finishes_transaction:
+            raise CommandError(50768, f"txnNumber may only be provided for multi-document "
+                               f"transactions and retryable write commands; '{name}' is "
+                               "neither")
         injected = self.injected_failure(name, body, connection)
-        if injected is not None:
-            if injected.close_connection:
-                raise CloseConnection()
-            if injected.error is not None:
-                raise injected.error
+        if injected is not None and injected.block_ms > 0:
+            # Before any session bookkeeping, so a retry sent meanwhile runs first, cleanly.
+            await asyncio.sleep(injected.block_ms / 1000)
+        request.change_stream_get_more = self._is_change_stream_get_more(name, body)
+        try:
+            reply = await self._run(request, body, db, info.handler, connection, injected)
+        except CommandError as exc:
+            if injected is None or injected.explicit_labels is None \
+                    or exc is not injected.error:
+                _add_labels(exc, request)
+            raise
+        if injected is not None and injected.write_concern_error is not None:
+            reply = dict(reply)
+            reply["writeConcernError"] = injected.write_concern_error
+            if injected.explicit_labels is not None:
+                reply["errorLabels"] = list(injected.explicit_labels)
+            elif request.retryable_write and \
+                    injected.write_concern_error.get("code") in RETRYABLE_WRITE_CODES:
+                reply["errorLabels"] = [RETRYABLE_WRITE_LABEL]
+        return reply
+
+    async def _run(self, request: _Request, body: dict[str, Any], db: str, handler: Any,
+                   connection: dict[str, Any], injected: Injected | None) -> dict[str, Any]:
+        name = request.name
         session = self.sessions.get(body.get("lsid"))
+        if body.get("txnNumber") is not None and session is None:
+            raise CommandError(72, "Transaction number requires a session ID (lsid) to also be "
+                               "specified")
         transaction = self._transaction_for(name, body, session)
-        txn_number = body.get("txnNumber")
-        retryable = (info.retryable_write and transaction is None and session is not None
-                     and isinstance(txn_number, int))
-        if retryable:
-            assert session is not None and isinstance(txn_number, int)
-            if txn_number in session.retry_replies:
-                return dict(session.retry_replies[txn_number])
-            if txn_number < session.last_txn_number:
-                raise CommandError(225, f"Retryable write with txnNumber {txn_number} is prohibited "
-                                   f"on session because a newer retryable write with txnNumber "
-                                   f"{session.last_txn_number} has already started on this session.")
-            session.last_txn_number = txn_number
-            session.txn_state = "none"
+        statement_of = transaction if not request.finishes_transaction else None
+        try:
+            if injected is not None:
+                if injected.close_connection:
+                    raise CloseConnection()
+                if injected.error is not None:
+                    error = injected.error
+                    if injected.explicit_labels is not None:
+                        error.labels = list(injected.explicit_labels)
+                    raise error
+            close_after = False
+            if request.retryable_write:
+                assert session is not None
+                txn_number = body["txnNumber"]
+                recorded = self._begin_retryable_write(session, txn_number)
+                if recorded is not None:
+                    return recorded
+                point = self.failpoints.check_retryable_write() \
+                    if self.failpoints.points else None
+                if point is not None:
+                    if point.error is not None:
+                        raise point.error
+                    close_after = point.close_after_write
+            reply = await self._call(name, body, db, handler, connection, session, transaction)
+        except Exception as exc:
+            if statement_of is not None:
+                # Any error inside a transaction aborts it, as on a real server.
+                assert session is not None
+                self._abort(session)
+                if isinstance(exc, CloseConnection | CommandError):
+                    raise
+                raise CommandError(1, f"internal error: {type(exc).__name__}: {exc}") from exc
+            raise
+        if request.retryable_write and reply.get("ok"):
+            assert session is not None
+            session.retry_reply = dict(reply)
+            if close_after:
+                raise CloseConnection()
+        return reply
+
+    def _begin_retryable_write(self, session: Session, txn_number: int) -> dict[str, Any] | None:
+        """Session bookkeeping of a retryable write; the recorded reply if it is a retry."""
+        if txn_number < session.last_txn_number:
+            raise _too_old(txn_number, session)
+        if txn_number == session.last_txn_number:
+            if session.txn_state != "none":
+                raise CommandError(225, f"Cannot run a retryable write with txnNumber "
+                                   f"{txn_number}: a transaction has used that number on this "
+                                   "session")
+            if session.retry_reply is not None:
+                return dict(session.retry_reply)
+            return None  # the earlier attempt failed: run it again
+        # A newer txnNumber ends whatever the session did before, an open transaction included.
+        self._abort(session)
+        session.last_txn_number = txn_number
+        session.retry_reply = None
+        session.txn_state = "none"
+        return None
+
+    async def _call(self, name: str, body: dict[str, Any], db: str, handler: Any,
+                    connection: dict[str, Any], session: Session | None,
+                    transaction: Transaction | None) -> dict[str, Any]:
         unit = WriteUnit()
         access = (TransactionAccess(self.store, transaction) if transaction is not None
-                  and name not in ("commitTransaction", "abortTransaction")
+                  and name not in FINISH_COMMANDS
                   else DirectAccess(self.store, unit))
         now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
         ctx = CommandContext(
@@ -260,20 +395,44 @@ class ServerState:
             connection=connection,
         )
         try:
-            reply = await info.handler(ctx)
-        except CommandError as exc:
-            if transaction is not None and name not in ("commitTransaction", "abortTransaction"):
-                # Any error inside a transaction aborts it, as on a real server.
-                assert session is not None
-                self._abort(session)
-                if "TransientTransactionError" not in exc.labels and exc.code in (112, 251):
-                    exc.labels.append("TransientTransactionError")
-            raise
+            reply: dict[str, Any] = await handler(ctx)
         finally:
             self.store.commit(unit)
-        if retryable and reply.get("ok"):
-            assert session is not None and isinstance(txn_number, int)
-            session.retry_replies[txn_number] = dict(reply)
-            while len(session.retry_replies) > RETRIED_REPLIES_KEPT:
-                del session.retry_replies[min(session.retry_replies)]
         return reply
+
+
+def _txn_number(body: dict[str, Any]) -> int | None:
+    """The command's ``txnNumber`` (validated), or None."""
+    value = body.get("txnNumber")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CommandError(14, "BSON field 'txnNumber' is the wrong type, expected type 'long'")
+    if value < 0:
+        raise CommandError(2, f"txnNumber ({value}) must be non-negative")
+    return value
+
+
+def _too_old(txn_number: int, session: Session) -> CommandError:
+    return CommandError(225, f"Cannot start transaction {txn_number} on session because a newer "
+                        f"transaction {session.last_txn_number} has already started")
+
+
+def _add_labels(exc: CommandError, request: _Request) -> None:
+    """Add the error labels MongoDB would attach to this failure."""
+
+    def add(label: str) -> None:
+        if label not in exc.labels:
+            exc.labels.append(label)
+
+    code = exc.code
+    if (request.retryable_write or request.finishes_transaction) \
+            and code in RETRYABLE_WRITE_CODES:
+        add(RETRYABLE_WRITE_LABEL)
+    if request.in_transaction and not request.finishes_transaction \
+            and code in TRANSIENT_TRANSACTION_CODES:
+        add(TRANSIENT_LABEL)
+    if request.finishes_transaction and code == 251:
+        add(TRANSIENT_LABEL)
+    if request.change_stream_get_more and code in RESUMABLE_CHANGE_STREAM_CODES:
+        add(RESUMABLE_LABEL)

@@ -231,7 +231,7 @@ def _results(ctx: CommandContext, coll: Collection | None, query: dict[str, Any]
         docs = itertools.islice(docs, skip, skip + limit if limit else None)
     if projection:
         variables = ctx.variables
-        docs = (engine.project(d, projection, variables) for d in docs)
+        docs = (engine.project(d, projection, variables, query) for d in docs)
     return docs
 
 
@@ -370,7 +370,7 @@ async def find_and_modify(ctx: CommandContext) -> dict[str, Any]:
     except WriteError as exc:
         raise exc.as_command_error() from exc
     if value is not None and fields:
-        value = engine.project(value, fields, ctx.variables)
+        value = engine.project(value, fields, ctx.variables, query)
     return {"lastErrorObject": last_error, "value": value, "ok": 1.0}
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from bson import ObjectId
 from bson.int64 import Int64
 
-from runtime.embedded.commands.registry import CommandContext, command
+from runtime.embedded.commands.registry import GENERIC_FIELDS, CommandContext, command
 from runtime.embedded.errors import CommandError
 from runtime.embedded.wire import MAX_BSON_SIZE, MAX_MESSAGE_SIZE
 
@@ -86,13 +86,34 @@ async def get_parameter(ctx: CommandContext) -> dict[str, Any]:
     params: dict[str, Any] = {
         "enableTestCommands": ctx.state.config.enable_test_commands,
         "featureCompatibilityVersion": {"version": "7.0"},
-        "transactionLifetimeLimitSeconds": 60,
+        "transactionLifetimeLimitSeconds": ctx.state.transaction_lifetime_s,
         "requireApiVersion": False,
         "authenticationMechanisms": [],
     }
     if ctx.body.get("getParameter") == "*":
         return {**params, "ok": 1.0}
     return {**{k: v for k, v in params.items() if k in ctx.body}, "ok": 1.0}
+
+
+SETTABLE_PARAMETERS = ("transactionLifetimeLimitSeconds",)
+
+
+@command("setParameter", admin_only=True)
+async def set_parameter(ctx: CommandContext) -> dict[str, Any]:
+    """Change a runtime parameter; only ``transactionLifetimeLimitSeconds`` is supported."""
+    wanted = {k: v for k, v in ctx.body.items() if k not in GENERIC_FIELDS and k != ctx.name}
+    if not wanted:
+        raise CommandError(2, "no option found to set, use help:true to see options")
+    unknown = [k for k in wanted if k not in SETTABLE_PARAMETERS]
+    if unknown:
+        raise CommandError(2, f"attempted to set unrecognized parameter [{unknown[0]}]; "
+                           f"supported: {', '.join(SETTABLE_PARAMETERS)}")
+    value = wanted["transactionLifetimeLimitSeconds"]
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 1:
+        raise CommandError(2, "transactionLifetimeLimitSeconds must be a number >= 1")
+    was = ctx.state.transaction_lifetime_s
+    ctx.state.transaction_lifetime_s = value
+    return {"was": was, "ok": 1.0}
 
 
 @command("getCmdLineOpts")

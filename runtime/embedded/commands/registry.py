@@ -16,6 +16,13 @@ if TYPE_CHECKING:
     from runtime.embedded.state import ServerState
 
 
+# Fields every command may carry that are about the request, not the command itself.
+GENERIC_FIELDS = frozenset({"$db", "lsid", "$clusterTime", "$readPreference", "txnNumber",
+                            "autocommit", "startTransaction", "readConcern", "writeConcern",
+                            "comment", "maxTimeMS", "apiVersion", "apiStrict",
+                            "apiDeprecationErrors", "$audit", "bypassDocumentValidation"})
+
+
 @dataclass
 class CommandContext:
     """Everything a handler needs about the request it serves."""

@@ -10,5 +10,5 @@ from runtime.embedded.commands.registry import CommandContext, command
 @command("configureFailPoint", admin_only=True, test_only=True)
 async def configure_fail_point(ctx: CommandContext) -> dict[str, Any]:
     """Turn a fail point on or off (see :mod:`runtime.embedded.failpoints`)."""
-    ctx.state.failpoints.configure(ctx.body)
-    return {"ok": 1.0}
+    count = ctx.state.failpoints.configure(ctx.body)
+    return {"count": count, "ok": 1.0}

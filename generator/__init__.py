@@ -1,0 +1,1 @@
+"""reactgen generator: compiles reactor definitions into typed models, stubs and pipelines."""
