@@ -1,0 +1,197 @@
+"""Trigger filters: build-time validation and the document paths they read.
+
+The runtime evaluates filters on the database itself (so semantics are MongoDB's), but only
+operators that the embedded server and MongoDB evaluate identically, and that are deterministic
+over time and across evaluations, are accepted. Anything else is rejected here, naming the
+operator, instead of being mis-evaluated later.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+QUERY_OPERATORS = frozenset({
+    "$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$and", "$or", "$nor", "$not",
+    "$exists", "$type", "$regex", "$options", "$all", "$elemMatch", "$size", "$mod", "$expr",
+    "$comment",
+})
+EXPRESSION_OPERATORS = frozenset({
+    # arithmetic
+    "$add", "$subtract", "$multiply", "$divide", "$mod", "$abs", "$ceil", "$floor", "$round",
+    "$trunc", "$pow", "$sqrt", "$max", "$min", "$sum", "$avg",
+    # comparison and boolean
+    "$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$cmp", "$and", "$or", "$not",
+    # conditional
+    "$cond", "$ifNull", "$switch",
+    # strings
+    "$concat", "$toLower", "$toUpper", "$substr",
+    "$split", "$trim", "$ltrim", "$rtrim", "$regexMatch", "$strcasecmp",
+   
+    # arrays and sets
+    "$size", "$in", "$arrayElemAt", "$filter", "$map", "$reduce", "$slice", "$isArray",
+    "$concatArrays", "$anyElementTrue", "$allElementsTrue", "$first", "$last",
+    "$indexOfArray", "$setUnion", "$setIntersection", "$setDifference",
+    "$setEquals", "$setIsSubset", "$objectToArray", "$arrayToObject", "$mergeObjects",
+    # types and literals
+    "$type", "$toString", "$toInt", "$toLong", "$toDouble", "$toDecimal", "$toDate",
+    "$toObjectId", "$convert", "$literal", "$isNumber",
+    # dates
+    "$dateAdd", "$dateSubtract", "$dateDiff", "$year", "$month", "$dayOfMonth", "$dayOfWeek",
+    "$dayOfYear", "$hour", "$minute", "$second", "$millisecond", "$week", "$dateToString",
+    "$dateFromString", "$dateTrunc",
+})
+# Known MongoDB operators that are rejected, with the reason shown to the user.
+REJECTED = {
+    "$where": "runs JavaScript, which the runtime does not evaluate",
+    "$function": "runs JavaScript, which the runtime does not evaluate",
+    "$accumulator": "runs JavaScript, which the runtime does not evaluate",
+    "$text": "needs a text index and scores, which a per-document trigger cannot use",
+    "$near": "is a sorting geo operator, not a per-document condition",
+    "$nearSphere": "is a sorting geo operator, not a per-document condition",
+    "$geoWithin": "is not evaluated by the embedded development server",
+    "$geoIntersects": "is not evaluated by the embedded development server",
+    "$jsonSchema": "is not evaluated by the embedded development server",
+    "$rand": "is random: the planner and the late-binding check would disagree",
+    "$sampleRate": "is random: the planner and the late-binding check would disagree",
+    "$bitsAllSet": "is not evaluated by the embedded development server",
+    "$bitsAnySet": "is not evaluated by the embedded development server",
+    "$bitsAllClear": "is not evaluated by the embedded development server",
+    "$bitsAnyClear": "is not evaluated by the embedded development server",
+    "$getField": "is not evaluated by the embedded development server",
+}
+for _op in ("$indexOfCP", "$range", "$reverseArray", "$strLenBytes", "$strLenCP", "$substrBytes",
+            "$substrCP", "$toBool"):
+    REJECTED[_op] = "is not evaluated by the embedded development server"
+ALLOWED_VARIABLES = frozenset({"NOW", "CLUSTER_TIME", "ROOT", "CURRENT", "REMOVE", "this", "value"})
+WHOLE_DOCUMENT = "$$ROOT"
+
+
+class FilterError(Exception):
+    """A filter or watch expression uses something that cannot be evaluated faithfully."""
+
+    def __init__(self, pointer: str, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.pointer = pointer
+        self.message = message
+        self.hint = hint
+
+
+def _join(pointer: str, key: str | int) -> str:
+    return f"{pointer}/{str(key).replace('~', '~0').replace('/', '~1')}"
+
+
+def _reject(op: str, pointer: str, kind: str) -> FilterError:
+    if op in REJECTED:
+        return FilterError(pointer, f"operator {op} {REJECTED[op]}",
+                           "express the condition with supported query or expression operators")
+    return FilterError(pointer, f"unknown {kind} operator {op}",
+                       "check the spelling; see docs/reactor-definitions.md for the supported list")
+
+
+def is_expression_filter(spec: dict[str, Any]) -> bool:
+    """True when a filter is an aggregation expression rather than a query document."""
+    keys = list(spec)
+    return bool(keys) and all(k.startswith("$") for k in keys) and not all(
+        k in QUERY_OPERATORS for k in keys)
+
+
+def normalise_filter(spec: dict[str, Any]) -> dict[str, Any]:
+    """The filter as a query document (an expression filter is wrapped in ``$expr``)."""
+    return {"$expr": spec} if is_expression_filter(spec) else spec
+
+
+def check_query(query: Any, pointer: str, paths: set[str], prefix: str = "") -> None:
+    """Validate a query document and collect the document paths it reads into ``paths``."""
+    if not isinstance(query, dict):
+        raise FilterError(pointer, "a query must be a mapping of fields to conditions")
+    for key, value in query.items():
+        here = _join(pointer, key)
+        if key.startswith("$"):
+            if key not in QUERY_OPERATORS:
+                raise _reject(key, here, "query")
+            if key in ("$and", "$or", "$nor"):
+                if not isinstance(value, list) or not value:
+                    raise FilterError(here, f"{key} needs a non-empty list of queries")
+                for index, part in enumerate(value):
+                    check_query(part, _join(here, index), paths, prefix)
+            elif key == "$expr":
+                check_expression(value, here, paths)
+            elif key != "$comment":
+                raise FilterError(here, f"{key} must be used inside a field condition")
+            continue
+        path = f"{prefix}{key}"
+        paths.add(path)
+        _check_condition(value, here, paths, path)
+
+
+def _check_condition(value: Any, pointer: str, paths: set[str], path: str) -> None:
+    if not (isinstance(value, dict) and value and next(iter(value)).startswith("$")):
+        return
+    for op, operand in value.items():
+        here = _join(pointer, op)
+        if op not in QUERY_OPERATORS or op in ("$and", "$or", "$nor", "$expr", "$comment"):
+            raise _reject(op, here, "query")
+        if op == "$elemMatch":
+            if isinstance(operand, dict) and operand and not next(iter(operand)).startswith("$"):
+                check_query(operand, here, paths, prefix=f"{path}.")
+            else:
+                _check_condition(operand, here, paths, path)
+        elif op == "$not":
+            if not isinstance(operand, dict):
+                if isinstance(operand, str):
+                    raise FilterError(here, "$not needs an operator expression or a regex")
+                continue
+            _check_condition(operand, here, paths, path)
+        elif op in ("$in", "$nin", "$all") and not isinstance(operand, list):
+            raise FilterError(here, f"{op} needs a list")
+
+
+def check_expression(expr: Any, pointer: str, paths: set[str]) -> None:
+    """Validate an aggregation expression and collect the field paths it reads."""
+    if isinstance(expr, str):
+        if expr.startswith("$$"):
+            variable = expr[2:].split(".", 1)[0]
+            if variable in ("ROOT", "CURRENT"):
+                rest = expr[2:].split(".", 1)
+                paths.add(rest[1] if len(rest) > 1 else WHOLE_DOCUMENT)
+            elif variable not in ALLOWED_VARIABLES and not variable.islower():
+                raise FilterError(pointer, f"unknown system variable $${variable}",
+                                  "supported: $$NOW, $$ROOT, $$CURRENT, $$REMOVE and your own "
+                                  "$let / $map / $filter variables")
+        elif expr.startswith("$"):
+            paths.add(expr[1:])
+        return
+    if isinstance(expr, list):
+        for index, item in enumerate(expr):
+            check_expression(item, _join(pointer, index), paths)
+        return
+    if not isinstance(expr, dict):
+        return
+    for key, value in expr.items():
+        here = _join(pointer, key)
+        if key.startswith("$"):
+            if key not in EXPRESSION_OPERATORS and key != "$let":
+                raise _reject(key, here, "expression")
+            if key == "$literal":
+                continue
+            if key == "$let" and isinstance(value, dict):
+                check_expression(value.get("vars", {}), _join(here, "vars"), paths)
+                check_expression(value.get("in"), _join(here, "in"), paths)
+                continue
+        check_expression(value, here, paths)
+
+
+def check_watch_projection(watch: dict[str, Any], pointer: str, paths: set[str]) -> None:
+    """Validate a watch projection (inclusion only, values may be expressions)."""
+    for key, value in watch.items():
+        here = _join(pointer, key)
+        if key.startswith("$") or not key:
+            raise FilterError(here, f"watched value name {key!r} may not start with $",
+                              "name the computed value, e.g. itemCount: {$size: '$items'}")
+        if value in (0, False):
+            raise FilterError(here, "watch projections include values; exclusion (0/false) is "
+                              "not allowed", "list the fields to watch instead")
+        if value in (1, True):
+            paths.add(key)
+        else:
+            check_expression(value, here, paths)

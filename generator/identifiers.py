@@ -1,0 +1,53 @@
+"""Turning arbitrary names from definitions into safe, unique Python identifiers."""
+
+from __future__ import annotations
+
+import keyword
+import re
+import unicodedata
+
+# Names generated modules define or import themselves, which a reactor module may not shadow.
+RESERVED = frozenset({"REACTOR", "Context", "Policies", "ReactorSpec", "TaskContext", "Any",
+                      "json_util", "annotations", "BaseModel", "Field", "ConfigDict",
+                      "generated", "runtime", "registry", "models", "reactors", "handlers"})
+
+
+def module_name(name: str) -> str:
+    """A lowercase module name for ``name``: ASCII letters, digits and underscores."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", ascii_name)
+    cleaned = re.sub(r"[^0-9a-zA-Z]+", "_", snake).strip("_").lower()
+    if not cleaned:
+        cleaned = "reactor"
+    if cleaned[0].isdigit():
+        cleaned = f"r_{cleaned}"
+    if keyword.iskeyword(cleaned) or keyword.issoftkeyword(cleaned) or cleaned in RESERVED:
+        cleaned = f"{cleaned}_"
+    return cleaned
+
+
+def class_name(name: str) -> str:
+    """A CamelCase class name for ``name``."""
+    parts = [p for p in re.split(r"[^0-9a-zA-Z]+", module_name(name)) if p]
+    result = "".join(p[:1].upper() + p[1:] for p in parts) or "Document"
+    if result[0].isdigit():
+        result = f"C{result}"
+    if result in RESERVED or keyword.iskeyword(result):
+        result = f"{result}Model"
+    return result
+
+
+def field_name(name: str, taken: set[str]) -> str:
+    """A snake_case attribute name for a document field, unique among ``taken``."""
+    base = module_name(name)
+    if base.startswith("_"):
+        base = base.lstrip("_") or "field"
+    candidate = base
+    counter = 1
+    while candidate in taken or candidate.startswith("model_") or candidate in (
+        "model_config", "model_fields", "schema", "json", "dict", "copy", "validate", "construct"
+    ):
+        candidate = f"{base}_{counter}"
+        counter += 1
+    taken.add(candidate)
+    return candidate

@@ -1,0 +1,167 @@
+"""Finding, parsing and validating reactor definition files.
+
+YAML is parsed with line information so that every problem can point at ``file:line``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from generator.errors import BuildError, Problem
+
+DEFINITION_SUFFIXES = (".reactor.yaml", ".reactor.yml", ".reactor.json")
+
+
+@dataclass
+class RawDefinition:
+    """A parsed definition file and the source line of each JSON pointer in it."""
+
+    path: Path
+    data: dict[str, Any]
+    lines: dict[str, int]
+
+    def line_of(self, pointer: str) -> int | None:
+        """The line of the closest enclosing node of ``pointer``."""
+        while True:
+            if pointer in self.lines:
+                return self.lines[pointer]
+            if not pointer:
+                return None
+            pointer = pointer.rsplit("/", 1)[0]
+
+    def problem(self, pointer: str, message: str, hint: str = "") -> Problem:
+        """A problem located at ``pointer`` in this file."""
+        return Problem(self.path, pointer, message, hint, self.line_of(pointer))
+
+
+def pointer_join(pointer: str, key: str | int) -> str:
+    """Append one reference token (escaped per RFC 6901)."""
+    token = str(key).replace("~", "~0").replace("/", "~1")
+    return f"{pointer}/{token}"
+
+
+def find_definitions(root: Path) -> list[Path]:
+    """Every ``*.reactor.{yaml,yml,json}`` below ``root``, sorted."""
+    if root.is_file():
+        return [root]
+    found = [p for p in root.rglob("*") if p.is_file() and p.name.endswith(DEFINITION_SUFFIXES)]
+    return sorted(found)
+
+
+def definition_stem(path: Path) -> str:
+    """``orders/sync.reactor.yaml`` -> ``sync``."""
+    for suffix in DEFINITION_SUFFIXES:
+        if path.name.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.stem
+
+
+def _yaml_lines(node: yaml.Node, pointer: str, lines: dict[str, int]) -> None:
+    lines[pointer] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
+            child = pointer_join(pointer, key)
+            _yaml_lines(value_node, child, lines)
+            lines[child] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _yaml_lines(item, pointer_join(pointer, index), lines)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys instead of silently keeping the last one."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return dict(loader.construct_mapping(node))
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                              _mapping_without_duplicates)
+# Timestamps stay strings: durations and dates in filters are interpreted by us, not by YAML.
+_StrictLoader.yaml_implicit_resolvers = {
+    k: [(tag, regexp) for tag, regexp in v if tag != "tag:yaml.org,2002:timestamp"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def parse_file(path: Path) -> RawDefinition:
+    """Parse a YAML or JSON definition; syntax errors become a :class:`BuildError`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BuildError([Problem(path, "", f"cannot read file: {exc}")]) from exc
+    lines: dict[str, int] = {}
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            node = yaml.compose(text, Loader=_StrictLoader)
+            if node is not None:
+                _yaml_lines(node, "", lines)
+            data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except json.JSONDecodeError as exc:
+        raise BuildError([Problem(path, "", f"invalid JSON: {exc.msg}", line=exc.lineno)]) from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise BuildError([Problem(path, "", f"invalid YAML: {exc}".splitlines()[0], line=line)]
+                         ) from exc
+    if not isinstance(data, dict):
+        raise BuildError([Problem(path, "", "a reactor definition must be a mapping",
+                                  "start the file with 'collection: <name>'", 1)])
+    return RawDefinition(path, data, lines)
+
+
+@cache
+def definition_schema() -> dict[str, Any]:
+    """The JSON Schema of the definition format (shipped as package data)."""
+    text = resources.files("generator").joinpath("reactor-definition.schema.json").read_text(
+        encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def _hint(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        return f"allowed keys here: {', '.join(allowed)}"
+    if error.validator == "pattern" and "duration" in str(error.schema.get("description", "")):
+        return "write a duration such as 500ms, 10s, 5m, 1h, 7d"
+    if error.validator == "enum":
+        return "one of: " + ", ".join(json.dumps(v) for v in error.validator_value)
+    if error.validator == "required":
+        return "add the missing key"
+    return ""
+
+
+def validate_definition(raw: RawDefinition) -> list[Problem]:
+    """Check a parsed definition against the definition format's JSON Schema."""
+    validator = jsonschema.Draft202012Validator(definition_schema())
+    problems = []
+    for error in sorted(validator.iter_errors(raw.data), key=lambda e: list(map(str, e.path))):
+        pointer = ""
+        for token in error.absolute_path:
+            pointer = pointer_join(pointer, token)
+        message = error.message
+        if error.validator == "oneOf" and error.context:
+            best = min(error.context, key=lambda e: len(list(e.absolute_path)))
+            message = f"{error.message[:120]}: {best.message}"
+        problems.append(raw.problem(pointer, message, _hint(error)))
+    return problems

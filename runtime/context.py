@@ -1,0 +1,52 @@
+"""The handler's view of one task execution: ``TaskContext[Model]``.
+
+This module fixes the interface generated handlers are typed against; the runtime provides the
+implementation. ``Model`` is the reactor's document model and ``Watched`` the model of its
+watched values (defaulting to ``Any`` so ``TaskContext[Order]`` is a valid annotation).
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from typing import Any, Generic
+
+from pydantic import BaseModel
+from typing_extensions import TypeVar
+
+Model = TypeVar("Model", bound=BaseModel)
+Watched = TypeVar("Watched", default=Any)
+
+
+class TaskContext(abc.ABC, Generic[Model, Watched]):
+    """What a handler gets for one execution of one task."""
+
+    doc_id: Any
+    """The source document's ``_id``."""
+
+    watched_values: Watched
+    """The watched values that triggered this execution."""
+
+    attempt: int
+    """1 for the first execution of this data version, 2 for the first retry, ..."""
+
+    logger: logging.LoggerAdapter[logging.Logger]
+    """A logger that tags every line with reactor, task and source ids."""
+
+    @abc.abstractmethod
+    async def get_document(self, projection: dict[str, Any] | None = None,
+                           session: Any = None) -> Model:
+        """The current source document, validated; ends the task as ``skipped`` if it no
+        longer exists, no longer matches the filter, or its watched values changed."""
+
+    @abc.abstractmethod
+    async def mark_completed(self, session: Any = None) -> None:
+        """Record completion inside the caller's transaction (exactly-once side effects)."""
+
+    @abc.abstractmethod
+    async def defer(self, delay_ms: int) -> None:
+        """Run again after ``delay_ms`` without counting an attempt."""
+
+    @abc.abstractmethod
+    async def throttle(self, duration_ms: int) -> None:
+        """Pause this whole reactor for ``duration_ms``."""

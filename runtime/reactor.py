@@ -1,0 +1,95 @@
+"""What a reactor is at run time: its trigger, policies and handler, as generated code binds them.
+
+``reactgen build`` writes one module per reactor that constructs a :class:`ReactorSpec`; the
+runtime loads them through the generated registry. Durations are milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+RetryStrategy = Literal["fixed", "linear", "exponential", "series", "cron"]
+CleanupWhen = Literal["sourceDeleted", "sourceDeletedOrUnmatched", "never"]
+OnVersionIncrease = Literal["none", "reprocessFailed", "reprocessAll"]
+
+
+@dataclass(frozen=True)
+class DebouncePolicy:
+    """Trailing debounce: run ``delay_ms`` after the last change, but no later than
+    ``max_wait_ms`` after the first unprocessed one (so continuous changes cannot starve it)."""
+
+    delay_ms: int = 0
+    max_wait_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a failed execution runs again, and when it stops trying."""
+
+    strategy: RetryStrategy = "exponential"
+    interval_ms: int = 1000
+    min_ms: int = 1000
+    max_ms: int = 3_600_000
+    factor: float = 2.0
+    jitter: float = 0.0
+    delays_ms: tuple[int, ...] = ()
+    cron: str | None = None
+    max_attempts: int | None = 5
+    max_duration_ms: int | None = None
+    reset_on_data_change: bool = True
+
+
+@dataclass(frozen=True)
+class CleanupPolicy:
+    """What happens to a task when its source document is deleted or stops matching."""
+
+    when: CleanupWhen = "sourceDeleted"
+    keep_for_ms: int = 0
+
+
+@dataclass(frozen=True)
+class EvolutionPolicy:
+    """How the runtime reacts when the handler version or the trigger changes."""
+
+    handler_version: int = 1
+    on_version_increase: OnVersionIncrease = "none"
+    reconcile_on_trigger_change: bool = True
+
+
+@dataclass(frozen=True)
+class Policies:
+    """All policies of one reactor, with the defaults documented in docs/reactor-definitions.md."""
+
+    debounce: DebouncePolicy = field(default_factory=DebouncePolicy)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout_ms: int | None = None
+    cleanup: CleanupPolicy = field(default_factory=CleanupPolicy)
+    concurrency: int | None = None
+    history_limit: int = 5
+    evolution: EvolutionPolicy = field(default_factory=EvolutionPolicy)
+
+
+@dataclass(frozen=True)
+class ReactorSpec:
+    """One compiled reactor definition."""
+
+    name: str
+    collection: str
+    database: str | None
+    model: type[BaseModel]
+    watched_model: type[BaseModel]
+    filter: dict[str, Any]
+    watch: dict[str, Any] | None
+    pipeline: list[dict[str, Any]]
+    policies: Policies
+    handler: str
+    trigger_fingerprint: str
+    source: str
+
+    @property
+    def tasks_collection(self) -> str:
+        """Where this reactor's tasks live: ``<collection>_tasks``."""
+        return f"{self.collection}_tasks"
