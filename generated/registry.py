@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from generated.reactors import (
     recalculate_product_rating,
     send_welcome_message,
@@ -14,4 +16,782 @@ REACTORS: tuple[ReactorSpec, ...] = (
     recalculate_product_rating.REACTOR,
     send_welcome_message.REACTOR,
     sync_paid_orders.REACTOR,
+)
+
+# The change-stream pipeline of each database's planner (None = the runtime's --database).
+PIPELINES: dict[str | None, list[dict[str, Any]]] = {
+    None: [
+        {
+            '$match': {
+                '$or': [
+                    {
+                        'ns.coll': 'orders',
+                        '$or': [
+                            {
+                                'operationType': {
+                                    '$in': ['insert', 'replace', 'delete', 'drop', 'rename'],
+                                },
+                            },
+                            {
+                                'operationType': 'update',
+                                '$expr': {
+                                    '$let': {
+                                        'vars': {
+                                            'changed': {
+                                                '$concatArrays': [
+                                                    {
+                                                        '$map': {
+                                                            'input': {
+                                                                '$objectToArray': {
+                                                                    '$ifNull': [
+                                                                        (
+                                                                            '$updateDes'
+                                                                            'cription.u'
+                                                                            'pdatedFiel'
+                                                                            'ds'
+                                                                        ),
+                                                                        {},
+                                                                    ],
+                                                                },
+                                                            },
+                                                            'as': 'field',
+                                                            'in': '$$field.k',
+                                                        },
+                                                    },
+                                                    {
+                                                        '$ifNull': [
+                                                            (
+                                                                '$updateDescription.rem'
+                                                                'ovedFields'
+                                                            ),
+                                                            [],
+                                                        ],
+                                                    },
+                                                    {
+                                                        '$map': {
+                                                            'input': {
+                                                                '$ifNull': [
+                                                                    (
+                                                                        '$updateDescrip'
+                                                                        'tion.truncated'
+                                                                        'Arrays'
+                                                                    ),
+                                                                    [],
+                                                                ],
+                                                            },
+                                                            'as': 'array',
+                                                            'in': '$$array.field',
+                                                        },
+                                                    },
+                                                ],
+                                            },
+                                        },
+                                        'in': {
+                                            '$anyElementTrue': [
+                                                {
+                                                    '$map': {
+                                                        'input': '$$changed',
+                                                        'as': 'raw',
+                                                        'in': {
+                                                            '$let': {
+                                                                'vars': {
+                                                                    'path': {
+                                                                        '$reduce': {
+                                                                            'input': {
+                                                                                (
+                                                                                    '$f'
+                                                                                    'il'
+                                                                                    'te'
+                                                                                    'r'
+                                                                                ): {
+                                                                                    (
+                                                                                        'i'
+                                                                                        'n'
+                                                                                        'p'
+                                                                                        'u'
+                                                                                        't'
+                                                                                    ): {
+                                                                                        (
+                                                                                            '$'
+                                                                                            's'
+                                                                                            'p'
+                                                                                            'l'
+                                                                                            'i'
+                                                                                            't'
+                                                                                        ): [
+                                                                                            (
+                                                                                                '$'
+                                                                                                '$'
+                                                                                                'r'
+                                                                                                'a'
+                                                                                                'w'
+                                                                                            ),
+                                                                                            (
+                                                                                                '.'
+                                                                                            ),
+                                                                                        ],
+                                                                                    },
+                                                                                    'as': (
+                                                                                        's'
+                                                                                        'e'
+                                                                                        'g'
+                                                                                        'm'
+                                                                                        'e'
+                                                                                        'n'
+                                                                                        't'
+                                                                                    ),
+                                                                                    (
+                                                                                        'c'
+                                                                                        'o'
+                                                                                        'n'
+                                                                                        'd'
+                                                                                    ): {
+                                                                                        (
+                                                                                            '$'
+                                                                                            'n'
+                                                                                            'o'
+                                                                                            't'
+                                                                                        ): {
+                                                                                            (
+                                                                                                '$'
+                                                                                                'r'
+                                                                                                'e'
+                                                                                                'g'
+                                                                                                'e'
+                                                                                                'x'
+                                                                                                'M'
+                                                                                                'a'
+                                                                                                't'
+                                                                                                'c'
+                                                                                                'h'
+                                                                                            ): {
+                                                                                                (
+                                                                                                    'i'
+                                                                                                    'n'
+                                                                                                    'p'
+                                                                                                    'u'
+                                                                                                    't'
+                                                                                                ): (
+                                                                                                    '$'
+                                                                                                    '$'
+                                                                                                    's'
+                                                                                                    'e'
+                                                                                                    'g'
+                                                                                                    'm'
+                                                                                                    'e'
+                                                                                                    'n'
+                                                                                                    't'
+                                                                                                ),
+                                                                                                (
+                                                                                                    'r'
+                                                                                                    'e'
+                                                                                                    'g'
+                                                                                                    'e'
+                                                                                                    'x'
+                                                                                                ): (
+                                                                                                    '^'
+                                                                                                    '['
+                                                                                                    '0'
+                                                                                                    '-'
+                                                                                                    '9'
+                                                                                                    ']'
+                                                                                                    '+'
+                                                                                                    '$'
+                                                                                                ),
+                                                                                            },
+                                                                                        },
+                                                                                    },
+                                                                                },
+                                                                            },
+                                                                            (
+                                                                                'initia'
+                                                                                'lValue'
+                                                                            ): '',
+                                                                            'in': {
+                                                                                '$cond': [
+                                                                                    {
+                                                                                        (
+                                                                                            '$'
+                                                                                            'e'
+                                                                                            'q'
+                                                                                        ): [
+                                                                                            (
+                                                                                                '$'
+                                                                                                '$'
+                                                                                                'v'
+                                                                                                'a'
+                                                                                                'l'
+                                                                                                'u'
+                                                                                                'e'
+                                                                                            ),
+                                                                                            (
+                                                                                                ''
+                                                                                            ),
+                                                                                        ],
+                                                                                    },
+                                                                                    (
+                                                                                        '$'
+                                                                                        '$'
+                                                                                        't'
+                                                                                        'h'
+                                                                                        'i'
+                                                                                        's'
+                                                                                    ),
+                                                                                    {
+                                                                                        (
+                                                                                            '$'
+                                                                                            'c'
+                                                                                            'o'
+                                                                                            'n'
+                                                                                            'c'
+                                                                                            'a'
+                                                                                            't'
+                                                                                        ): [
+                                                                                            (
+                                                                                                '$'
+                                                                                                '$'
+                                                                                                'v'
+                                                                                                'a'
+                                                                                                'l'
+                                                                                                'u'
+                                                                                                'e'
+                                                                                            ),
+                                                                                            (
+                                                                                                '.'
+                                                                                            ),
+                                                                                            (
+                                                                                                '$'
+                                                                                                '$'
+                                                                                                't'
+                                                                                                'h'
+                                                                                                'i'
+                                                                                                's'
+                                                                                            ),
+                                                                                        ],
+                                                                                    },
+                                                                                ],
+                                                                            },
+                                                                        },
+                                                                    },
+                                                                },
+                                                                'in': {
+                                                                    '$or': [
+                                                                        {
+                                                                            '$in': [
+                                                                                '$$path',
+                                                                                [
+                                                                                    (
+                                                                                        'i'
+                                                                                        't'
+                                                                                        'e'
+                                                                                        'm'
+                                                                                        's'
+                                                                                    ),
+                                                                                    (
+                                                                                        'i'
+                                                                                        't'
+                                                                                        'e'
+                                                                                        'm'
+                                                                                        's'
+                                                                                        '.'
+                                                                                        'q'
+                                                                                        'u'
+                                                                                        'a'
+                                                                                        'n'
+                                                                                        't'
+                                                                                        'i'
+                                                                                        't'
+                                                                                        'y'
+                                                                                    ),
+                                                                                    (
+                                                                                        'i'
+                                                                                        't'
+                                                                                        'e'
+                                                                                        'm'
+                                                                                        's'
+                                                                                        '.'
+                                                                                        's'
+                                                                                        'k'
+                                                                                        'u'
+                                                                                    ),
+                                                                                    (
+                                                                                        's'
+                                                                                        't'
+                                                                                        'a'
+                                                                                        't'
+                                                                                        'u'
+                                                                                        's'
+                                                                                    ),
+                                                                                    (
+                                                                                        't'
+                                                                                        'o'
+                                                                                        't'
+                                                                                        'a'
+                                                                                        'l'
+                                                                                    ),
+                                                                                ],
+                                                                            ],
+                                                                        },
+                                                                        {
+                                                                            (
+                                                                                '$regex'
+                                                                                'Match'
+                                                                            ): {
+                                                                                'input': '$$path',
+                                                                                'regex': (
+                                                                                    '^('
+                                                                                    '?:'
+                                                                                    'it'
+                                                                                    'em'
+                                                                                    's'
+                                                                                    '\\'
+                                                                                    '.q'
+                                                                                    'ua'
+                                                                                    'nt'
+                                                                                    'it'
+                                                                                    'y|'
+                                                                                    'it'
+                                                                                    'em'
+                                                                                    's'
+                                                                                    '\\'
+                                                                                    '.s'
+                                                                                    'ku'
+                                                                                    '|s'
+                                                                                    'ta'
+                                                                                    'tu'
+                                                                                    's|'
+                                                                                    'to'
+                                                                                    'ta'
+                                                                                    'l)'
+                                                                                    '\\'
+                                                                                    '.'
+                                                                                ),
+                                                                            },
+                                                                        },
+                                                                    ],
+                                                                },
+                                                            },
+                                                        },
+                                                    },
+                                                },
+                                            ],
+                                        },
+                                    },
+                                },
+                            },
+                        ],
+                    },
+                    {
+                        'ns.coll': 'reviews',
+                        '$or': [
+                            {
+                                'operationType': {
+                                    '$in': ['insert', 'replace', 'delete', 'drop', 'rename'],
+                                },
+                            },
+                            {
+                                'operationType': 'update',
+                                '$expr': {
+                                    '$let': {
+                                        'vars': {
+                                            'changed': {
+                                                '$concatArrays': [
+                                                    {
+                                                        '$map': {
+                                                            'input': {
+                                                                '$objectToArray': {
+                                                                    '$ifNull': [
+                                                                        (
+                                                                            '$updateDes'
+                                                                            'cription.u'
+                                                                            'pdatedFiel'
+                                                                            'ds'
+                                                                        ),
+                                                                        {},
+                                                                    ],
+                                                                },
+                                                            },
+                                                            'as': 'field',
+                                                            'in': '$$field.k',
+                                                        },
+                                                    },
+                                                    {
+                                                        '$ifNull': [
+                                                            (
+                                                                '$updateDescription.rem'
+                                                                'ovedFields'
+                                                            ),
+                                                            [],
+                                                        ],
+                                                    },
+                                                    {
+                                                        '$map': {
+                                                            'input': {
+                                                                '$ifNull': [
+                                                                    (
+                                                                        '$updateDescrip'
+                                                                        'tion.truncated'
+                                                                        'Arrays'
+                                                                    ),
+                                                                    [],
+                                                                ],
+                                                            },
+                                                            'as': 'array',
+                                                            'in': '$$array.field',
+                                                        },
+                                                    },
+                                                ],
+                                            },
+                                        },
+                                        'in': {
+                                            '$anyElementTrue': [
+                                                {
+                                                    '$map': {
+                                                        'input': '$$changed',
+                                                        'as': 'raw',
+                                                        'in': {
+                                                            '$let': {
+                                                                'vars': {
+                                                                    'path': {
+                                                                        '$reduce': {
+                                                                            'input': {
+                                                                                (
+                                                                                    '$f'
+                                                                                    'il'
+                                                                                    'te'
+                                                                                    'r'
+                                                                                ): {
+                                                                                    (
+                                                                                        'i'
+                                                                                        'n'
+                                                                                        'p'
+                                                                                        'u'
+                                                                                        't'
+                                                                                    ): {
+                                                                                        (
+                                                                                            '$'
+                                                                                            's'
+                                                                                            'p'
+                                                                                            'l'
+                                                                                            'i'
+                                                                                            't'
+                                                                                        ): [
+                                                                                            (
+                                                                                                '$'
+                                                                                                '$'
+                                                                                                'r'
+                                                                                                'a'
+                                                                                                'w'
+                                                                                            ),
+                                                                                            (
+                                                                                                '.'
+                                                                                            ),
+                                                                                        ],
+                                                                                    },
+                                                                                    'as': (
+                                                                                        's'
+                                                                                        'e'
+                                                                                        'g'
+                                                                                        'm'
+                                                                                        'e'
+                                                                                        'n'
+                                                                                        't'
+                                                                                    ),
+                                                                                    (
+                                                                                        'c'
+                                                                                        'o'
+                                                                                        'n'
+                                                                                        'd'
+                                                                                    ): {
+                                                                                        (
+                                                                                            '$'
+                                                                                            'n'
+                                                                                            'o'
+                                                                                            't'
+                                                                                        ): {
+                                                                                            (
+                                                                                                '$'
+                                                                                                'r'
+                                                                                                'e'
+                                                                                                'g'
+                                                                                                'e'
+                                                                                                'x'
+                                                                                                'M'
+                                                                                                'a'
+                                                                                                't'
+                                                                                                'c'
+                                                                                                'h'
+                                                                                            ): {
+                                                                                                (
+                                                                                                    'i'
+                                                                                                    'n'
+                                                                                                    'p'
+                                                                                                    'u'
+                                                                                                    't'
+                                                                                                ): (
+                                                                                                    '$'
+                                                                                                    '$'
+                                                                                                    's'
+                                                                                                    'e'
+                                                                                                    'g'
+                                                                                                    'm'
+                                                                                                    'e'
+                                                                                                    'n'
+                                                                                                    't'
+                                                                                                ),
+                                                                                                (
+                                                                                                    'r'
+                                                                                                    'e'
+                                                                                                    'g'
+                                                                                                    'e'
+                                                                                                    'x'
+                                                                                                ): (
+                                                                                                    '^'
+                                                                                                    '['
+                                                                                                    '0'
+                                                                                                    '-'
+                                                                                                    '9'
+                                                                                                    ']'
+                                                                                                    '+'
+                                                                                                    '$'
+                                                                                                ),
+                                                                                            },
+                                                                                        },
+                                                                                    },
+                                                                                },
+                                                                            },
+                                                                            (
+                                                                                'initia'
+                                                                                'lValue'
+                                                                            ): '',
+                                                                            'in': {
+                                                                                '$cond': [
+                                                                                    {
+                                                                                        (
+                                                                                            '$'
+                                                                                            'e'
+                                                                                            'q'
+                                                                                        ): [
+                                                                                            (
+                                                                                                '$'
+                                                                                                '$'
+                                                                                                'v'
+                                                                                                'a'
+                                                                                                'l'
+                                                                                                'u'
+                                                                                                'e'
+                                                                                            ),
+                                                                                            (
+                                                                                                ''
+                                                                                            ),
+                                                                                        ],
+                                                                                    },
+                                                                                    (
+                                                                                        '$'
+                                                                                        '$'
+                                                                                        't'
+                                                                                        'h'
+                                                                                        'i'
+                                                                                        's'
+                                                                                    ),
+                                                                                    {
+                                                                                        (
+                                                                                            '$'
+                                                                                            'c'
+                                                                                            'o'
+                                                                                            'n'
+                                                                                            'c'
+                                                                                            'a'
+                                                                                            't'
+                                                                                        ): [
+                                                                                            (
+                                                                                                '$'
+                                                                                                '$'
+                                                                                                'v'
+                                                                                                'a'
+                                                                                                'l'
+                                                                                                'u'
+                                                                                                'e'
+                                                                                            ),
+                                                                                            (
+                                                                                                '.'
+                                                                                            ),
+                                                                                            (
+                                                                                                '$'
+                                                                                                '$'
+                                                                                                't'
+                                                                                                'h'
+                                                                                                'i'
+                                                                                                's'
+                                                                                            ),
+                                                                                        ],
+                                                                                    },
+                                                                                ],
+                                                                            },
+                                                                        },
+                                                                    },
+                                                                },
+                                                                'in': {
+                                                                    '$or': [
+                                                                        {
+                                                                            '$in': [
+                                                                                '$$path',
+                                                                                [
+                                                                                    (
+                                                                                        'h'
+                                                                                        'i'
+                                                                                        'd'
+                                                                                        'd'
+                                                                                        'e'
+                                                                                        'n'
+                                                                                    ),
+                                                                                    (
+                                                                                        'p'
+                                                                                        'r'
+                                                                                        'o'
+                                                                                        'd'
+                                                                                        'u'
+                                                                                        'c'
+                                                                                        't'
+                                                                                        'I'
+                                                                                        'd'
+                                                                                    ),
+                                                                                    (
+                                                                                        'r'
+                                                                                        'a'
+                                                                                        't'
+                                                                                        'i'
+                                                                                        'n'
+                                                                                        'g'
+                                                                                    ),
+                                                                                ],
+                                                                            ],
+                                                                        },
+                                                                        {
+                                                                            (
+                                                                                '$regex'
+                                                                                'Match'
+                                                                            ): {
+                                                                                'input': '$$path',
+                                                                                'regex': (
+                                                                                    '^('
+                                                                                    '?:'
+                                                                                    'hi'
+                                                                                    'dd'
+                                                                                    'en'
+                                                                                    '|p'
+                                                                                    'ro'
+                                                                                    'du'
+                                                                                    'ct'
+                                                                                    'Id'
+                                                                                    '|r'
+                                                                                    'at'
+                                                                                    'in'
+                                                                                    'g)'
+                                                                                    '\\'
+                                                                                    '.'
+                                                                                ),
+                                                                            },
+                                                                        },
+                                                                    ],
+                                                                },
+                                                            },
+                                                        },
+                                                    },
+                                                },
+                                            ],
+                                        },
+                                    },
+                                },
+                            },
+                        ],
+                    },
+                    {
+                        'ns.coll': 'users',
+                        'operationType': {'$in': ['insert', 'replace', 'delete', 'drop', 'rename']},
+                    },
+                    {'operationType': {'$in': ['dropDatabase', 'invalidate']}},
+                ],
+            },
+        },
+    ],
+}
+
+# (database or None, collection, keys, options): ensured by `runtime serve` at start.
+INDEXES: list[tuple[str | None, str, list[tuple[str, int]], dict[str, Any]]] = (
+    [
+        (
+            None,
+            'reviews_tasks',
+            [('reactor', 1), ('sourceId', 1)],
+            {'name': 'reactgen_task_key', 'unique': True},
+        ),
+        (
+            None,
+            'reviews_tasks',
+            [('reactor', 1), ('nextRunAt', 1)],
+            {'name': 'reactgen_claim'},
+        ),
+        (
+            None,
+            'reviews_tasks',
+            [('reactor', 1), ('status', 1)],
+            {'name': 'reactgen_status'},
+        ),
+        (
+            None,
+            'reviews_tasks',
+            [('expiresAt', 1)],
+            {'name': 'reactgen_expiry', 'expireAfterSeconds': 0},
+        ),
+        (
+            None,
+            'users_tasks',
+            [('reactor', 1), ('sourceId', 1)],
+            {'name': 'reactgen_task_key', 'unique': True},
+        ),
+        (
+            None,
+            'users_tasks',
+            [('reactor', 1), ('nextRunAt', 1)],
+            {'name': 'reactgen_claim'},
+        ),
+        (
+            None,
+            'users_tasks',
+            [('reactor', 1), ('status', 1)],
+            {'name': 'reactgen_status'},
+        ),
+        (
+            None,
+            'users_tasks',
+            [('expiresAt', 1)],
+            {'name': 'reactgen_expiry', 'expireAfterSeconds': 0},
+        ),
+        (
+            None,
+            'orders_tasks',
+            [('reactor', 1), ('sourceId', 1)],
+            {'name': 'reactgen_task_key', 'unique': True},
+        ),
+        (
+            None,
+            'orders_tasks',
+            [('reactor', 1), ('nextRunAt', 1)],
+            {'name': 'reactgen_claim'},
+        ),
+        (
+            None,
+            'orders_tasks',
+            [('reactor', 1), ('status', 1)],
+            {'name': 'reactgen_status'},
+        ),
+        (
+            None,
+            'orders_tasks',
+            [('expiresAt', 1)],
+            {'name': 'reactgen_expiry', 'expireAfterSeconds': 0},
+        ),
+        (None, 'orders', [('status', 1)], {'name': 'reactgen_filter_sync_paid_orders'}),
+    ]
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import keyword
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,8 @@ from generator.errors import BuildError, Problem
 from generator.identifiers import module_name
 from generator.indexes import plan_indexes
 from generator.loader import find_definitions, parse_file, validate_definition
-from generator.models import generate_model_code
-from generator.render import is_plain_json, py_comment, render
+from generator.models import generate_model_code, library_version
+from generator.render import py_comment, py_data, render
 
 GENERATOR_VERSION = "1"
 MANIFEST = "manifest.json"
@@ -81,15 +82,18 @@ def _check_collections(reactors: list[CompiledReactor]) -> list[Problem]:
         if first is reactor:
             continue
         if first.collection != reactor.collection:
-            problems.append(Problem(reactor.path, "/collection",
-                                    f"collection {reactor.collection!r} and {first.collection!r} "
-                                    f"({first.path}) map to the same module name {key!r}",
-                                    "rename one of the collections"))
+            problems.append(reactor.problem(
+                "/collection", f"collection {reactor.collection!r} and {first.collection!r} "
+                f"({first.path}) map to the same model module models/{key}.py",
+                "rename one of the collections"))
         elif first.schema != reactor.schema or first.model_class != reactor.model_class:
-            problems.append(Problem(reactor.path, "/schema",
-                                    f"reactors on collection {reactor.collection!r} must share "
-                                    f"one document schema and model; {first.path} differs",
-                                    "point both definitions at the same schema file and model"))
+            what = ("model name" if first.schema == reactor.schema else "document schema")
+            problems.append(reactor.problem(
+                "/schema" if what == "document schema" else "/model",
+                f"reactors on collection {reactor.collection!r} must share one document schema "
+                f"and model name; the {what} differs from {first.path}",
+                "point both definitions at the same schema file (schema: {$ref: ...}) and use "
+                "the same 'model'"))
     return problems
 
 
@@ -104,9 +108,7 @@ def generate_files(root: Path, out: Path, project: Path,
                    cache_dir: Path | None) -> BuildResult:
     """All generated files (relative path -> content) and the stubs to create if missing."""
     package = out.name
-    if not package.isidentifier() or package != module_name(package).rstrip("_"):
-        raise BuildError([Problem(out, "", f"output folder name {package!r} is not a valid "
-                                  "Python package name", "use e.g. --out generated")])
+    check_package_name(out)
     reactors = load_and_compile(root)
     files: dict[str, str] = {}
     stubs: dict[str, str] = {}
@@ -119,10 +121,10 @@ def generate_files(root: Path, out: Path, project: Path,
         module = module_name(reactor.collection)
         if module in model_modules:
             continue
-        source = reactor.schema_source or reactor.path
-        code = generate_model_code(reactor.schema, reactor.model_class, source, cache_dir)
+        schema_file = reactor.schema_source or reactor.path
+        code = generate_model_code(reactor.schema, reactor.model_class, schema_file, cache_dir)
         model_modules[module] = reactor.model_class
-        files[f"models/{module}.py"] = _model_module(code, _relative(source, project))
+        files[f"models/{module}.py"] = _model_module(code, _relative(schema_file, project))
     for reactor in reactors:
         source = _relative(reactor.path, project)
         watched_class = f"{reactor.class_prefix}Watched"
@@ -131,14 +133,34 @@ def generate_files(root: Path, out: Path, project: Path,
         needs_datetime = any("datetime" in f.annotation for f in reactor.watched_fields)
         docstring = (f"Reactor {reactor.name!r} on collection {reactor.collection!r}."
                      + (f"\n\n{reactor.description}\n" if reactor.description else ""))
+        filter_code, filter_module = py_data(reactor.filter, len("FILTER: dict[str, Any] = "))
+        watch_code, watch_module = py_data(reactor.watch_projection,
+                                           len("WATCH: dict[str, Any] | None = "))
+        pipeline_code, pipeline_module = py_data(reactor.pipeline,
+                                                 len("PIPELINE: list[dict[str, Any]] = "))
+        data_modules = {filter_module, watch_module, pipeline_module}
+        stdlib = ["from typing import Any, TypeAlias"]
+        stdlib += ["import datetime"] if needs_datetime else []
+        stdlib += ["import json"] if "json" in data_modules else []
+        third_party = ["from bson import json_util"] if "json_util" in data_modules else []
+        if reactor.watch_projection is not None:
+            third_party.append("from pydantic import BaseModel, ConfigDict"
+                               + (", Field" if reactor.watched_fields else ""))
+        model_module = module_name(reactor.collection)
+        first_party = [
+            _from_import(f"{package}.models.{model_module}", [reactor.model_class]),
+            "from runtime.context import TaskContext",
+            _from_import("runtime.reactor", ["CleanupPolicy", "DebouncePolicy",
+                                             "EvolutionPolicy", "Policies", "ReactorSpec",
+                                             "RetryPolicy"]),
+        ]
         files[f"reactors/{reactor.module}.py"] = render(
-            "reactor_module.py.j2", reactor=reactor, package=package, source=source, docstring=docstring,
-            model_module=module_name(reactor.collection), watched_class=watched_class,
-            needs_datetime=needs_datetime,
+            "reactor_module.py.j2", reactor=reactor, package=package, source=source,
+            docstring=docstring, watched_class=watched_class,
+            imports=import_block(stdlib, third_party, first_party),
+            filter_code=filter_code, watch_code=watch_code, pipeline_code=pipeline_code,
             exports=_sorted_exports(["FILTER", "PIPELINE", "REACTOR", "WATCH", "Context",
                                      reactor.model_class, watched_class]),
-            plain_filter=is_plain_json(reactor.filter),
-            plain_watch=is_plain_json(reactor.watch_projection),
             handler_path=f"{package}.handlers.{reactor.module}:handle")
         files[f"pipelines/{reactor.module}.json"] = _json_file(
             {"reactor": reactor.name, "collection": reactor.collection,
@@ -147,9 +169,20 @@ def generate_files(root: Path, out: Path, project: Path,
             "handler_stub.py.j2", reactor=reactor, package=package,
             docstring=f"Handler of reactor {reactor.name!r} (collection {reactor.collection!r}).\n"
                       "\nCreated once by `reactgen build`; this file is yours to edit.\n")
+    database_files: dict[str, str | None] = {}
     for database, clauses in _database_clauses(reactors).items():
         name = "default" if database is None else module_name(database)
-        files[f"pipelines/database_{name}.json"] = _json_file(
+        rel = f"pipelines/database_{name}.json"
+        if rel in database_files:
+            other = database_files[rel]
+            user = next(r for r in reactors if r.database == database)
+            raise BuildError([user.problem(
+                "/database", f"database {database!r} and "
+                f"{'the default database' if other is None else repr(other)} both map to "
+                f"{rel}", "rename one of the databases (or leave 'database' out to use the "
+                "runtime's default)")])
+        database_files[rel] = database
+        files[rel] = _json_file(
             {"database": database, "pipeline": pipelines.pipeline_for(clauses, True)})
     index_plans = plan_indexes(reactors)
     files["indexes/__init__.py"] = HEADER + '"""Index setup scripts."""\n'
@@ -158,7 +191,14 @@ def generate_files(root: Path, out: Path, project: Path,
         "setup_indexes.mongosh.js.j2",
         indexes_json=json.dumps([p.as_json() for p in index_plans], indent=2,
                                 ensure_ascii=True).replace("\n", "\n  "))
-    files["registry.py"] = render("registry.py.j2", reactors=reactors, package=package)
+    files["registry.py"] = render(
+        "registry.py.j2", reactors=reactors,
+        imports=import_block(["from typing import Any"], [], [
+            _from_import(f"{package}.reactors", [r.module for r in reactors]),
+            "from runtime.reactor import ReactorSpec"]),
+        pipelines={database: pipelines.pipeline_for(clauses, True)
+                   for database, clauses in _database_clauses(reactors).items()},
+        indexes=[(p.database, p.collection, p.keys, p.options) for p in index_plans])
     manifest = {
         "generator": GENERATOR_VERSION,
         "reactors": {
@@ -172,6 +212,60 @@ def generate_files(root: Path, out: Path, project: Path,
     }
     files[MANIFEST] = _json_file(manifest)
     return BuildResult(files=dict(sorted(files.items())), stubs=stubs, reactors=reactors)
+
+
+def import_block(stdlib: list[str], third_party: list[str], first_party: list[str]) -> str:
+    """``from __future__`` plus three isort sections, each sorted by module like ruff does."""
+
+    def key(line: str) -> tuple[int, str]:
+        # ``import x`` before ``from x import y`` within a section, then by module name.
+        words = line.split()
+        return (0 if words[0] == "import" else 1), words[1].lower()
+
+    sections = [["from __future__ import annotations"]]
+    sections += [sorted(set(lines), key=key) for lines in (stdlib, third_party, first_party)
+                 if lines]
+    return "\n\n".join("\n".join(lines) for lines in sections)
+
+
+def _member_key(name: str) -> tuple[int, str, str]:
+    """ruff's isort order of imported names: CONSTANTS, Classes, then the rest."""
+    kind = 0 if name.isupper() and len(name) > 1 else 1 if name[:1].isupper() else 2
+    return kind, name.lower(), name
+
+
+def _from_import(module: str, names: list[str]) -> str:
+    names = sorted(set(names), key=_member_key)
+    line = f"from {module} import {', '.join(names)}"
+    if len(line) <= 88:
+        return line
+    return f"from {module} import (\n" + "".join(f"    {n},\n" for n in names) + ")"
+
+
+# Top-level modules the generated code imports (or that must stay importable next to it).
+RESERVED_PACKAGES = frozenset({
+    "runtime", "generator", "bson", "pydantic", "pymongo", "typing", "json", "datetime",
+    "argparse", "os", "jinja2", "yaml", "jsonschema", "decimal", "enum", "abc", "logging",
+    "typing_extensions", "tests", "schemas",
+})
+
+
+def check_package_name(out: Path) -> None:
+    """The output folder becomes a Python package: its name must be importable and free."""
+    package = out.name
+    problem = None
+    if not package.isascii() or not package.isidentifier():
+        problem = "is not a valid Python package name"
+    elif keyword.iskeyword(package):
+        problem = "is a Python keyword"
+    elif package != package.lower():
+        problem = "should be lowercase (a Python package name)"
+    elif package in RESERVED_PACKAGES:
+        problem = "would shadow a module the generated code imports"
+    if problem is not None:
+        raise BuildError([Problem(out, "", f"output folder name {package!r} {problem}",
+                                  "pass --out with a folder named like a Python package, e.g. "
+                                  "--out generated")])
 
 
 def _sorted_exports(names: list[str]) -> list[str]:
@@ -234,7 +328,7 @@ def input_digests(root: Path, reactors: list[CompiledReactor] | None,
 
 def _generator_digest() -> str:
     here = Path(__file__).parent
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(library_version().encode())
     for path in sorted(here.rglob("*")):
         if path.suffix in (".py", ".j2", ".json") and "__pycache__" not in path.parts:
             digest.update(path.name.encode())
@@ -263,7 +357,8 @@ def is_up_to_date(root: Path, out: Path, project: Path) -> bool:
         target = out / path
         if not target.is_file() or _sha(target.read_text(encoding="utf-8")) != digest:
             return False
-    return True
+    stubs = ["__init__"] + [r.get("module", "") for r in manifest.get("reactors", {}).values()]
+    return all((out / "handlers" / f"{stub}.py").exists() for stub in stubs)
 
 
 def _write(path: Path, content: str) -> None:
@@ -318,6 +413,21 @@ def _exported_names(code: str) -> set[str]:
     return set()
 
 
+def _defined_names(code: str) -> set[str]:
+    if not code:
+        return set()
+    names: set[str] = set()
+    for node in ast.parse(code).body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.ImportFrom | ast.Import):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
 def check_stubs(out: Path, result: BuildResult) -> list[str]:
     """Warnings for existing handler stubs that the new build makes wrong."""
     warnings: list[str] = []
@@ -348,13 +458,23 @@ def check_stubs(out: Path, result: BuildResult) -> list[str]:
                     if alias.name not in exported:
                         warnings.append(
                             f"{shown}:{node.lineno}: imports {alias.name!r} from "
-                            f"{node.module}, which no longer defines it; available: "
-                            f"{', '.join(sorted(exported))} (the document model is now "
-                            f"{modules[name].model_class!r})")
+                            f"{node.module}, which no longer defines it; if it meant the "
+                            f"document model, import {modules[name].model_class!r} instead "
+                            f"(available: {', '.join(sorted(exported))})")
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(
-                    f"{package}.models.") and node.module != model_module:
-                warnings.append(f"{shown}:{node.lineno}: imports from {node.module}, but the "
-                                f"reactor's collection model is now in {model_module}")
+                    f"{package}.models."):
+                if node.module != model_module:
+                    warnings.append(f"{shown}:{node.lineno}: imports from {node.module}, but "
+                                    f"the reactor's collection model is now in {model_module}")
+                    continue
+                rel = f"models/{model_module.rsplit('.', 1)[1]}.py"
+                defined = _defined_names(result.files.get(rel, ""))
+                for alias in node.names:
+                    if alias.name not in defined:
+                        warnings.append(
+                            f"{shown}:{node.lineno}: imports {alias.name!r} from "
+                            f"{node.module}, which no longer defines it; the document model "
+                            f"is now {modules[name].model_class!r}: import that instead")
         handle = [n for n in tree.body if isinstance(n, ast.AsyncFunctionDef | ast.FunctionDef)
                   and n.name == "handle"]
         if not handle:

@@ -32,6 +32,8 @@ def task_indexes(database: str | None, tasks_collection: str) -> list[IndexPlan]
                   {"name": "reactgen_claim"}),
         IndexPlan(database, tasks_collection, [("reactor", 1), ("status", 1)],
                   {"name": "reactgen_status"}),
+        IndexPlan(database, tasks_collection, [("expiresAt", 1)],
+                  {"name": "reactgen_expiry", "expireAfterSeconds": 0}),
     ]
 
 

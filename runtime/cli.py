@@ -1,10 +1,11 @@
-"""The ``runtime`` command: ``runtime db`` (embedded server); ``runtime serve`` comes next."""
+"""The ``runtime`` command: ``runtime serve`` (run reactors) and ``runtime db`` (embedded server)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from runtime import serve_cli
 from runtime.embedded import cli as db_cli
 
 
@@ -16,6 +17,11 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Run the embedded MongoDB-compatible server. The first "
                              "line on stdout is its connection URI; logs go to stderr.")
     db_cli.add_arguments(db)
+    serve = commands.add_parser("serve", help="run the reactors of a generated application",
+                                description="Plan tasks from change streams and execute "
+                                "handlers. Every flag also reads the environment variable "
+                                "shown.")
+    serve_cli.add_arguments(serve)
     return parser
 
 
@@ -25,4 +31,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(args_list)
     if args.command == "db":
         return db_cli.run_from_args(args, args_list[1:])
+    if args.command == "serve":
+        return serve_cli.run_from_args(args)
     return 2

@@ -12,6 +12,7 @@ import logging
 from typing import Any, Generic
 
 from pydantic import BaseModel
+from pymongo.asynchronous.database import AsyncDatabase
 from typing_extensions import TypeVar
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -33,6 +34,9 @@ class TaskContext(abc.ABC, Generic[Model, Watched]):
     logger: logging.LoggerAdapter[logging.Logger]
     """A logger that tags every line with reactor, task and source ids."""
 
+    database: AsyncDatabase[dict[str, Any]]
+    """The source collection's database (its ``client`` starts sessions for transactions)."""
+
     @abc.abstractmethod
     async def get_document(self, projection: dict[str, Any] | None = None,
                            session: Any = None) -> Model:
@@ -49,4 +53,23 @@ class TaskContext(abc.ABC, Generic[Model, Watched]):
 
     @abc.abstractmethod
     async def throttle(self, duration_ms: int) -> None:
-        """Pause this whole reactor for ``duration_ms``."""
+        """Pause this whole reactor, on every instance, for ``duration_ms``."""
+
+    # Plain ``def`` handlers run in a thread pool and use these blocking variants.
+
+    @abc.abstractmethod
+    def get_document_sync(self, projection: dict[str, Any] | None = None,
+                          session: Any = None) -> Model:
+        """Blocking :meth:`get_document`, for handlers written as plain functions."""
+
+    @abc.abstractmethod
+    def mark_completed_sync(self, session: Any = None) -> None:
+        """Blocking :meth:`mark_completed`."""
+
+    @abc.abstractmethod
+    def defer_sync(self, delay_ms: int) -> None:
+        """Blocking :meth:`defer`."""
+
+    @abc.abstractmethod
+    def throttle_sync(self, duration_ms: int) -> None:
+        """Blocking :meth:`throttle`."""

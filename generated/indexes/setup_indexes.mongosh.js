@@ -38,6 +38,17 @@ const indexes = [
     },
     {
       "database": null,
+      "collection": "reviews_tasks",
+      "keys": {
+        "expiresAt": 1
+      },
+      "options": {
+        "name": "reactgen_expiry",
+        "expireAfterSeconds": 0
+      }
+    },
+    {
+      "database": null,
       "collection": "users_tasks",
       "keys": {
         "reactor": 1,
@@ -72,6 +83,17 @@ const indexes = [
     },
     {
       "database": null,
+      "collection": "users_tasks",
+      "keys": {
+        "expiresAt": 1
+      },
+      "options": {
+        "name": "reactgen_expiry",
+        "expireAfterSeconds": 0
+      }
+    },
+    {
+      "database": null,
       "collection": "orders_tasks",
       "keys": {
         "reactor": 1,
@@ -102,6 +124,17 @@ const indexes = [
       },
       "options": {
         "name": "reactgen_status"
+      }
+    },
+    {
+      "database": null,
+      "collection": "orders_tasks",
+      "keys": {
+        "expiresAt": 1
+      },
+      "options": {
+        "name": "reactgen_expiry",
+        "expireAfterSeconds": 0
       }
     },
     {

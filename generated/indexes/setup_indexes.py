@@ -36,6 +36,12 @@ INDEXES: list[tuple[str | None, str, list[tuple[str, int]], dict[str, Any]]] = [
     ),
     (
         None,
+        'reviews_tasks',
+        [('expiresAt', 1)],
+        {'name': 'reactgen_expiry', 'expireAfterSeconds': 0},
+    ),
+    (
+        None,
         'users_tasks',
         [('reactor', 1), ('sourceId', 1)],
         {'name': 'reactgen_task_key', 'unique': True},
@@ -54,6 +60,12 @@ INDEXES: list[tuple[str | None, str, list[tuple[str, int]], dict[str, Any]]] = [
     ),
     (
         None,
+        'users_tasks',
+        [('expiresAt', 1)],
+        {'name': 'reactgen_expiry', 'expireAfterSeconds': 0},
+    ),
+    (
+        None,
         'orders_tasks',
         [('reactor', 1), ('sourceId', 1)],
         {'name': 'reactgen_task_key', 'unique': True},
@@ -69,6 +81,12 @@ INDEXES: list[tuple[str | None, str, list[tuple[str, int]], dict[str, Any]]] = [
         'orders_tasks',
         [('reactor', 1), ('status', 1)],
         {'name': 'reactgen_status'},
+    ),
+    (
+        None,
+        'orders_tasks',
+        [('expiresAt', 1)],
+        {'name': 'reactgen_expiry', 'expireAfterSeconds': 0},
     ),
     (
         None,

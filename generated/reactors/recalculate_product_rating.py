@@ -7,6 +7,7 @@ Keep products.rating equal to the average of visible reviews.
 
 from __future__ import annotations
 
+import json
 from typing import Any, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -58,175 +59,25 @@ WATCH: dict[str, Any] | None = {
     'rating': '$rating',
     'visible': {'$ne': ['$hidden', True]},
 }
-PIPELINE: list[dict[str, Any]] = [
-    {
-        '$match': {
-            'ns.coll': 'reviews',
-            '$or': [
-                {
-                    'operationType': {'$in': ['insert', 'replace', 'delete', 'drop', 'rename']},
-                },
-                {
-                    'operationType': 'update',
-                    '$expr': {
-                        '$let': {
-                            'vars': {
-                                'changed': {
-                                    '$concatArrays': [
-                                        {
-                                            '$map': {
-                                                'input': {
-                                                    '$objectToArray': {
-                                                        '$ifNull': [
-                                                            (
-                                                                '$updateDescription.updated'
-                                                                'Fields'
-                                                            ),
-                                                            {},
-                                                        ],
-                                                    },
-                                                },
-                                                'as': 'field',
-                                                'in': '$$field.k',
-                                            },
-                                        },
-                                        {
-                                            '$ifNull': ['$updateDescription.removedFields', []],
-                                        },
-                                        {
-                                            '$map': {
-                                                'input': {
-                                                    '$ifNull': [
-                                                        (
-                                                            '$updateDescription.truncatedAr'
-                                                            'rays'
-                                                        ),
-                                                        [],
-                                                    ],
-                                                },
-                                                'as': 'array',
-                                                'in': '$$array.field',
-                                            },
-                                        },
-                                    ],
-                                },
-                            },
-                            'in': {
-                                '$anyElementTrue': [
-                                    {
-                                        '$map': {
-                                            'input': '$$changed',
-                                            'as': 'raw',
-                                            'in': {
-                                                '$let': {
-                                                    'vars': {
-                                                        'path': {
-                                                            '$reduce': {
-                                                                'input': {
-                                                                    '$filter': {
-                                                                        'input': {
-                                                                            '$split': [
-                                                                                '$$raw',
-                                                                                '.',
-                                                                            ],
-                                                                        },
-                                                                        'as': 'segment',
-                                                                        'cond': {
-                                                                            '$not': {
-                                                                                (
-                                                                                    '$regex'
-                                                                                    'Match'
-                                                                                ): {
-                                                                                    (
-                                                                                        'in'
-                                                                                        'pu'
-                                                                                        't'
-                                                                                    ): (
-                                                                                        '$$'
-                                                                                        'se'
-                                                                                        'gm'
-                                                                                        'en'
-                                                                                        't'
-                                                                                    ),
-                                                                                    (
-                                                                                        're'
-                                                                                        'ge'
-                                                                                        'x'
-                                                                                    ): (
-                                                                                        '^['
-                                                                                        '0-'
-                                                                                        '9]'
-                                                                                        '+$'
-                                                                                    ),
-                                                                                },
-                                                                            },
-                                                                        },
-                                                                    },
-                                                                },
-                                                                'initialValue': '',
-                                                                'in': {
-                                                                    '$cond': [
-                                                                        {
-                                                                            '$eq': [
-                                                                                (
-                                                                                    '$$valu'
-                                                                                    'e'
-                                                                                ),
-                                                                                '',
-                                                                            ],
-                                                                        },
-                                                                        '$$this',
-                                                                        {
-                                                                            '$concat': [
-                                                                                (
-                                                                                    '$$valu'
-                                                                                    'e'
-                                                                                ),
-                                                                                '.',
-                                                                                '$$this',
-                                                                            ],
-                                                                        },
-                                                                    ],
-                                                                },
-                                                            },
-                                                        },
-                                                    },
-                                                    'in': {
-                                                        '$or': [
-                                                            {
-                                                                '$in': [
-                                                                    '$$path',
-                                                                    [
-                                                                        'hidden',
-                                                                        'productId',
-                                                                        'rating',
-                                                                    ],
-                                                                ],
-                                                            },
-                                                            {
-                                                                '$regexMatch': {
-                                                                    'input': '$$path',
-                                                                    'regex': (
-                                                                        '^(?:hidden|product'
-                                                                        'Id|rating)\\.'
-                                                                    ),
-                                                                },
-                                                            },
-                                                        ],
-                                                    },
-                                                },
-                                            },
-                                        },
-                                    },
-                                ],
-                            },
-                        },
-                    },
-                },
-            ],
-        },
-    },
-]
+PIPELINE: list[dict[str, Any]] = json.loads(
+    '[{"$match": {"ns.coll": "reviews", "$or": [{"operationType": {"$in": ["insert", "r'
+    'eplace", "delete", "drop", "rename"]}}, {"operationType": "update", "$expr": {"$le'
+    't": {"vars": {"changed": {"$concatArrays": [{"$map": {"input": {"$objectToArray": '
+    '{"$ifNull": ["$updateDescription.updatedFields", {}]}}, "as": "field", "in": "$$fi'
+    'eld.k"}}, {"$ifNull": ["$updateDescription.removedFields", []]}, {"$map": {"input"'
+    ': {"$ifNull": ["$updateDescription.truncatedArrays", []]}, "as": "array", "in": "$'
+    '$array.field"}}]}}, "in": {"$anyElementTrue": [{"$map": {"input": "$$changed", "as'
+    '": "raw", "in": {"$let": {"vars": {"path": {"$reduce": {"input": {"$filter": {"inp'
+    'ut": {"$split": ["$$raw", "."]}, "as": "segment", "cond": {"$not": {"$regexMatch":'
+    ' {"input": "$$segment", "regex": "^[0-9]+$"}}}}}, "initialValue": "", "in": {"$con'
+    'd": [{"$eq": ["$$value", ""]}, "$$this", {"$concat": ["$$value", ".", "$$this"]}]}'
+    '}}}, "in": {"$or": [{"$in": ["$$path", ["hidden", "productId", "rating"]]}, {"$reg'
+    'exMatch": {"input": "$$path", "regex": "^(?:hidden|productId|rating)\\\\."}}]}}}}}'
+    ']}}}}]}}]'
+)
+"""Change-stream pre-filter of this reactor; readable copy:
+pipelines/recalculate_product_rating.json
+"""
 
 REACTOR = ReactorSpec(
     name='recalculate_product_rating',

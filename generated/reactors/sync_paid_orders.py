@@ -7,6 +7,7 @@ Push paid orders to the ERP.
 
 from __future__ import annotations
 
+import json
 from typing import Any, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -62,178 +63,25 @@ WATCH: dict[str, Any] | None = {
     'items_sku': '$items.sku',
     'items_quantity': '$items.quantity',
 }
-PIPELINE: list[dict[str, Any]] = [
-    {
-        '$match': {
-            'ns.coll': 'orders',
-            '$or': [
-                {
-                    'operationType': {'$in': ['insert', 'replace', 'delete', 'drop', 'rename']},
-                },
-                {
-                    'operationType': 'update',
-                    '$expr': {
-                        '$let': {
-                            'vars': {
-                                'changed': {
-                                    '$concatArrays': [
-                                        {
-                                            '$map': {
-                                                'input': {
-                                                    '$objectToArray': {
-                                                        '$ifNull': [
-                                                            (
-                                                                '$updateDescription.updated'
-                                                                'Fields'
-                                                            ),
-                                                            {},
-                                                        ],
-                                                    },
-                                                },
-                                                'as': 'field',
-                                                'in': '$$field.k',
-                                            },
-                                        },
-                                        {
-                                            '$ifNull': ['$updateDescription.removedFields', []],
-                                        },
-                                        {
-                                            '$map': {
-                                                'input': {
-                                                    '$ifNull': [
-                                                        (
-                                                            '$updateDescription.truncatedAr'
-                                                            'rays'
-                                                        ),
-                                                        [],
-                                                    ],
-                                                },
-                                                'as': 'array',
-                                                'in': '$$array.field',
-                                            },
-                                        },
-                                    ],
-                                },
-                            },
-                            'in': {
-                                '$anyElementTrue': [
-                                    {
-                                        '$map': {
-                                            'input': '$$changed',
-                                            'as': 'raw',
-                                            'in': {
-                                                '$let': {
-                                                    'vars': {
-                                                        'path': {
-                                                            '$reduce': {
-                                                                'input': {
-                                                                    '$filter': {
-                                                                        'input': {
-                                                                            '$split': [
-                                                                                '$$raw',
-                                                                                '.',
-                                                                            ],
-                                                                        },
-                                                                        'as': 'segment',
-                                                                        'cond': {
-                                                                            '$not': {
-                                                                                (
-                                                                                    '$regex'
-                                                                                    'Match'
-                                                                                ): {
-                                                                                    (
-                                                                                        'in'
-                                                                                        'pu'
-                                                                                        't'
-                                                                                    ): (
-                                                                                        '$$'
-                                                                                        'se'
-                                                                                        'gm'
-                                                                                        'en'
-                                                                                        't'
-                                                                                    ),
-                                                                                    (
-                                                                                        're'
-                                                                                        'ge'
-                                                                                        'x'
-                                                                                    ): (
-                                                                                        '^['
-                                                                                        '0-'
-                                                                                        '9]'
-                                                                                        '+$'
-                                                                                    ),
-                                                                                },
-                                                                            },
-                                                                        },
-                                                                    },
-                                                                },
-                                                                'initialValue': '',
-                                                                'in': {
-                                                                    '$cond': [
-                                                                        {
-                                                                            '$eq': [
-                                                                                (
-                                                                                    '$$valu'
-                                                                                    'e'
-                                                                                ),
-                                                                                '',
-                                                                            ],
-                                                                        },
-                                                                        '$$this',
-                                                                        {
-                                                                            '$concat': [
-                                                                                (
-                                                                                    '$$valu'
-                                                                                    'e'
-                                                                                ),
-                                                                                '.',
-                                                                                '$$this',
-                                                                            ],
-                                                                        },
-                                                                    ],
-                                                                },
-                                                            },
-                                                        },
-                                                    },
-                                                    'in': {
-                                                        '$or': [
-                                                            {
-                                                                '$in': [
-                                                                    '$$path',
-                                                                    [
-                                                                        'items',
-                                                                        'items.quantity',
-                                                                        'items.sku',
-                                                                        'status',
-                                                                        'total',
-                                                                    ],
-                                                                ],
-                                                            },
-                                                            {
-                                                                '$regexMatch': {
-                                                                    'input': '$$path',
-                                                                    'regex': (
-                                                                        '^(?:items\\.quanti'
-                                                                        'ty|items\\.sku|sta'
-                                                                        'tus|total)\\.'
-                                                                    ),
-                                                                },
-                                                            },
-                                                        ],
-                                                    },
-                                                },
-                                            },
-                                        },
-                                    },
-                                ],
-                            },
-                        },
-                    },
-                },
-            ],
-        },
-    },
-]
+PIPELINE: list[dict[str, Any]] = json.loads(
+    '[{"$match": {"ns.coll": "orders", "$or": [{"operationType": {"$in": ["insert", "re'
+    'place", "delete", "drop", "rename"]}}, {"operationType": "update", "$expr": {"$let'
+    '": {"vars": {"changed": {"$concatArrays": [{"$map": {"input": {"$objectToArray": {'
+    '"$ifNull": ["$updateDescription.updatedFields", {}]}}, "as": "field", "in": "$$fie'
+    'ld.k"}}, {"$ifNull": ["$updateDescription.removedFields", []]}, {"$map": {"input":'
+    ' {"$ifNull": ["$updateDescription.truncatedArrays", []]}, "as": "array", "in": "$$'
+    'array.field"}}]}}, "in": {"$anyElementTrue": [{"$map": {"input": "$$changed", "as"'
+    ': "raw", "in": {"$let": {"vars": {"path": {"$reduce": {"input": {"$filter": {"inpu'
+    't": {"$split": ["$$raw", "."]}, "as": "segment", "cond": {"$not": {"$regexMatch": '
+    '{"input": "$$segment", "regex": "^[0-9]+$"}}}}}, "initialValue": "", "in": {"$cond'
+    '": [{"$eq": ["$$value", ""]}, "$$this", {"$concat": ["$$value", ".", "$$this"]}]}}'
+    '}}, "in": {"$or": [{"$in": ["$$path", ["items", "items.quantity", "items.sku", "st'
+    'atus", "total"]]}, {"$regexMatch": {"input": "$$path", "regex": "^(?:items\\\\.qua'
+    'ntity|items\\\\.sku|status|total)\\\\."}}]}}}}}]}}}}]}}]'
+)
+"""Change-stream pre-filter of this reactor; readable copy:
+pipelines/sync_paid_orders.json
+"""
 
 REACTOR = ReactorSpec(
     name='sync_paid_orders',

@@ -353,6 +353,9 @@ class EmbeddedServer:
                 stderr=log,
                 env=self._child_env(),
                 close_fds=True,
+                # Its own session: a terminal's Ctrl-C reaches only the parent, which then
+                # stops the server after it has finished using it.
+                start_new_session=True,
             )
         assert process.stdout is not None
         self._process = process

@@ -1,0 +1,52 @@
+"""Loading an application: the generated registry and the handler of each reactor."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from runtime.reactor import ReactorSpec
+
+
+class AppLoadError(Exception):
+    """The application package cannot be loaded; the message says what to do."""
+
+
+@dataclass
+class LoadedApp:
+    """Reactors, their handlers, the per-database pipelines and the indexes to ensure."""
+
+    reactors: list[ReactorSpec]
+    handlers: dict[str, Callable[[Any], Any]]
+    pipelines: dict[str | None, list[dict[str, Any]]]
+    indexes: list[tuple[str | None, str, list[tuple[str, int]], dict[str, Any]]]
+
+
+def load_app(package: str) -> LoadedApp:
+    """Import ``<package>.registry`` and every handler it names."""
+    try:
+        registry = importlib.import_module(f"{package}.registry")
+    except ImportError as exc:
+        raise AppLoadError(f"cannot import {package}.registry ({exc}); run "
+                           "`reactgen build schemas/` first, or pass --app") from exc
+    reactors: list[ReactorSpec] = list(getattr(registry, "REACTORS", ()))
+    if not reactors:
+        raise AppLoadError(f"{package}.registry defines no REACTORS")
+    handlers: dict[str, Callable[[Any], Any]] = {}
+    for reactor in reactors:
+        module_name, _, function = reactor.handler.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise AppLoadError(f"reactor {reactor.name!r}: cannot import handler module "
+                               f"{module_name} ({exc})") from exc
+        handler = getattr(module, function or "handle", None)
+        if not callable(handler):
+            raise AppLoadError(f"reactor {reactor.name!r}: {module_name} has no function "
+                               f"{function or 'handle'}(ctx)")
+        handlers[reactor.name] = handler
+    pipelines = dict(getattr(registry, "PIPELINES", {}))
+    indexes = list(getattr(registry, "INDEXES", []))
+    return LoadedApp(reactors, handlers, pipelines, indexes)

@@ -1,0 +1,103 @@
+"""Which reactor a free worker should claim from next, on this instance.
+
+The scheduler keeps, per reactor, the earliest time work is known to be due. It learns it from
+the local planner, from the change stream on the tasks collections (so every instance hears of
+new work within milliseconds, not only the leader), and from claims: a successful claim keeps
+the reactor "due now" so other workers try too; a miss parks it until the next hint or the
+idle poll. It also applies cluster-wide throttles and per-reactor concurrency limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+from collections import Counter
+
+from runtime.reactor import ReactorSpec
+
+
+class Scheduler:
+    """Due hints, throttles and concurrency for the reactors this instance executes."""
+
+    def __init__(self, reactors: list[ReactorSpec], idle_poll_ms: int) -> None:
+        self.reactors = {r.name: r for r in reactors}
+        self.idle_poll = datetime.timedelta(milliseconds=idle_poll_ms)
+        self.due_at: dict[str, datetime.datetime] = {}
+        self.throttled_until: dict[str, datetime.datetime] = {}
+        self.running: Counter[str] = Counter()
+        self.stopping = False
+        self._changed = asyncio.Event()
+        self._order = list(self.reactors)
+
+    def start(self, now: datetime.datetime) -> None:
+        """Everything may be due at start-up: try each reactor once."""
+        for name in self.reactors:
+            self.due_at[name] = now
+
+    def note_due(self, reactor: str, at: datetime.datetime) -> None:
+        """Work of ``reactor`` becomes due at ``at`` (earlier hints win)."""
+        if reactor not in self.reactors:
+            return
+        current = self.due_at.get(reactor)
+        if current is None or at < current:
+            self.due_at[reactor] = at
+        self._changed.set()
+
+    def claimed(self, reactor: str, now: datetime.datetime) -> None:
+        """A claim succeeded: more may be waiting, let the next free worker try too."""
+        self.due_at[reactor] = now
+        self._changed.set()
+
+    def missed(self, reactor: str, now: datetime.datetime) -> None:
+        """A claim found nothing: wait for a hint, or poll again after the idle interval."""
+        current = self.due_at.get(reactor)
+        if current is not None and current <= now:
+            self.due_at[reactor] = now + self.idle_poll
+
+    def throttle(self, reactor: str, until: datetime.datetime) -> None:
+        """Pause a reactor (all instances learn it through the meta collection)."""
+        self.throttled_until[reactor] = until
+        self.note_due(reactor, until)
+
+    def _available(self, name: str, now: datetime.datetime) -> bool:
+        until = self.throttled_until.get(name)
+        if until is not None and until > now:
+            return False
+        limit = self.reactors[name].policies.concurrency
+        return limit is None or self.running[name] < limit
+
+    def next_reactor(self, now: datetime.datetime) -> str | None:
+        """The reactor with the most overdue known work that may run now, rotating ties."""
+        if self.stopping:
+            return None
+        best: str | None = None
+        for name in self._order:
+            due = self.due_at.get(name)
+            if due is None or due > now or not self._available(name, now):
+                continue
+            if best is None or due < self.due_at[best]:
+                best = name
+        if best is not None:
+            self._order.remove(best)
+            self._order.append(best)
+        return best
+
+    def seconds_until_next(self, now: datetime.datetime) -> float:
+        """How long an idle worker may sleep before something is due (at most the idle poll)."""
+        horizon = now + self.idle_poll
+        for name, due in self.due_at.items():
+            if self._available(name, now) or name in self.throttled_until:
+                moment = max(due, self.throttled_until.get(name, due))
+                horizon = min(horizon, moment)
+        return max(0.0, (horizon - now).total_seconds())
+
+    async def wait(self, timeout: float) -> None:
+        """Sleep until a hint arrives or ``timeout`` seconds pass."""
+        self._changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def wake_all(self) -> None:
+        """Wake every sleeping worker (shutdown, throttle changes)."""
+        self._changed.set()

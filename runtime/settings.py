@@ -1,0 +1,57 @@
+"""Settings of ``runtime serve``: every flag also reads an environment variable."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+
+DEFAULT_DATABASE = "app"
+
+
+def default_instance_id() -> str:
+    """``host-pid-random``: unique per process, readable in logs and lease documents."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class RuntimeSettings:
+    """How one runtime instance runs (see ``runtime serve --help`` for the flags)."""
+
+    app: str = "generated"
+    mongodb_uri: str | None = None
+    database: str = DEFAULT_DATABASE
+    concurrency: int = 10
+    instance_id: str = field(default_factory=default_instance_id)
+    leader_ttl_ms: int = 10_000
+    task_lease_ms: int = 30_000
+    shutdown_timeout_ms: int = 30_000
+    data_dir: str = ".reactgen"
+    batch_max: int = 1000
+    idle_poll_ms: int = 5_000
+    log_level: str = "INFO"
+
+    @property
+    def leader_renew_ms(self) -> int:
+        """Leadership is renewed three times per TTL, on its own task."""
+        return max(50, self.leader_ttl_ms // 3)
+
+    @property
+    def task_renew_ms(self) -> int:
+        """Task leases are renewed five times per lease while a handler runs."""
+        return max(50, self.task_lease_ms // 5)
+
+
+ENVIRONMENT = {
+    "app": "REACTGEN_APP",
+    "mongodb_uri": "MONGODB_URI",
+    "database": "REACTGEN_DATABASE",
+    "concurrency": "REACTGEN_CONCURRENCY",
+    "instance_id": "REACTGEN_INSTANCE_ID",
+    "leader_ttl_ms": "REACTGEN_LEADER_TTL_MS",
+    "task_lease_ms": "REACTGEN_TASK_LEASE_MS",
+    "shutdown_timeout_ms": "REACTGEN_SHUTDOWN_TIMEOUT_MS",
+    "data_dir": "REACTGEN_DATA_DIR",
+    "log_level": "REACTGEN_LOG_LEVEL",
+}

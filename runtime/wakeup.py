@@ -1,0 +1,79 @@
+"""Change streams every instance keeps open so that it hears about new work at once.
+
+One stream per database with tasks collections reports tasks that become pending (with their
+due time), so idle workers on every instance wake within milliseconds instead of waiting for a
+polling back-off. The meta collection's stream reports leadership releases (followers then try
+to take over at once) and cluster-wide throttles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+from runtime.change_feed import ChangeFeed, HistoryLost
+from runtime.meta import LEADER_ID, META_COLLECTION
+from runtime.structured_logging import log_event
+
+log = logging.getLogger("runtime.wakeup")
+
+
+class WakeupListener:
+    """Feeds due-work hints, throttles and lease changes from change streams."""
+
+    def __init__(self, db: AsyncDatabase[Any], tasks_collections: list[str], watch_meta: bool,
+                 on_due: Callable[[str, datetime.datetime | None], None],
+                 on_throttle: Callable[[str, datetime.datetime], None],
+                 on_leader_change: Callable[[], None]) -> None:
+        self.db = db
+        collections = list(tasks_collections) + ([META_COLLECTION] if watch_meta else [])
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"ns.coll": {"$in": collections},
+                        "operationType": {"$in": ["insert", "update", "replace"]}}},
+            {"$project": {"ns": 1, "documentKey": 1, "fullDocument.reactor": 1,
+                          "fullDocument.status": 1, "fullDocument.nextRunAt": 1,
+                          "fullDocument.until": 1, "fullDocument.expiresAt": 1}},
+        ]
+        self.feed = ChangeFeed(db, pipeline, full_document="updateLookup", max_await_ms=1000)
+        self.on_due = on_due
+        self.on_throttle = on_throttle
+        self.on_leader_change = on_leader_change
+
+    def _handle(self, event: dict[str, Any]) -> None:
+        doc = event.get("fullDocument") or {}
+        key = (event.get("documentKey") or {}).get("_id")
+        if (event.get("ns") or {}).get("coll") == META_COLLECTION:
+            if key == LEADER_ID:
+                self.on_leader_change()
+            elif isinstance(key, str) and key.startswith("throttle:") and isinstance(
+                    doc.get("until"), datetime.datetime):
+                self.on_throttle(key.split(":", 1)[1], doc["until"])
+            return
+        if doc.get("status") == "pending" and isinstance(doc.get("reactor"), str):
+            due = doc.get("nextRunAt")
+            self.on_due(doc["reactor"], due if isinstance(due, datetime.datetime) else None)
+
+    async def run(self) -> None:
+        """Listen until cancelled (reopening on errors; missed hints are covered by polling)."""
+        delay = 0.2
+        while True:
+            try:
+                await self.feed.open(self.feed.resume_token)
+                delay = 0.2
+                while True:
+                    batch = await self.feed.next_batch()
+                    for event in batch.events:
+                        self._handle(event)
+            except HistoryLost:
+                self.feed.resume_token = None
+            except PyMongoError as exc:
+                log_event(log, logging.WARNING, "wake-up stream interrupted",
+                          event="wakeup.error", database=self.db.name, error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
