@@ -28,7 +28,7 @@ MIN_PYTHON = (3, 11)
 
 def main_job(python: Path, args: Sequence[str]) -> list[str]:
     """The command that ``dev.py start`` runs (change it here when the main job changes)."""
-    return [str(python), "-m", "runtime.embedded.demo", *args]
+    return [str(python), "-m", "runtime.demo", *args]
 
 
 # --------------------------------------------------------------------------- output

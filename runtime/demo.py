@@ -1,0 +1,127 @@
+"""The main job of the quick start: the example shop application running end to end.
+
+It builds ``schemas/`` into ``generated/``, starts ``runtime serve`` (which starts the embedded
+server, since no ``MONGODB_URI`` is given), writes a few users, orders and reviews the way an
+application would, and waits until every reactor has visibly fired. Run it with
+``python3 dev.py start`` or ``python -m runtime.demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pymongo import MongoClient
+
+URI_PATTERN = re.compile(r"uri=(mongodb://\S+)")
+
+
+def _echo_logs(stream: Any, found_uri: list[str], ready: threading.Event) -> None:
+    for raw in stream:
+        line = raw.rstrip("\n")
+        print(f"  [runtime] {line}", flush=True)
+        match = URI_PATTERN.search(line)
+        if match and not found_uri:
+            found_uri.append(match.group(1))
+        if "event=runtime.started" in line:
+            ready.set()
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"demo: timed out waiting for {what}")
+        time.sleep(0.05)
+    print(f"✔ {what}", flush=True)
+
+
+def write_and_verify(uri: str, timeout: float) -> None:
+    """Act like the shop application, then check each reactor's effect."""
+    db = MongoClient(uri)["app"]
+    print("\n— a user signs up (send_welcome_message runs once per new user)", flush=True)
+    db.users.insert_one({"_id": "u1", "email": "ada@example.com", "name": "Ada"})
+    _wait("welcome e-mail queued in outbox",
+          lambda: db.outbox.count_documents({"_id": "welcome:u1"}) == 1, timeout)
+    db.users.update_one({"_id": "u1"}, {"$set": {"name": "Ada L."}})
+
+    print("\n— an order is placed, then paid (sync_paid_orders filters on status: paid)",
+          flush=True)
+    db.orders.insert_one({"_id": "o1", "status": "new", "total": 42.0,
+                          "items": [{"sku": "book", "quantity": 1, "price": 42.0}]})
+    db.orders.update_one({"_id": "o1"}, {"$set": {"status": "paid"}})
+    _wait("paid order pushed to the ERP",
+          lambda: db.erp_outbox.count_documents({"_id": "o1", "pushes": 1}) == 1, timeout)
+    print("\n— an unwatched field changes (no new push), then a watched one (pushed again)",
+          flush=True)
+    db.orders.update_one({"_id": "o1"}, {"$set": {"note": "gift wrap"}})
+    db.orders.update_one({"_id": "o1"}, {"$set": {"total": 40.0}})
+    _wait("changed total pushed again (2 pushes in all)",
+          lambda: db.erp_outbox.count_documents({"_id": "o1", "pushes": 2, "total": 40.0}) == 1,
+          timeout)
+
+    print("\n— reviews arrive in a burst (recalculate_product_rating is debounced 2 s)",
+          flush=True)
+    db.reviews.insert_many([{"_id": f"r{i}", "productId": "p1", "rating": rating}
+                            for i, rating in enumerate([5, 4, 3])])
+    _wait("product rating recalculated",
+          lambda: db.products.count_documents({"_id": "p1", "reviewCount": 3}) == 1, timeout)
+    product = db.products.find_one({"_id": "p1"}) or {}
+    print(f"  products.p1 = {product}")
+
+    print("\nTasks now:")
+    for collection in ("users_tasks", "orders_tasks", "reviews_tasks"):
+        for task in db[collection].find({}, {"reactor": 1, "sourceId": 1, "status": 1,
+                                             "attempts": 1}).sort("reactor", 1):
+            print(f"  {collection:14} {task['reactor']:28} {task['sourceId']!s:4} "
+                  f"{task['status']:10} attempts={task.get('attempts')}")
+    erp = db.erp_outbox.find_one({"_id": "o1"}) or {}
+    if erp.get("pushes") != 2:
+        raise SystemExit(f"demo: expected exactly 2 ERP pushes, saw {erp.get('pushes')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build, serve, write, verify, stop."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--timeout", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    print("$ reactgen build schemas/", flush=True)
+    built = subprocess.run([sys.executable, "-m", "generator", "build", "schemas/"], check=False)
+    if built.returncode != 0:
+        return built.returncode
+    with tempfile.TemporaryDirectory(prefix="reactgen-demo-") as data_dir:
+        print(f"\n$ runtime serve --data-dir {data_dir}   (no MONGODB_URI: embedded server)",
+              flush=True)
+        env = {k: v for k, v in os.environ.items() if k != "MONGODB_URI"}
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "runtime", "serve", "--data-dir", data_dir],
+            stderr=subprocess.PIPE, text=True, env=env)
+        found_uri: list[str] = []
+        ready = threading.Event()
+        echo = threading.Thread(target=_echo_logs, args=(serve.stderr, found_uri, ready),
+                                daemon=True)
+        echo.start()
+        try:
+            if not ready.wait(args.timeout) or not found_uri:
+                raise SystemExit("demo: runtime serve did not start; see its log above")
+            write_and_verify(found_uri[0], args.timeout)
+        finally:
+            serve.send_signal(signal.SIGTERM)
+            code = serve.wait(timeout=60)
+            echo.join(timeout=5)
+        print(f"\nruntime serve stopped (exit status {code}). The example works end to end.")
+        return 0 if code == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
