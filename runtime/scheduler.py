@@ -10,7 +10,6 @@ idle poll. It also applies cluster-wide throttles and per-reactor concurrency li
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 from collections import Counter
 
@@ -27,8 +26,9 @@ class Scheduler:
         self.throttled_until: dict[str, datetime.datetime] = {}
         self.running: Counter[str] = Counter()
         self.stopping = False
-        self._changed = asyncio.Event()
+        self._wakeup_waiters: list[asyncio.Future[None]] = []
         self._order = list(self.reactors)
+        self._pending_wakes = 0
 
     def start(self, now: datetime.datetime) -> None:
         """Everything may be due at start-up: try each reactor once."""
@@ -42,12 +42,12 @@ class Scheduler:
         current = self.due_at.get(reactor)
         if current is None or at < current:
             self.due_at[reactor] = at
-        self._changed.set()
+        self._wake(1)
 
     def claimed(self, reactor: str, now: datetime.datetime) -> None:
         """A claim succeeded: more may be waiting, let the next free worker try too."""
         self.due_at[reactor] = now
-        self._changed.set()
+        self._wake(1)
 
     def missed(self, reactor: str, now: datetime.datetime) -> None:
         """A claim found nothing: wait for a hint, or poll again after the idle interval."""
@@ -92,12 +92,36 @@ class Scheduler:
                 horizon = min(horizon, moment)
         return max(0.0, (horizon - now).total_seconds())
 
+    def _wake(self, count: int) -> None:
+        # One hint wakes one sleeping worker; a successful claim wakes the next one, so a
+        # burst of work fans out without every idle worker racing for the same task. A hint
+        # that finds nobody asleep is kept (once) for the next worker about to sleep.
+        while count and self._wakeup_waiters:
+            future = self._wakeup_waiters.pop(0)
+            if not future.done():
+                future.set_result(None)
+                count -= 1
+        if count:
+            self._pending_wakes = 1
+
     async def wait(self, timeout: float) -> None:
-        """Sleep until a hint arrives or ``timeout`` seconds pass."""
-        self._changed.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+        """Sleep until a hint arrives for this worker or ``timeout`` seconds pass."""
+        if self._pending_wakes:
+            self._pending_wakes -= 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._wakeup_waiters.append(future)
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            if future in self._wakeup_waiters:
+                self._wakeup_waiters.remove(future)
 
     def wake_all(self) -> None:
         """Wake every sleeping worker (shutdown, throttle changes)."""
-        self._changed.set()
+        for future in self._wakeup_waiters:
+            if not future.done():
+                future.set_result(None)
+        self._wakeup_waiters.clear()

@@ -13,6 +13,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from runtime.app_loader import LoadedApp
+from runtime.command_stats import CommandCounter
 from runtime.hooks import Hooks
 from runtime.leader import LeaderElector
 from runtime.meta import META_COLLECTION, throttle_id
@@ -39,9 +40,11 @@ class Runtime:
         self.settings = settings
         self.app = app
         self.hooks = hooks or Hooks()
+        self.command_counter = CommandCounter() if settings.command_stats_file else None
         self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             settings.mongodb_uri, appname=f"reactgen-{settings.instance_id}",
-            tz_aware=False)
+            tz_aware=False,
+            event_listeners=[self.command_counter] if self.command_counter else None)
         self.clock = ServerClock()
         self._background: list[asyncio.Task[None]] = []
         runnable = [r for r in app.reactors if self.hooks.task_filter(r)]
@@ -165,5 +168,7 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, PyMongoError):
                 await task
         await self.client.close()
+        if self.command_counter is not None and self.settings.command_stats_file:
+            self.command_counter.write(self.settings.command_stats_file)
         log_event(log, logging.INFO, "runtime stopped", event="runtime.stopped",
                   instance=self.settings.instance_id)

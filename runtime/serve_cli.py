@@ -47,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     flag("data_dir", "--data-dir", help="where the embedded server keeps data (default: "
          ".reactgen)")
     flag("log_level", "--log-level", help="log level (default: INFO)")
+    flag("command_stats_file", "--command-stats-file", help="write database command counts "
+         "(JSON) here at shutdown, for benchmarks")
 
 
 def settings_from(args: argparse.Namespace) -> RuntimeSettings:

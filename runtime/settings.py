@@ -31,6 +31,7 @@ class RuntimeSettings:
     batch_max: int = 1000
     idle_poll_ms: int = 5_000
     log_level: str = "INFO"
+    command_stats_file: str | None = None
 
     @property
     def leader_renew_ms(self) -> int:
@@ -54,4 +55,5 @@ ENVIRONMENT = {
     "shutdown_timeout_ms": "REACTGEN_SHUTDOWN_TIMEOUT_MS",
     "data_dir": "REACTGEN_DATA_DIR",
     "log_level": "REACTGEN_LOG_LEVEL",
+    "command_stats_file": "REACTGEN_COMMAND_STATS",
 }

@@ -93,6 +93,7 @@ class DirectAccess:
 
 @dataclass
 class _Touched:
+    coll: Collection  # the collection written to (a drop or rename meanwhile is a conflict)
     base: dict[str, Any] | None  # committed document when first touched
     current: dict[str, Any] | None  # the transaction's version (None = deleted)
 
@@ -153,9 +154,12 @@ class TransactionAccess:
             doc = coll.docs.get(key)
             if doc is not None:
                 yield doc
+        # Documents this transaction inserted or changed that the plan did not find (the plan
+        # reads the committed indexes, which do not know the transaction's new values); the
+        # caller filters every candidate against the query anyway.
         for (db, name, key), entry in list(touched.items()):
             if db == coll.db and name == coll.name and key not in seen \
-                    and entry.current is not None and entry.base is None:
+                    and entry.current is not None:
                 yield entry.current
 
     def _touch(self, coll: Collection, key: Key) -> _Touched:
@@ -171,7 +175,7 @@ class TransactionAccess:
         entry = self.txn.touched.get(lock_key)
         if entry is None:
             base = coll.docs.get(key)
-            entry = _Touched(base=base, current=base)
+            entry = _Touched(coll=coll, base=base, current=base)
             self.txn.touched[lock_key] = entry
         return entry
 
@@ -217,29 +221,34 @@ class TransactionAccess:
         self.txn.steps.append(("delete", coll.db, coll.name, key, False))
 
     def commit(self) -> WriteUnit:
-        """Validate and apply the transaction's writes as one unit (not yet committed)."""
+        """Validate and apply the transaction's writes as one unit (not yet committed).
+
+        Either every write is applied or, when one fails, none is: the ones already applied are
+        undone before the error is raised.
+        """
         catalog = self.store.catalog
         for (db, name, key), entry in self.txn.touched.items():
             coll = catalog.get(db, name)
-            current = coll.docs.get(key) if coll is not None else None
-            if current is not entry.base:
+            if coll is not entry.coll:
+                raise CommandError(112, f"Write conflict: collection {db}.{name} was dropped, "
+                                   "renamed or recreated while this transaction wrote to it",
+                                   labels=[TRANSIENT])
+            if coll.docs.get(key) is not entry.base:
                 raise CommandError(112, "Write conflict: a document written by this transaction "
                                    "was changed by another operation", labels=[TRANSIENT])
         unit = WriteUnit(lsid=self.txn.lsid, txn_number=self.txn.txn_number)
         # Each document's final version is applied once, in the order documents were first
         # touched, which keeps the events in statement order for the common one-write case.
-        final_order: list[tuple[str, str, Key]] = []
+        final_order: dict[tuple[str, str, Key], None] = {}
         for _, db, name, key, _replacement in self.txn.steps:
-            if (db, name, key) not in final_order:
-                final_order.append((db, name, key))
+            final_order.setdefault((db, name, key), None)
         replacement_of = {(db, name, key): repl for op, db, name, key, repl in self.txn.steps
                           if op == "replace"}
+        applied: list[tuple[Collection, dict[str, Any] | None, dict[str, Any] | None]] = []
         try:
             for db, name, key in final_order:
-                coll = catalog.get(db, name)
-                if coll is None:
-                    continue
                 entry = self.txn.touched[(db, name, key)]
+                coll = entry.coll
                 old = coll.docs.get(key)
                 new = entry.current
                 if old is None and new is not None:
@@ -249,6 +258,22 @@ class TransactionAccess:
                 elif old is not None and new is not None and old is not new:
                     self.store.replace(unit, coll, old, new,
                                        replacement_of.get((db, name, key), False))
+                else:
+                    continue
+                applied.append((coll, old, new))
         except WriteError as exc:
+            _undo(applied)
             raise CommandError(exc.code, exc.message, labels=[TRANSIENT]) from exc
+        except BaseException:
+            _undo(applied)
+            raise
         return unit
+
+
+def _undo(applied: list[tuple[Collection, dict[str, Any] | None, dict[str, Any] | None]]) -> None:
+    """Restore the documents of a partly applied commit, newest change first."""
+    for coll, old, new in reversed(applied):
+        if new is not None:
+            coll.remove(new)
+        if old is not None:
+            coll.put(old, None)

@@ -64,6 +64,15 @@ CODE_NAMES: dict[int, str] = {
     234: "RetryChangeStream",
     133: "FailedToSatisfyReadPreference",
     9001: "SocketException",
+    50768: "NotARetryableWriteCommand",
+    223: "IllegalOpMsgFlag",
+    186: "ClientMetadataCannotBeMutated",
+    134: "ReadConcernMajorityNotAvailableYet",
+    117: "ConflictingOperationInProgress",
+    100: "UnsatisfiableWriteConcern",
+    24: "LockTimeout",
+    22: "InvalidBSON",
+    13: "Unauthorized",
 }
 
 # Error codes whose failure of a change-stream getMore the driver may resume from; the server

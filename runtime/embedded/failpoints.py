@@ -76,7 +76,10 @@ class FailPoints:
         self.points: dict[str, FailPoint] = {}
 
     def configure(self, body: dict[str, Any]) -> int:
-        """Apply a ``configureFailPoint`` command; returns how often the old one had fired."""
+        """Apply a ``configureFailPoint`` command (an invalid one changes nothing).
+
+        Returns 1 if the fail point was active before, else 0 (MongoDB's ``count``).
+        """
         name = body.get("configureFailPoint")
         if name not in SUPPORTED:
             raise CommandError(2, f"unknown fail point {name!r}; supported: {', '.join(SUPPORTED)}")
@@ -93,20 +96,24 @@ class FailPoints:
         if labels is not None and (not isinstance(labels, list)
                                    or not all(isinstance(x, str) for x in labels)):
             raise CommandError(14, "'errorLabels' must be an array of strings")
-        old = self.points.pop(name, None)
+        for key in ("errorCode", "blockTimeMS", "failBeforeCommitExceptionCode"):
+            if key in data:
+                _int(data[key], f"data.{key}")
+        point: FailPoint | None
         if mode == "off":
-            pass
+            point = None
         elif mode == "alwaysOn":
-            self.points[name] = FailPoint(name, None, 0, data)
+            point = FailPoint(name, None, 0, data)
         elif isinstance(mode, dict) and "times" in mode:
-            self.points[name] = FailPoint(name, _int(mode["times"], "mode.times"), 0, data)
+            point = FailPoint(name, _int(mode["times"], "mode.times"), 0, data)
         elif isinstance(mode, dict) and "skip" in mode:
-            self.points[name] = FailPoint(name, None, _int(mode["skip"], "mode.skip"), data)
+            point = FailPoint(name, None, _int(mode["skip"], "mode.skip"), data)
         else:
-            if old is not None:
-                self.points[name] = old
             raise CommandError(9, f"invalid fail point mode {mode!r}; use 'alwaysOn', 'off', "
                                "{times: n} or {skip: n}")
+        old = self.points.pop(name, None)
+        if point is not None:
+            self.points[name] = point
         return 0 if old is None else 1
 
     def check(self, command: str, app_name: str | None,

@@ -35,7 +35,7 @@ from runtime.embedded import engine
 from runtime.embedded.access import DirectAccess, Transaction, TransactionAccess
 from runtime.embedded.change_streams import ChangeStreamCursor
 from runtime.embedded.commands import COMMANDS
-from runtime.embedded.commands.registry import GENERIC_FIELDS, CommandContext
+from runtime.embedded.commands.registry import GENERIC_FIELDS, CommandContext, Handler
 from runtime.embedded.cursors import CursorRegistry
 from runtime.embedded.datastore import DataStore, WriteUnit
 from runtime.embedded.errors import RESUMABLE_CHANGE_STREAM_CODES, CommandError, WriteError
@@ -49,6 +49,7 @@ __all__ = ["GENERIC_FIELDS", "CloseConnection", "ServerConfig", "ServerState"]
 
 
 FINISH_COMMANDS = frozenset({"commitTransaction", "abortTransaction"})
+HELLO_COMMANDS = frozenset({"hello", "isMaster", "ismaster"})
 # Codes that make a retryable write (or commit/abort) safe to retry: RetryableWriteError.
 RETRYABLE_WRITE_CODES = frozenset({6, 7, 89, 91, 134, 189, 262, 9001, 10107, 11600, 11602,
                                    13435, 13436})
@@ -229,7 +230,14 @@ class ServerState:
         """A fail point's failure for this command, if one is configured and fires."""
         if not self.failpoints.points or name == "configureFailPoint":
             return None
-        return self.failpoints.check(name, connection.get("app_name"),
+        app_name = connection.get("app_name")
+        if app_name is None and name in HELLO_COMMANDS:
+            # A handshake names its application itself (the connection learns it only when
+            # the hello runs), so appName-targeted fail points can fail the handshake too.
+            client = body.get("client")
+            app = client.get("application") if isinstance(client, dict) else None
+            app_name = app.get("name") if isinstance(app, dict) else None
+        return self.failpoints.check(name, app_name,
                                      self._is_change_stream_get_more(name, body))
 
     def _is_change_stream_get_more(self, name: str, body: dict[str, Any]) -> bool:
@@ -306,7 +314,7 @@ class ServerState:
                 reply["errorLabels"] = [RETRYABLE_WRITE_LABEL]
         return reply
 
-    async def _run(self, request: _Request, body: dict[str, Any], db: str, handler: Any,
+    async def _run(self, request: _Request, body: dict[str, Any], db: str, handler: Handler,
                    connection: dict[str, Any], injected: Injected | None) -> dict[str, Any]:
         name = request.name
         session = self.sessions.get(body.get("lsid"))
@@ -373,7 +381,7 @@ class ServerState:
         session.txn_state = "none"
         return None
 
-    async def _call(self, name: str, body: dict[str, Any], db: str, handler: Any,
+    async def _call(self, name: str, body: dict[str, Any], db: str, handler: Handler,
                     connection: dict[str, Any], session: Session | None,
                     transaction: Transaction | None) -> dict[str, Any]:
         unit = WriteUnit()
@@ -395,7 +403,7 @@ class ServerState:
             connection=connection,
         )
         try:
-            reply: dict[str, Any] = await handler(ctx)
+            reply = await handler(ctx)
         finally:
             self.store.commit(unit)
         return reply

@@ -10,12 +10,14 @@ from __future__ import annotations
 import itertools
 import socket
 import struct
+import uuid
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
 import bson
 from bson.codec_options import CodecOptions
+from bson.int64 import Int64
 
 OP_REPLY = 1
 OP_QUERY = 2004
@@ -31,6 +33,11 @@ def address(uri: str) -> tuple[str, int]:
     netloc = parts.netloc.split("@")[-1].split(",")[0]
     host, _, port = netloc.rpartition(":")
     return host.strip("[]") or "127.0.0.1", int(port or 27017)
+
+
+def new_lsid() -> dict[str, Any]:
+    """A fresh logical session id, ``{id: UUID}`` (sent as binData subtype 4)."""
+    return {"id": uuid.uuid4()}
 
 
 def op_msg(body: dict[str, Any], request_id: int | None = None, flags: int = 0) -> bytes:
@@ -136,3 +143,36 @@ class RawConnection:
         except ConnectionResetError:
             pass
         return True
+
+
+class RawSession:
+    """Commands on one raw connection under one ``lsid`` with explicit ``txnNumber`` values."""
+
+    def __init__(self, conn: RawConnection, db: str) -> None:
+        self.conn = conn
+        self.db = db
+        self.lsid = new_lsid()
+
+    def run(self, body: dict[str, Any], txn_number: int | None = None, db: str | None = None,
+            **fields: Any) -> dict[str, Any]:
+        """Send ``body`` with this session's lsid (and ``txnNumber`` as an Int64)."""
+        doc = dict(body)
+        doc.update(fields)
+        doc["lsid"] = self.lsid
+        if txn_number is not None:
+            doc["txnNumber"] = Int64(txn_number)
+        doc["$db"] = db or self.db
+        return self.conn.command(doc)
+
+    def in_txn(self, body: dict[str, Any], txn_number: int, start: bool = False) -> dict[str, Any]:
+        """A statement of transaction ``txn_number`` (``start`` opens it)."""
+        fields: dict[str, Any] = {"autocommit": False}
+        if start:
+            fields["startTransaction"] = True
+        return self.run(body, txn_number, **fields)
+
+    def commit(self, txn_number: int) -> dict[str, Any]:
+        return self.run({"commitTransaction": 1}, txn_number, db="admin", autocommit=False)
+
+    def abort(self, txn_number: int) -> dict[str, Any]:
+        return self.run({"abortTransaction": 1}, txn_number, db="admin", autocommit=False)

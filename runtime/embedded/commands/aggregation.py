@@ -5,11 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 from runtime.embedded import change_streams, engine
-from runtime.embedded.commands.crud import matching
-from runtime.embedded.commands.registry import CommandContext, command, int_option
+from runtime.embedded.commands.crud import check_collation, check_hint, matching
+from runtime.embedded.commands.registry import (
+    GENERIC_FIELDS,
+    CommandContext,
+    command,
+    int_option,
+)
 from runtime.embedded.cursors import first_batch_reply
 from runtime.embedded.errors import CommandError, WriteError
 from runtime.embedded.ordering import id_key, value_key
+
+_AGGREGATE_FIELDS = frozenset({"aggregate", "pipeline", "cursor", "explain", "allowDiskUse",
+                               "collation", "hint", "let", "fromMongos", "needsMerge",
+                               "isMapReduceCommand", "$_requestReshardingResumeToken"})
 
 
 class _CollectionsOf:
@@ -39,6 +48,13 @@ async def aggregate(ctx: CommandContext) -> dict[str, Any]:
     """Run a pipeline; a leading ``$changeStream`` opens a change stream instead."""
     pipeline = _pipeline(ctx)
     target = ctx.body.get("aggregate")
+    if ctx.body.get("explain"):
+        raise CommandError(2, "explain is not supported by the embedded server")
+    for key in ctx.body:
+        if key not in _AGGREGATE_FIELDS and key not in GENERIC_FIELDS:
+            raise CommandError(40415, f"BSON field 'aggregate.{key}' is an unknown field.")
+    check_collation(ctx.body.get("collation"))
+    ctx.variables = engine.let_variables(ctx.body.get("let"), ctx.variables)
     cursor_opts = ctx.body.get("cursor")
     if cursor_opts is None and not ctx.body.get("explain"):
         raise CommandError(9, "The 'cursor' option is required, except for aggregate with the "
@@ -64,6 +80,7 @@ async def aggregate(ctx: CommandContext) -> dict[str, Any]:
         if ctx.transaction is not None:
             raise CommandError(263, f"{next(iter(writer))} cannot be used in a transaction")
     coll = ctx.access.collection(ctx.db, target)
+    check_hint(coll, ctx.body.get("hint"))
     query: dict[str, Any] = {}
     rest = pipeline
     if pipeline and "$match" in pipeline[0] and isinstance(pipeline[0]["$match"], dict):
@@ -139,10 +156,22 @@ def _merge(ctx: CommandContext, spec: Any, results: list[dict[str, Any]]) -> Non
     if not isinstance(target_coll, str):
         raise CommandError(14, "$merge 'into' must name a collection")
     on = spec.get("on", "_id")
-    on_fields = [on] if isinstance(on, str) else list(on)
+    on_fields = [on] if isinstance(on, str) else list(on) if isinstance(on, list) else []
+    if not on_fields or not all(isinstance(f, str) and f for f in on_fields):
+        raise CommandError(51186, "$merge 'on' must be a field name or an array of field names")
     when_matched = spec.get("whenMatched", "merge")
     when_not_matched = spec.get("whenNotMatched", "insert")
     access = ctx.access
+    if on_fields != ["_id"]:
+        # As in MongoDB, custom 'on' fields need a unique index that makes the match unique.
+        existing_coll = access.collection(target_db, target_coll)
+        if existing_coll is None or not any(
+            index.spec.unique and set(index.spec.fields) == set(on_fields)
+            and index.spec.partial_filter is None
+            for index in existing_coll.indexes.values()
+        ):
+            raise CommandError(51183, "Cannot find index to verify that join fields will be "
+                               "unique")
     coll = access.ensure(target_db, target_coll)
     for doc in results:
         query = {}
@@ -157,7 +186,7 @@ def _merge(ctx: CommandContext, spec: Any, results: list[dict[str, Any]]) -> Non
         existing = next(matching(ctx, coll, query, None), None)
         if existing is None:
             if when_not_matched == "insert":
-                access.insert(coll, doc)
+                access.insert(coll, doc if "_id" in doc else {"_id": _new_id(), **doc})
             elif when_not_matched == "fail":
                 raise CommandError(13113, "$merge could not find a matching document in the "
                                    "target collection")

@@ -7,7 +7,12 @@ from typing import Any
 from bson.int64 import Int64
 
 from runtime.embedded import engine
-from runtime.embedded.commands.registry import CommandContext, command, doc_option
+from runtime.embedded.commands.registry import (
+    GENERIC_FIELDS,
+    CommandContext,
+    command,
+    doc_option,
+)
 from runtime.embedded.cursors import first_batch_reply
 from runtime.embedded.errors import CommandError
 from runtime.embedded.indexes import parse_index_spec
@@ -17,6 +22,19 @@ _CREATE_OPTIONS = {"capped", "size", "max", "validator", "validationLevel", "val
                    "changeStreamPreAndPostImages", "collation", "timeseries", "expireAfterSeconds",
                    "clusteredIndex", "storageEngine", "indexOptionDefaults", "viewOn", "pipeline",
                    "comment"}
+
+
+# Fields create and collMod accept besides the options they store.
+_CREATE_FIELDS = _CREATE_OPTIONS | {"create", "autoIndexId", "idIndex", "encryptedFields",
+                                    "changeStreamPreAndPostImages", "temp", "flags"}
+_COLL_MOD_FIELDS = _CREATE_OPTIONS | {"collMod", "index", "dryRun", "cappedSize", "cappedMax",
+                                      "recordPreImages"}
+
+
+def _reject_unknown_fields(ctx: CommandContext, known: set[str]) -> None:
+    for key in ctx.body:
+        if key not in known and key not in GENERIC_FIELDS:
+            raise CommandError(40415, f"BSON field '{ctx.name}.{key}' is an unknown field.")
 
 
 def _require(ctx: CommandContext, name: str) -> Collection:
@@ -30,6 +48,7 @@ def _require(ctx: CommandContext, name: str) -> Collection:
 async def create(ctx: CommandContext) -> dict[str, Any]:
     """Create a collection with options."""
     name = ctx.collection_name()
+    _reject_unknown_fields(ctx, _CREATE_FIELDS)
     if ctx.access.collection(ctx.db, name) is not None:
         raise CommandError(48, f"Collection {ctx.namespace(name)} already exists.")
     options = {k: v for k, v in ctx.body.items()
@@ -43,8 +62,9 @@ async def create(ctx: CommandContext) -> dict[str, Any]:
 @command("collMod")
 async def coll_mod(ctx: CommandContext) -> dict[str, Any]:
     """Change collection options (e.g. ``changeStreamPreAndPostImages``) or an index's TTL."""
+    _reject_unknown_fields(ctx, _COLL_MOD_FIELDS)
     coll = _require(ctx, ctx.collection_name())
-    changes = {k: v for k, v in ctx.body.items() if k in _CREATE_OPTIONS}
+    changes = {k: v for k, v in ctx.body.items() if k in _CREATE_OPTIONS and k != "comment"}
     index_change = doc_option(ctx.body, "index")
     reply: dict[str, Any] = {"ok": 1.0}
     if index_change is not None:

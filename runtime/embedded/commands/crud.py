@@ -3,6 +3,8 @@ distinct."""
 
 from __future__ import annotations
 
+import functools
+import heapq
 import itertools
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +14,7 @@ from bson.int64 import Int64
 
 from runtime.embedded import change_streams, engine
 from runtime.embedded.commands.registry import (
+    GENERIC_FIELDS,
     CommandContext,
     command,
     doc_option,
@@ -29,19 +32,62 @@ MAX_ID_RETRIES = 3
 
 
 def matching(ctx: CommandContext, coll: Collection, query: dict[str, Any],
-             sort: list[tuple[str, int]] | None) -> Iterator[dict[str, Any]]:
-    """Documents matching ``query`` in ``sort`` order (index order when an index gives it)."""
+             sort: list[tuple[str, int]] | None,
+             limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """Documents matching ``query`` in ``sort`` order (index order when an index gives it).
+
+    ``limit`` (when the caller needs no more than that many) lets an in-memory sort keep only
+    the first ones instead of sorting every match.
+    """
     docs, ordered = ctx.access.candidates(coll, query, sort)
     variables = ctx.variables
     matched = (d for d in docs if engine.matches(query, d, variables))
     if sort and not ordered:
-        return iter(sorted(matched, key=lambda d: document_sort_key(d, sort)))
+        key = functools.partial(document_sort_key, sort=sort)
+        if limit:
+            return iter(heapq.nsmallest(limit, matched, key=key))
+        return iter(sorted(matched, key=key))
     return matched
 
 
-def _prepare_insert(doc: Any) -> dict[str, Any]:
-    if not isinstance(doc, dict):
+def check_hint(coll: Collection | None, hint: Any) -> None:
+    """Reject a ``hint`` naming no index (the planner chooses on its own either way)."""
+    if hint is None or coll is None or hint == {"$natural": 1} or hint == {"$natural": -1}:
+        return
+    if isinstance(hint, str):
+        found = hint in coll.indexes
+    elif isinstance(hint, dict) and hint:
+        found = any(dict(i.spec.key) == hint for i in coll.indexes.values())
+    else:
+        raise CommandError(9, "hint must be a string or an object")
+    if not found:
+        raise CommandError(2, "error processing query: planner returned error :: caused by :: "
+                           "hint provided does not correspond to an existing index")
+
+
+_FIND_FIELDS = frozenset({"find", "filter", "sort", "projection", "hint", "skip", "limit",
+                          "batchSize", "singleBatch", "collation", "let", "noCursorTimeout",
+                          "allowPartialResults", "allowDiskUse", "oplogReplay", "readOnce",
+                          "term"})
+# Valid find options whose effect is not implemented: refused rather than ignored.
+_FIND_UNSUPPORTED = frozenset({"tailable", "awaitData", "min", "max", "returnKey",
+                               "showRecordId"})
+
+
+def check_collation(collation: Any) -> None:
+    """Only the simple (binary) collation is implemented; others would silently compare wrong."""
+    if collation is None or collation == {} or (
+        isinstance(collation, dict) and collation.get("locale") == "simple"
+    ):
+        return
+    raise CommandError(2, "collations other than {locale: 'simple'} are not supported by the "
+                       "embedded server")
+
+
+def _prepare_insert(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
         raise WriteError(14, "document to insert must be an object")
+    doc: dict[str, Any] = raw
     if "_id" not in doc:
         doc = {"_id": ObjectId(), **doc}
     elif next(iter(doc)) != "_id":
@@ -135,7 +181,9 @@ def _update_one_statement(ctx: CommandContext, coll: Collection, stmt: Any,
         raise WriteError(9, "multi update is not supported for replacement-style update")
     array_filters = stmt.get("arrayFilters")
     sort = sort_option(stmt, "sort")
-    found = matching(ctx, coll, query, sort)
+    check_hint(coll, stmt.get("hint"))
+    check_collation(stmt.get("collation"))
+    found = matching(ctx, coll, query, sort, None if multi else 1)
     targets = list(found) if multi else list(itertools.islice(found, 1))
     matched = modified = 0
     for old in targets:
@@ -166,6 +214,7 @@ def _too_large(doc: dict[str, Any]) -> bool:
 @command("update", in_transaction=True, retryable_write=True)
 async def update(ctx: CommandContext) -> dict[str, Any]:
     """Apply update statements (operators, replacements or pipelines; multi; upsert)."""
+    ctx.variables = engine.let_variables(ctx.body.get("let"), ctx.variables)
     name = ctx.collection_name()
     statements = _statements(ctx, "updates")
     ordered = ctx.body.get("ordered", True) is not False
@@ -192,6 +241,7 @@ async def update(ctx: CommandContext) -> dict[str, Any]:
 @command("delete", in_transaction=True, retryable_write=True)
 async def delete(ctx: CommandContext) -> dict[str, Any]:
     """Delete the documents matching each statement (``limit`` 1 or 0 = all)."""
+    ctx.variables = engine.let_variables(ctx.body.get("let"), ctx.variables)
     name = ctx.collection_name()
     statements = _statements(ctx, "deletes")
     ordered = ctx.body.get("ordered", True) is not False
@@ -208,7 +258,9 @@ async def delete(ctx: CommandContext) -> dict[str, Any]:
                 raise WriteError(9, "The limit field in delete objects must be 0 or 1")
             if coll is None:
                 continue
-            found = matching(ctx, coll, query, sort_option(stmt, "sort"))
+            check_hint(coll, stmt.get("hint"))
+            check_collation(stmt.get("collation"))
+            found = matching(ctx, coll, query, sort_option(stmt, "sort"), limit or None)
             targets = list(itertools.islice(found, 1)) if limit == 1 else list(found)
             for doc in targets:
                 ctx.access.delete(coll, doc)
@@ -226,7 +278,8 @@ def _results(ctx: CommandContext, coll: Collection | None, query: dict[str, Any]
              projection: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
     if coll is None:
         return iter(())
-    docs: Iterator[dict[str, Any]] = matching(ctx, coll, query, sort)
+    docs: Iterator[dict[str, Any]] = matching(ctx, coll, query, sort,
+                                              skip + limit if limit else None)
     if skip or limit:
         docs = itertools.islice(docs, skip, skip + limit if limit else None)
     if projection:
@@ -236,7 +289,8 @@ def _results(ctx: CommandContext, coll: Collection | None, query: dict[str, Any]
 
 
 class _Materialising:
-    """Evaluates lazily for the first batch, then fixes the rest so later writes can't disturb it."""
+    """Evaluates lazily for the first batch, then fixes the rest so later writes can't
+    disturb it."""
 
     def __init__(self, results: Iterator[dict[str, Any]]) -> None:
         self._results = results
@@ -258,6 +312,13 @@ class _Materialising:
 @command("find", in_transaction=True)
 async def find(ctx: CommandContext) -> dict[str, Any]:
     """Query a collection; returns a cursor."""
+    for key, value in ctx.body.items():
+        if key in _FIND_UNSUPPORTED and value:
+            raise CommandError(2, f"find option '{key}' is not supported by the embedded server")
+        if key not in _FIND_FIELDS and key not in _FIND_UNSUPPORTED and key not in GENERIC_FIELDS:
+            raise CommandError(40415, f"BSON field 'find.{key}' is an unknown field.")
+    ctx.variables = engine.let_variables(ctx.body.get("let"), ctx.variables)
+    check_collation(ctx.body.get("collation"))
     name = ctx.collection_name()
     query = engine.validate_filter(ctx.body.get("filter"))
     sort = sort_option(ctx.body)
@@ -270,6 +331,7 @@ async def find(ctx: CommandContext) -> dict[str, Any]:
     limit = abs(int(raw_limit))
     batch_size = int_option(ctx.body, "batchSize")
     coll = ctx.access.collection(ctx.db, name)
+    check_hint(coll, ctx.body.get("hint"))
     results = _Materialising(_results(ctx, coll, query, sort, skip, limit or None, projection))
     if limit and (batch_size is None or batch_size > limit):
         batch_size = limit
@@ -312,7 +374,8 @@ async def kill_cursors(ctx: CommandContext) -> dict[str, Any]:
     ids = ctx.body.get("cursors")
     if not isinstance(ids, list):
         raise CommandError(14, "BSON field 'killCursors.cursors' must be an array")
-    killed, missing = [], []
+    killed: list[Any] = []
+    missing: list[Any] = []
     for cursor_id in ids:
         (killed if ctx.state.cursors.remove(cursor_id) else missing).append(cursor_id)
     return {"cursorsKilled": killed, "cursorsNotFound": missing, "cursorsAlive": [],
@@ -322,6 +385,8 @@ async def kill_cursors(ctx: CommandContext) -> dict[str, Any]:
 @command("findAndModify", "findandmodify", in_transaction=True, retryable_write=True)
 async def find_and_modify(ctx: CommandContext) -> dict[str, Any]:
     """Atomically find one document and update, replace or remove it."""
+    ctx.variables = engine.let_variables(ctx.body.get("let"), ctx.variables)
+    check_collation(ctx.body.get("collation"))
     name = ctx.collection_name()
     body = ctx.body
     query = engine.validate_filter(body.get("query"))
@@ -336,7 +401,8 @@ async def find_and_modify(ctx: CommandContext) -> dict[str, Any]:
     if not remove and not isinstance(update, dict | list):
         raise CommandError(9, "Either an update or remove=true must be specified")
     coll = ctx.access.collection(ctx.db, name)
-    old = next(matching(ctx, coll, query, sort), None) if coll is not None else None
+    check_hint(coll, body.get("hint"))
+    old = next(matching(ctx, coll, query, sort, 1), None) if coll is not None else None
     last_error: dict[str, Any] = {"n": 0}
     value: dict[str, Any] | None = None
     try:
@@ -377,9 +443,11 @@ async def find_and_modify(ctx: CommandContext) -> dict[str, Any]:
 @command("count")
 async def count(ctx: CommandContext) -> dict[str, Any]:
     """Count matching documents (``skip``/``limit`` honoured)."""
+    check_collation(ctx.body.get("collation"))
     name = ctx.collection_name()
     query = engine.validate_filter(ctx.body.get("query"))
     coll = ctx.access.collection(ctx.db, name)
+    check_hint(coll, ctx.body.get("hint"))
     if coll is None:
         return {"n": 0, "ok": 1.0}
     skip = int_option(ctx.body, "skip", 0) or 0
@@ -393,6 +461,7 @@ async def count(ctx: CommandContext) -> dict[str, Any]:
 @command("distinct", in_transaction=True)
 async def distinct(ctx: CommandContext) -> dict[str, Any]:
     """Distinct values of a field (array elements counted individually)."""
+    check_collation(ctx.body.get("collation"))
     name = ctx.collection_name()
     key = ctx.body.get("key")
     if not isinstance(key, str):

@@ -12,6 +12,7 @@ from bson.int64 import Int64
 
 from runtime.embedded.commands.registry import GENERIC_FIELDS, CommandContext, command
 from runtime.embedded.errors import CommandError
+from runtime.embedded.planner import QUERY_EXECUTOR
 from runtime.embedded.wire import MAX_BSON_SIZE, MAX_MESSAGE_SIZE
 
 SERVER_VERSION = "7.0.14"
@@ -145,6 +146,10 @@ async def server_status(ctx: CommandContext) -> dict[str, Any]:
         "repl": {"setName": REPLICA_SET, "isWritablePrimary": True, "primary":
                  state.advertised_address, "hosts": [state.advertised_address]},
         "storageEngine": {"name": "reactgen", "persistent": state.config.dbpath is not None},
+        "metrics": {"queryExecutor": {
+            "scanned": Int64(QUERY_EXECUTOR["scanned"]),
+            "scannedObjects": Int64(QUERY_EXECUTOR["scannedObjects"]),
+        }},
         "ok": 1.0,
     }
 
