@@ -217,6 +217,8 @@ class Results:
     rows: list[Row] = field(default_factory=list)
     preloads: list[Preload] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    load_at_start: str = "unknown"
+    """Load average before the first server started (other work on the machine)."""
 
 
 # --------------------------------------------------------------------------- timing
@@ -579,6 +581,13 @@ def machine_info() -> list[tuple[str, str]]:
     ]
 
 
+def load_average() -> str:
+    """The 1/5/15-minute load averages, e.g. ``"0.52 / 0.61 / 0.70"``."""
+    if not hasattr(os, "getloadavg"):
+        return "unknown"
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def _num(value: float, digits: int = 0) -> str:
     if value != value:  # NaN
         return "n/a"
@@ -596,12 +605,14 @@ def render(cfg: Config, results: Results, started: datetime) -> str:
     )
     out += ["", "| machine | |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in machine_info()]
+    out.append(f"| load average 1/5/15 min, at the start | {results.load_at_start} |")
+    out.append(f"| load average 1/5/15 min, at the end | {load_average()} |")
 
     out += ["", "## Preload (insert_many, batches of 10,000, two secondary indexes)", ""]
     out += ["| storage | documents | seconds | documents/s |", "|---|---:|---:|---:|"]
     for p in results.preloads:
         out.append(
-            f"| {p.storage} | {format_size(p.size)} | {_num(p.seconds, 1)} | "
+            f"| {p.storage} | {format_size(p.size)} | {_num(p.seconds, 2)} | "
             f"{_num(p.size / p.seconds if p.seconds else float('nan'))} |"
         )
 
@@ -651,7 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the markdown report to stdout."""
     cfg = parse_args(argv)
     started = datetime.now(UTC)
-    results = Results()
+    results = Results(load_at_start=load_average())
     t0 = time.perf_counter()
     for storage in cfg.storage:
         for size in cfg.sizes:

@@ -37,8 +37,13 @@ def make_definitions(root: Path, count: int, schemas: int) -> None:
                 "status": {"type": "string", "enum": ["new", "done"]},
                 "amount": {"type": "number"},
                 "tags": {"type": "array", "items": {"type": "string"}},
-                "lines": {"type": "array", "items": {"type": "object", "properties": {
-                    "sku": {"type": "string"}, "qty": {"type": "integer"}}}},
+                "lines": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {"sku": {"type": "string"}, "qty": {"type": "integer"}},
+                    },
+                },
             },
             "required": ["_id"],
         }
@@ -54,15 +59,20 @@ def make_definitions(root: Path, count: int, schemas: int) -> None:
             "policies:\n"
             "  debounce: {delay: 1s, maxWait: 10s}\n"
             "  retry: {strategy: exponential, min: 1s, max: 1h}\n",
-            encoding="utf-8")
+            encoding="utf-8",
+        )
 
 
 def timed_build(workdir: Path) -> float:
     """Seconds for one `reactgen build` in a fresh interpreter (as a user runs it)."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "generator", "build", "defs", "--out", "app"],
-                   cwd=workdir, check=True, capture_output=True,
-                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    subprocess.run(
+        [sys.executable, "-m", "generator", "build", "defs", "--out", "app"],
+        cwd=workdir,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     return time.perf_counter() - started
 
 
@@ -94,8 +104,9 @@ def main() -> int:
         warm_in_process = in_process_warm(workdir, 5)
         shutil.rmtree(workdir / "app")
         cached = timed_build(workdir)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
     print(f"\n{args.count} definitions over {args.schemas} collections\n")
     print("| build | seconds |")
     print("|---|---|")

@@ -1,4 +1,4 @@
-"""The ``runtime`` command: ``runtime serve`` (run reactors) and ``runtime db`` (embedded server)."""
+"""The ``runtime`` command: ``runtime serve`` (run reactors), ``runtime db`` (embedded server)."""
 
 from __future__ import annotations
 

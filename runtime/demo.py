@@ -18,7 +18,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from pymongo import MongoClient
@@ -48,7 +47,8 @@ def _wait(what: str, check: Callable[[], bool], timeout: float) -> None:
 
 def write_and_verify(uri: str, timeout: float) -> None:
     """Act like the shop application, then check each reactor's effect."""
-    db = MongoClient(uri)["app"]
+    client: MongoClient[dict[str, Any]] = MongoClient(uri)
+    db = client["app"]
     print("\n— a user signs up (send_welcome_message runs once per new user)", flush=True)
     db.users.insert_one({"_id": "u1", "email": "ada@example.com", "name": "Ada"})
     _wait("welcome e-mail queued in outbox",

@@ -58,6 +58,7 @@ class DatabasePlanner:
         self.due_hint = due_hint
         self.feed = ChangeFeed(db, pipeline, batch_size=batch_max, max_await_ms=500)
         self._saved_token: dict[str, Any] | None = None
+        self._reconcilers: set[asyncio.Task[None]] = set()
         self._last_save = 0.0
 
     async def run(self) -> None:
@@ -79,10 +80,11 @@ class DatabasePlanner:
         try:
             await self._loop()
         finally:
-            if reconciler is not None:
-                reconciler.cancel()
-                with contextlib.suppress(asyncio.CancelledError, PyMongoError):
-                    await reconciler
+            for task in [reconciler, *self._reconcilers]:
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, PyMongoError):
+                        await task
             await self.feed.close()
 
     async def _loop(self) -> None:
@@ -94,7 +96,7 @@ class DatabasePlanner:
                 log_event(log, logging.ERROR, "change-stream history lost; reconciling",
                           event="planner.history_lost", database=self.db.name, error=str(exc))
                 await self.feed.open(None)
-                asyncio.create_task(self.reconcile())
+                self._reconcilers.add(asyncio.create_task(self.reconcile()))
                 continue
             except PyMongoError as exc:
                 if not is_resumable(exc):
@@ -187,13 +189,12 @@ class DatabasePlanner:
             for reactor in reactors:
                 target = ops.setdefault(reactor.tasks_collection, [])
                 snapshot = verdicts.get(reactor.name) if verdicts is not None else None
+                cleanup = reactor.policies.cleanup.when
                 if verdicts is not None and reactor.name in verdicts:
                     target.append(plan_update(reactor, source_id, snapshot))
                     self.due_hint(reactor.name, reactor.policies.debounce.delay_ms)
-                elif verdicts is None and reactor.policies.cleanup.when != "never":
-                    target.append(source_gone_update(reactor, source_id))
-                elif verdicts is not None and \
-                        reactor.policies.cleanup.when == "sourceDeletedOrUnmatched":
+                elif (verdicts is None and cleanup != "never") or (
+                        verdicts is not None and cleanup == "sourceDeletedOrUnmatched"):
                     target.append(source_gone_update(reactor, source_id))
         for tasks_collection, updates in ops.items():
             if updates:
