@@ -44,7 +44,7 @@ class Runtime:
         self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             settings.mongodb_uri, appname=f"reactgen-{settings.instance_id}",
             tz_aware=False,
-            event_listeners=[self.command_counter] if self.command_counter else None)
+            event_listeners=[self.command_counter] if self.command_counter else [])
         self.clock = ServerClock()
         self._background: list[asyncio.Task[None]] = []
         runnable = [r for r in app.reactors if self.hooks.task_filter(r)]
