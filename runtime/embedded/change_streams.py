@@ -46,6 +46,9 @@ _BEFORE_CHANGE = ("off", "whenAvailable", "required")
 ERROR_CLUSTER_STREAM = 73
 ERROR_STAGE_NOT_ALLOWED = 20
 ERROR_FATAL = 280  # ChangeStreamFatalError
+# Errors of MongoDB's NonResumableChangeStreamError category carry this label: drivers must not
+# resume from them.
+NON_RESUMABLE = "NonResumableChangeStreamError"
 ERROR_NO_IMAGE = 47  # NoMatchingDocument
 _NO_IMAGE_NAME = {"codeName": "NoMatchingDocument"}
 
@@ -126,8 +129,7 @@ def _validate_stages(stages: list[dict[str, Any]]) -> None:
 def _resume_point(position: ResumePosition, token: Any, log: ChangeLog) -> ChangeEntry | None:
     """Check that the log can resume after ``position``; returns its entry when still held."""
     if position.seq > log.last_seq:
-        raise CommandError(ERROR_FATAL, "cannot resume stream; the resume token was not found. "
-                           f"{token!r}")
+        raise _token_not_found(token)
     log.require_available(position.seq)
     entry = log.get(position.seq)
     if position.kind == TOKEN_HIGH_WATER_MARK or entry is None:
@@ -135,9 +137,13 @@ def _resume_point(position: ResumePosition, token: Any, log: ChangeLog) -> Chang
     if entry.cluster_time != position.cluster_time or entry.txn_index != position.txn_index:
         # A token of another log (e.g. of an earlier in-memory server): its position means
         # nothing here, and resuming from it would silently skip or repeat changes.
-        raise CommandError(ERROR_FATAL, "cannot resume stream; the resume token was not found. "
-                           f"{token!r}")
+        raise _token_not_found(token)
     return entry
+
+
+def _token_not_found(token: Any) -> CommandError:
+    return CommandError(ERROR_FATAL, f"cannot resume stream; the resume token was not found. "
+                        f"{token!r}", labels=[NON_RESUMABLE])
 
 
 def open_stream(cursor_id: int, db: str, coll: str | None, pipeline: list[dict[str, Any]],
@@ -304,7 +310,7 @@ def _apply_stages(stream: ChangeStreamCursor, event: dict[str, Any],
                            "resume token, was modified by the pipeline. Modifying the _id field "
                            "of an event makes it impossible to resume the stream from that "
                            "point. Only transformations that retain the unmodified _id field are "
-                           "allowed.")
+                           "allowed.", labels=[NON_RESUMABLE])
     return result
 
 

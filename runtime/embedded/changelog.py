@@ -181,6 +181,7 @@ class ChangeLog:
                 286,
                 "Resume of change stream was not possible, as the resume point may no longer be "
                 "in the oplog.",
+                labels=["NonResumableChangeStreamError"],
             )
 
     def seq_at_time(self, ts: Timestamp) -> int:

@@ -8,24 +8,50 @@ streams, so streams never show a change that a crash could lose.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
-from collections.abc import Iterator
+import gc
+import logging
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import bson
+from bson import ObjectId
+from bson.binary import Binary
+from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
+from sortedcontainers import SortedList
 
 from runtime.embedded.changelog import ChangeEntry, ChangeLog
 from runtime.embedded.clock import ClusterClock
-from runtime.embedded.errors import CommandError
-from runtime.embedded.indexes import IndexSpec, parse_index_spec
-from runtime.embedded.ordering import id_key
+from runtime.embedded.indexes import Index, IndexSpec, parse_index_spec
+from runtime.embedded.ordering import (
+    BOOLEAN,
+    DATE,
+    MISSING,
+    NULL,
+    NUMBER,
+    OBJECT_ID,
+    STRING,
+    Key,
+    Reverse,
+    id_key,
+    value_key,
+)
 from runtime.embedded.persistence import Persistence
 from runtime.embedded.storage import ID_INDEX, Catalog, Collection
 from runtime.embedded.update_description import describe_update
+from runtime.embedded.wire import CODEC
+
+log = logging.getLogger(__name__)
 
 INTERNAL_DATABASES = frozenset({"admin", "local", "config"})
 SNAPSHOT_DOCS_PER_RECORD = 5000
+_NULL_KEY: Key = (NULL,)
+_ENTRY_FIELDS = frozenset(f.name for f in dataclasses.fields(ChangeEntry)) - {"size"}
 
 
 @dataclass
@@ -52,9 +78,9 @@ class DataStore:
         self.persistence = persistence
         # Documents written by open transactions: (db, collection, _id key) -> transaction.
         self.transaction_locks: dict[tuple[str, str, Any], Any] = {}
+        self._checkpoint_result: tuple[int, list[Path]] | None = None
         if persistence is not None:
             self._recover(persistence)
-            persistence.write_snapshot(self._snapshot_records())
 
     # -- commit -------------------------------------------------------------------------------
 
@@ -72,9 +98,14 @@ class DataStore:
             self.changelog.last_seq += 1
             entry.seq = self.changelog.last_seq
         if self.persistence is not None:
-            self.persistence.append(
-                {"ts": ts, "ops": unit.ops, "events": [e.to_document() for e in unit.entries]}
-            )
+            # Each event is encoded once: its size is what the change log accounts for.
+            events = []
+            for entry in unit.entries:
+                raw = bson.encode(entry.to_document(), codec_options=CODEC)
+                entry.size = len(raw)
+                events.append(RawBSONDocument(raw))
+            self.persistence.append({"ts": ts, "ops": unit.ops, "events": events,
+                                     "sizes": [e.size for e in unit.entries]})
         self.changelog.append(unit.entries, assign=False)
         return ts
 
@@ -208,6 +239,13 @@ class DataStore:
                                             operation_description={
                                                 "indexes": [index.spec.to_document()]}))
 
+    def set_index_ttl(self, unit: WriteUnit, coll: Collection, name: str,
+                      expire_after_seconds: float) -> None:
+        """``collMod`` of an index: change its ``expireAfterSeconds`` (logged, so durable)."""
+        coll.indexes[name].spec.expire_after_seconds = float(expire_after_seconds)
+        unit.ops.append({"op": "indexTTL", "db": coll.db, "coll": coll.name, "name": name,
+                         "expireAfterSeconds": float(expire_after_seconds)})
+
     def modify_collection(self, unit: WriteUnit, coll: Collection,
                           changes: dict[str, Any]) -> None:
         """``collMod``: change collection options."""
@@ -223,7 +261,11 @@ class DataStore:
     # -- recovery -----------------------------------------------------------------------------
 
     def _apply_op(self, op: dict[str, Any]) -> None:
-        """Re-apply one logged operation (recovery; no events, no checks)."""
+        """Re-apply one logged operation (recovery; no events, no checks).
+
+        Documents are stored without touching indexes: :meth:`_load` rebuilds every index once
+        the log has been replayed, which is much cheaper than maintaining them write by write.
+        """
         kind = op["op"]
         db, name = op["db"], op.get("coll", "")
         coll = self.catalog.get(db, name) if name else None
@@ -231,13 +273,11 @@ class DataStore:
             if coll is None:
                 coll = self.catalog.create(db, name)
             doc = op["doc"]
-            coll.put(doc, coll.docs.get(id_key(doc["_id"])))
+            coll.docs[id_key(doc["_id"])] = doc
         elif kind == "del" and coll is not None:
-            existing = coll.docs.get(id_key(op["id"]))
-            if existing is not None:
-                coll.remove(existing)
+            coll.docs.pop(id_key(op["id"]), None)
         elif kind == "create" and coll is None:
-            self.catalog.create(db, name, op.get("options"), op.get("uuid"))
+            self.catalog.create(db, name, op.get("options"), _as_binary(op.get("uuid")))
         elif kind == "drop":
             self.catalog.drop(db, name)
         elif kind == "dropDatabase":
@@ -247,61 +287,238 @@ class DataStore:
             coll.db, coll.name = op["toDb"], op["toColl"]
             self.catalog.databases.setdefault(coll.db, {})[coll.name] = coll
         elif kind == "createIndex" and coll is not None:
-            coll.add_index(parse_index_spec(op["spec"]))
+            # Registered empty; built with the others after the replay.
+            docs, coll.docs = coll.docs, {}
+            try:
+                coll.add_index(parse_index_spec(op["spec"]))
+            finally:
+                coll.docs = docs
         elif kind == "dropIndex" and coll is not None:
             coll.indexes.pop(op["name"], None)
         elif kind == "collMod" and coll is not None:
             coll.options.update(op["options"])
+        elif kind == "indexTTL" and coll is not None and op["name"] in coll.indexes:
+            coll.indexes[op["name"]].spec.expire_after_seconds = op["expireAfterSeconds"]
 
     def _recover(self, persistence: Persistence) -> None:
-        snapshot, records = persistence.load()
+        """Rebuild the catalog and change log from the snapshot and the log after it."""
+        # Loading creates millions of long-lived objects and no garbage: the cycle collector
+        # would only rescan them over and over.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self._load(persistence)
+        finally:
+            # What was loaded lives as long as the server: exempt it from future collections.
+            gc.freeze()
+            if gc_was_enabled:
+                gc.enable()
+
+    def _load(self, persistence: Persistence) -> None:
         entries: list[ChangeEntry] = []
-        for record in snapshot:
+        snapshot_time = Timestamp(0, 0)
+        for record in persistence.snapshot_records():
             kind = record.get("kind")
             if kind == "meta":
-                self.clock.advance_to(record["clusterTime"])
+                snapshot_time = record["clusterTime"]
+                self.clock.advance_to(snapshot_time)
                 self.changelog.last_seq = record["lastSeq"]
                 self.changelog.evicted_through = record.get("evictedThrough", 0)
-                self.changelog.last_time = record["clusterTime"]
+                self.changelog.evicted_time = record.get("evictedTime", Timestamp(0, 0))
+                self.changelog.last_time = snapshot_time
             elif kind == "collection":
                 coll = self.catalog.create(record["db"], record["coll"], record["options"],
-                                           record["uuid"])
+                                           _as_binary(record["uuid"]))
                 for spec in record["indexes"]:
                     if spec["name"] != ID_INDEX:
                         coll.add_index(parse_index_spec(spec))
             elif kind == "docs":
-                coll = self.catalog.get(record["db"], record["coll"])
-                if coll is not None:
+                target = self.catalog.get(record["db"], record["coll"])
+                if target is not None:
+                    docs = target.docs
                     for doc in record["docs"]:
-                        coll.put(doc, None)
+                        docs[id_key(doc["_id"])] = doc
             elif kind == "changes":
-                entries.extend(ChangeEntry.from_document(e) for e in record["entries"])
-        for record in records:
-            self.clock.advance_to(record["ts"])
+                sizes = record.get("sizes") or [0] * len(record["entries"])
+                entries.extend(_entry_from_log(e, s)
+                               for e, s in zip(record["entries"], sizes, strict=True))
+        replayed = 0
+        for record in persistence.wal_records():
+            ts = record["ts"]
+            if (ts.time, ts.inc) <= (snapshot_time.time, snapshot_time.inc):
+                continue  # already in the snapshot (a checkpoint died before deleting it)
+            replayed += 1
+            self.clock.advance_to(ts)
             for op in record["ops"]:
                 self._apply_op(op)
-            entries.extend(ChangeEntry.from_document(e) for e in record["events"])
+            sizes = record.get("sizes") or [0] * len(record["events"])
+            entries.extend(_entry_from_log(e, s)
+                           for e, s in zip(record["events"], sizes, strict=True))
+        for coll in self.catalog.all_collections():
+            _build_indexes(coll)
         self.changelog.append(entries, assign=False)
         if entries:
             self.changelog.last_time = entries[-1].cluster_time
+        log.info("loaded %d collections and %d documents from %s, replayed %d log records",
+                 sum(1 for _ in self.catalog.all_collections()),
+                 sum(len(c.docs) for c in self.catalog.all_collections()),
+                 persistence.dbpath, replayed)
 
-    def _snapshot_records(self) -> Iterator[dict[str, Any]]:
-        yield {"kind": "meta", "clusterTime": self.clock.now(),
-               "lastSeq": self.changelog.last_seq,
-               "evictedThrough": self.changelog.evicted_through}
-        for coll in self.catalog.all_collections():
-            yield {"kind": "collection", "db": coll.db, "coll": coll.name,
-                   "options": coll.options, "uuid": coll.uuid,
-                   "indexes": [i.spec.to_document() for i in coll.indexes.values()]}
-            docs = list(coll.docs.values())
-            for start in range(0, len(docs), SNAPSHOT_DOCS_PER_RECORD):
-                yield {"kind": "docs", "db": coll.db, "coll": coll.name,
-                       "docs": docs[start : start + SNAPSHOT_DOCS_PER_RECORD]}
-        entries = [e.to_document() for e in self.changelog.entries]
-        for start in range(0, len(entries), SNAPSHOT_DOCS_PER_RECORD):
-            yield {"kind": "changes", "entries": entries[start : start + SNAPSHOT_DOCS_PER_RECORD]}
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def begin_checkpoint(self) -> Callable[[], None] | None:
+        """Start a checkpoint: capture the state and switch the log to a new segment.
+
+        Cheap, and must run on the thread that commits (nothing may commit in between).
+        Returns the job that writes the snapshot and then deletes the log segments it covers;
+        the job only reads the captured, immutable state, so it may run in another thread
+        while commits go on, but :meth:`finish_checkpoint` must then run on the committing
+        thread. ``None`` without persistence.
+        """
+        persistence = self.persistence
+        if persistence is None:
+            return None
+        meta = {"kind": "meta", "format": 2, "clusterTime": self.clock.now(),
+                "lastSeq": self.changelog.last_seq,
+                "evictedThrough": self.changelog.evicted_through,
+                "evictedTime": self.changelog.evicted_time}
+        collections = [
+            ({"kind": "collection", "db": coll.db, "coll": coll.name,
+              "options": dict(coll.options), "uuid": coll.uuid,
+              "indexes": [i.spec.to_document() for i in coll.indexes.values()]},
+             list(coll.docs.values()))
+            for coll in self.catalog.all_collections()
+        ]
+        changes = list(self.changelog.entries)
+        obsolete = persistence.rotate()
+
+        def records() -> Iterator[dict[str, Any]]:
+            yield meta
+            for header, docs in collections:
+                yield header
+                for start in range(0, len(docs), SNAPSHOT_DOCS_PER_RECORD):
+                    yield {"kind": "docs", "db": header["db"], "coll": header["coll"],
+                           "docs": docs[start : start + SNAPSHOT_DOCS_PER_RECORD]}
+            for start in range(0, len(changes), SNAPSHOT_DOCS_PER_RECORD):
+                chunk = changes[start : start + SNAPSHOT_DOCS_PER_RECORD]
+                yield {"kind": "changes", "entries": [e.to_document() for e in chunk],
+                       "sizes": [e.size for e in chunk]}
+
+        def job() -> None:
+            self._checkpoint_result = (persistence.write_snapshot(records()), obsolete)
+
+        return job
+
+    def finish_checkpoint(self) -> None:
+        """After the job of :meth:`begin_checkpoint` ran: drop the log segments it covers."""
+        result, self._checkpoint_result = self._checkpoint_result, None
+        if result is not None and self.persistence is not None:
+            self.persistence.finish_checkpoint(*result)
 
     def checkpoint(self) -> None:
-        """Rewrite the snapshot and empty the log (start-up, clean shutdown, large log)."""
-        if self.persistence is not None:
-            self.persistence.write_snapshot(self._snapshot_records())
+        """Write a snapshot and empty the log now (clean shutdown)."""
+        job = self.begin_checkpoint()
+        if job is not None:
+            job()
+            self.finish_checkpoint()
+
+
+def _as_binary(value: Any) -> Any:
+    """A logged collection UUID (decoded as :class:`uuid.UUID`) as the catalog keeps it."""
+    return Binary.from_uuid(value) if isinstance(value, uuid.UUID) else value
+
+
+def _entry_from_log(doc: dict[str, Any], size: int) -> ChangeEntry:
+    """A change-log entry from its logged form (its encoded size, when known, saves encoding)."""
+    fields = {k: v for k, v in doc.items() if k in _ENTRY_FIELDS}
+    # The logged form leaves out None values, including the required ``coll`` (dropDatabase).
+    fields.setdefault("coll", None)
+    entry = ChangeEntry(**fields)
+    entry.size = size or len(bson.encode(doc, codec_options=CODEC))
+    return entry
+
+
+def _build_indexes(coll: Collection) -> None:
+    """Build every index of a collection loaded in bulk (sorting once beats inserting)."""
+    items = list(coll.docs.items())
+    for index in coll.indexes.values():
+        index.multikey = False
+        index.entries = SortedList(_index_entries(index, items))
+
+
+def _index_entries(index: Index, items: list[tuple[Key, dict[str, Any]]]) -> Iterator[Key]:
+    """The entries of ``index`` for ``items``: exactly what :meth:`Index.add` would insert.
+
+    Plain indexes (top-level fields, ascending or descending, no partial filter, not sparse)
+    take a shortcut for documents whose indexed values are not arrays; everything else goes
+    through :meth:`Index.keys_for`.
+    """
+    spec = index.spec
+    plain = (spec.partial_filter is None and not spec.sparse and all(
+        "." not in path and isinstance(direction, int | float) and not isinstance(direction, bool)
+        for path, direction in spec.key))
+    if not plain:
+        for key, doc in items:
+            for components in index.keys_for(doc):
+                yield components + (key,)
+        return
+    fields = spec.fields
+    descending = [d < 0 for d in spec.directions]
+    if fields == ["_id"] and not descending[0]:
+        # The document's key *is* the value key of its _id (never an array).
+        for key, doc in items:
+            if isinstance(doc.get("_id"), list):
+                for components in index.keys_for(doc):
+                    yield components + (key,)
+            else:
+                yield (key, key)
+        return
+    if len(fields) == 1:
+        path, down = fields[0], descending[0]
+        for key, doc in items:
+            value = doc.get(path, MISSING)
+            if isinstance(value, list):
+                for components in index.keys_for(doc):
+                    yield components + (key,)
+                continue
+            part = _NULL_KEY if value is MISSING else _fast_value_key(value)
+            yield (Reverse(part) if down else part, key)
+        return
+    pairs = list(zip(fields, descending, strict=True))
+    for key, doc in items:
+        parts: list[Any] = []
+        for path, down in pairs:
+            value = doc.get(path, MISSING)
+            if isinstance(value, list):
+                break
+            part = _NULL_KEY if value is MISSING else _fast_value_key(value)
+            parts.append(Reverse(part) if down else part)
+        else:
+            parts.append(key)
+            yield tuple(parts)
+            continue
+        for components in index.keys_for(doc):  # an array: one entry per element
+            yield components + (key,)
+
+
+def _fast_value_key(value: Any) -> Key:
+    """:func:`value_key`, with the common scalar types looked up by exact type first."""
+    kind = type(value)
+    if kind is str:
+        return (STRING, value)
+    if kind is int:
+        return (NUMBER, 1, value)
+    if kind is datetime.datetime and value.tzinfo is None:
+        return (DATE, value)
+    if kind is ObjectId:
+        return (OBJECT_ID, value.binary)
+    if kind is float and value == value:  # not NaN
+        return (NUMBER, 1, value)
+    if value is None:
+        return _NULL_KEY
+    if kind is bool:
+        return (BOOLEAN, value)
+    return value_key(value)
+
+
+
