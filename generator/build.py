@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from generator import pipelines
-from generator.definitions import CompiledReactor, check_unique_names, compile_definition
+from generator.definitions import (
+    CompiledReactor,
+    check_unique_names,
+    compile_definition,
+    relative_to_file,
+)
 from generator.errors import BuildError, Problem
 from generator.identifiers import module_name
 from generator.indexes import plan_indexes
@@ -68,9 +73,31 @@ def load_and_compile(root: Path) -> list[CompiledReactor]:
             problems.extend(exc.problems)
     problems.extend(check_unique_names(reactors))
     problems.extend(_check_collections(reactors))
+    problems.extend(_check_databases(reactors))
     if problems:
         raise BuildError(problems)
     return sorted(reactors, key=lambda r: r.name)
+
+
+def database_pipeline_file(database: str | None) -> str:
+    """``pipelines/database_<db>.json`` (``database_default.json`` for the default one)."""
+    return f"pipelines/database_{'default' if database is None else module_name(database)}.json"
+
+
+def _check_databases(reactors: list[CompiledReactor]) -> list[Problem]:
+    """Two databases may not share a per-database pipeline file."""
+    problems: list[Problem] = []
+    owners: dict[str, str | None] = {}
+    for reactor in reactors:
+        rel = database_pipeline_file(reactor.database)
+        other = owners.setdefault(rel, reactor.database)
+        if other != reactor.database:
+            problems.append(reactor.problem(
+                "/database", f"database {reactor.database!r} and "
+                f"{'the default database' if other is None else repr(other)} both map to "
+                f"{rel}", "rename one of the databases (or leave 'database' out to use the "
+                "runtime's default)"))
+    return problems
 
 
 def _check_collections(reactors: list[CompiledReactor]) -> list[Problem]:
@@ -84,14 +111,16 @@ def _check_collections(reactors: list[CompiledReactor]) -> list[Problem]:
         if first.collection != reactor.collection:
             problems.append(reactor.problem(
                 "/collection", f"collection {reactor.collection!r} and {first.collection!r} "
-                f"({first.path}) map to the same model module models/{key}.py",
+                f"({relative_to_file(first.path, reactor.path)}) map to the same model module "
+                f"models/{key}.py",
                 "rename one of the collections"))
         elif first.schema != reactor.schema or first.model_class != reactor.model_class:
             what = ("model name" if first.schema == reactor.schema else "document schema")
             problems.append(reactor.problem(
                 "/schema" if what == "document schema" else "/model",
                 f"reactors on collection {reactor.collection!r} must share one document schema "
-                f"and model name; the {what} differs from {first.path}",
+                f"and model name; the {what} differs from "
+                f"{relative_to_file(first.path, reactor.path)}",
                 "point both definitions at the same schema file (schema: {$ref: ...}) and use "
                 "the same 'model'"))
     return problems
@@ -169,20 +198,8 @@ def generate_files(root: Path, out: Path, project: Path,
             "handler_stub.py.j2", reactor=reactor, package=package,
             docstring=f"Handler of reactor {reactor.name!r} (collection {reactor.collection!r}).\n"
                       "\nCreated once by `reactgen build`; this file is yours to edit.\n")
-    database_files: dict[str, str | None] = {}
     for database, clauses in _database_clauses(reactors).items():
-        name = "default" if database is None else module_name(database)
-        rel = f"pipelines/database_{name}.json"
-        if rel in database_files:
-            other = database_files[rel]
-            user = next(r for r in reactors if r.database == database)
-            raise BuildError([user.problem(
-                "/database", f"database {database!r} and "
-                f"{'the default database' if other is None else repr(other)} both map to "
-                f"{rel}", "rename one of the databases (or leave 'database' out to use the "
-                "runtime's default)")])
-        database_files[rel] = database
-        files[rel] = _json_file(
+        files[database_pipeline_file(database)] = _json_file(
             {"database": database, "pipeline": pipelines.pipeline_for(clauses, True)})
     index_plans = plan_indexes(reactors)
     files["indexes/__init__.py"] = HEADER + '"""Index setup scripts."""\n'
@@ -191,13 +208,18 @@ def generate_files(root: Path, out: Path, project: Path,
         "setup_indexes.mongosh.js.j2",
         indexes_json=json.dumps([p.as_json() for p in index_plans], indent=2,
                                 ensure_ascii=True).replace("\n", "\n  "))
+    pipeline_entries: list[tuple[str, str]] = []
+    needs_json = False
+    for database, clauses in _database_clauses(reactors).items():
+        code, module = py_data(pipelines.pipeline_for(clauses, True), 8)
+        needs_json = needs_json or module == "json"
+        pipeline_entries.append((repr(database), code.replace("\n", "\n    ")))
     files["registry.py"] = render(
         "registry.py.j2", reactors=reactors,
-        imports=import_block(["from typing import Any"], [], [
+        imports=import_block(["import json"] * needs_json + ["from typing import Any"], [], [
             _from_import(f"{package}.reactors", [r.module for r in reactors]),
             "from runtime.reactor import ReactorSpec"]),
-        pipelines={database: pipelines.pipeline_for(clauses, True)
-                   for database, clauses in _database_clauses(reactors).items()},
+        pipeline_entries=pipeline_entries,
         indexes=[(p.database, p.collection, p.keys, p.options) for p in index_plans])
     manifest = {
         "generator": GENERATOR_VERSION,
@@ -342,14 +364,21 @@ def is_up_to_date(root: Path, out: Path, project: Path) -> bool:
     if not manifest_path.is_file():
         return False
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest_text = manifest_path.read_text(encoding="utf-8")
+        manifest = json.loads(manifest_text)
+        if _json_file({k: v for k, v in manifest.items() if k != "_generated"}) != manifest_text:
+            return False  # edited by hand
         recorded_inputs: dict[str, str] = manifest["inputs"]
         outputs: dict[str, str] = manifest["outputs"]
-    except (OSError, ValueError, KeyError):
+        recorded_definitions = {r["definition"] for r in manifest["reactors"].values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    definitions = find_definitions(root)
+    if {_relative(p, project) for p in definitions} != recorded_definitions:
         return False
     schema_files = {project / p for p in recorded_inputs if p != "(generator)"}
     current = {_relative(p, project): hashlib.sha256(p.read_bytes()).hexdigest()
-               for p in sorted(set(find_definitions(root)) | schema_files) if p.is_file()}
+               for p in sorted(set(definitions) | schema_files) if p.is_file()}
     current["(generator)"] = GENERATOR_VERSION + ":" + _generator_digest()
     if current != recorded_inputs:
         return False

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import keyword
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,8 +16,8 @@ from bson import json_util
 from generator import filters, pipelines
 from generator.durations import parse_duration
 from generator.errors import BuildError, Problem
-from generator.identifiers import class_name, field_name, module_name
-from generator.loader import RawDefinition, definition_stem
+from generator.identifiers import RESERVED, class_name, field_name, module_name
+from generator.loader import RawDefinition, definition_stem, pointer_join
 from generator.schemas import python_type, resolve_schema, schema_at_path
 from runtime.reactor import (
     CleanupPolicy,
@@ -23,6 +26,8 @@ from runtime.reactor import (
     Policies,
     RetryPolicy,
 )
+
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 
 
 @dataclass
@@ -55,7 +60,14 @@ class CompiledReactor:
     touched_paths: set[str] | None
     policies: Policies
     fingerprint: str
+    raw: RawDefinition | None = None
     pipeline: list[dict[str, Any]] = field(default_factory=list)
+
+    def problem(self, pointer: str, message: str, hint: str = "") -> Problem:
+        """A problem located at ``pointer`` in this reactor's definition file."""
+        if self.raw is not None:
+            return self.raw.problem(pointer, message, hint)
+        return Problem(self.path, pointer, message, hint)
 
     @property
     def filter_json(self) -> str:
@@ -160,19 +172,42 @@ def compile_definition(raw: RawDefinition) -> CompiledReactor:
     """Compile a definition already validated against the definition format."""
     data = raw.data
     name = data.get("name") or definition_stem(raw.path)
+    if "name" not in data and not NAME_PATTERN.match(name):
+        raise BuildError([raw.problem("", f"the file name gives the reactor name {name!r}, "
+                                      "which is not a valid reactor name",
+                                      "add name: <letters, digits, _ . -> (starting with a "
+                                      "letter), or rename the file")])
+    module = module_name(name)
+    if module == "database" or module.startswith("database_"):
+        raise BuildError([raw.problem("/name" if "name" in data else "",
+                                      f"reactor name {name!r} gives the module name "
+                                      f"{module!r}; names starting with 'database' are "
+                                      "reserved for the per-database pipelines "
+                                      "(pipelines/database_<db>.json)",
+                                      "choose another name, e.g. prefix it with the "
+                                      "collection name")])
     collection = data["collection"]
-    schema, schema_source = resolve_schema(raw.path, data["schema"], "/schema",
-                                           raw.line_of("/schema"))
-    model_class = data.get("model") or (
-        class_name(schema["title"]) if isinstance(schema.get("title"), str)
-        else class_name(collection))
+    schema, schema_source = resolve_schema(raw.path, data["schema"], "/schema", raw.line_of)
+    if "model" in data:
+        model_class = data["model"]
+        if model_class in RESERVED or keyword.iskeyword(model_class):
+            raise BuildError([raw.problem("/model", f"model name {model_class!r} is used by "
+                                          "the generated modules themselves",
+                                          f"choose another name, e.g. {model_class}Document")])
+    else:
+        model_class = (class_name(schema["title"]) if isinstance(schema.get("title"), str)
+                       else class_name(collection))
     trigger = data.get("trigger") or {}
     paths: set[str] = set()
     query: dict[str, Any] = {}
     try:
         if "filter" in trigger:
-            query = filters.normalise_filter(trigger["filter"])
-            filters.check_query(query, "/trigger/filter", paths)
+            spec = trigger["filter"]
+            if filters.is_expression_filter(spec):
+                filters.check_expression(spec, "/trigger/filter", paths)
+            else:
+                filters.check_query(spec, "/trigger/filter", paths)
+            query = filters.normalise_filter(spec)
         watch = trigger.get("watch")
         projection: dict[str, Any] | None
         fields: list[WatchedField] = []
@@ -206,7 +241,8 @@ def compile_definition(raw: RawDefinition) -> CompiledReactor:
                     projection[out] = f"${key}"
                 else:
                     annotation = "Any"
-                    projection[out] = value
+                    projection[out] = _extended_json(raw, pointer_join("/trigger/watch", key),
+                                                    value)
                 fields.append(WatchedField(out, out, f"{annotation} | None", key))
             paths |= watch_paths
             touched = set(paths)
@@ -222,7 +258,7 @@ def compile_definition(raw: RawDefinition) -> CompiledReactor:
     fingerprint = hashlib.sha256(fingerprint_source.encode()).hexdigest()[:16]
     compiled = CompiledReactor(
         name=name,
-        module=module_name(name),
+        module=module,
         class_prefix=class_name(name),
         path=raw.path,
         collection=collection,
@@ -237,10 +273,19 @@ def compile_definition(raw: RawDefinition) -> CompiledReactor:
         touched_paths=touched,
         policies=policies,
         fingerprint=fingerprint,
+        raw=raw,
     )
     compiled.pipeline = pipelines.pipeline_for(
         [pipelines.collection_clause(collection, touched)], database_events=False)
     return compiled
+
+
+def relative_to_file(path: Path, origin: Path) -> str:
+    """``path`` as seen from the folder of ``origin`` (short, and stable across machines)."""
+    try:
+        return Path(os.path.relpath(path.resolve(), origin.resolve().parent)).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 def check_unique_names(reactors: list[CompiledReactor]) -> list[Problem]:
@@ -251,10 +296,15 @@ def check_unique_names(reactors: list[CompiledReactor]) -> list[Problem]:
         for key in (f"name:{reactor.name}", f"module:{reactor.module}"):
             other = seen.get(key)
             if other is not None and other is not reactor:
-                problems.append(Problem(
-                    reactor.path, "/name",
-                    f"reactor {reactor.name!r} collides with {other.name!r} defined in "
-                    f"{other.path} ({key.split(':')[0]} {key.split(':', 1)[1]!r})",
-                    "give one of them a different 'name'"))
+                kind, value = key.split(":", 1)
+                what = ("has the same name as the one" if kind == "name" else
+                        f"maps to the same Python module {value!r} as {other.name!r}")
+                problems.append(reactor.problem(
+                    "/name" if reactor.raw is None or "name" in reactor.raw.data else "",
+                    f"reactor {reactor.name!r} {what} defined in "
+                    f"{relative_to_file(other.path, reactor.path)}",
+                    "give one of them a different 'name' (names are turned into module "
+                    "names: lowercase, with anything but letters and digits replaced by _)"))
+                break  # a duplicate name is also a duplicate module: report it once
             seen[key] = reactor
     return problems

@@ -26,7 +26,6 @@ EXPRESSION_OPERATORS = frozenset({
     # strings
     "$concat", "$toLower", "$toUpper", "$substr",
     "$split", "$trim", "$ltrim", "$rtrim", "$regexMatch", "$strcasecmp",
-   
     # arrays and sets
     "$size", "$in", "$arrayElemAt", "$filter", "$map", "$reduce", "$slice", "$isArray",
     "$concatArrays", "$anyElementTrue", "$allElementsTrue", "$first", "$last",
@@ -66,6 +65,27 @@ ALLOWED_VARIABLES = frozenset({"NOW", "CLUSTER_TIME", "ROOT", "CURRENT", "REMOVE
 WHOLE_DOCUMENT = "$$ROOT"
 
 
+# MongoDB Extended JSON type wrappers ({$date: ...}, {$oid: ...}): literals, not operators.
+EXTENDED_JSON_KEYS = frozenset({
+    "$date", "$oid", "$numberInt", "$numberLong", "$numberDouble", "$numberDecimal", "$binary",
+    "$uuid", "$timestamp", "$regularExpression", "$minKey", "$maxKey", "$symbol", "$code",
+    "$scope", "$undefined", "$dbPointer", "$type", "$subType",
+})
+_EXTENDED_JSON_FORMS = (
+    frozenset({"$date"}), frozenset({"$oid"}), frozenset({"$numberInt"}),
+    frozenset({"$numberLong"}), frozenset({"$numberDouble"}), frozenset({"$numberDecimal"}),
+    frozenset({"$binary"}), frozenset({"$binary", "$type"}), frozenset({"$uuid"}),
+    frozenset({"$timestamp"}), frozenset({"$regularExpression"}), frozenset({"$minKey"}),
+    frozenset({"$maxKey"}), frozenset({"$symbol"}), frozenset({"$code"}),
+    frozenset({"$code", "$scope"}), frozenset({"$undefined"}), frozenset({"$dbPointer"}),
+)
+
+
+def is_extended_json(value: Any) -> bool:
+    """True for an Extended JSON type wrapper such as ``{$date: '2024-01-01T00:00:00Z'}``."""
+    return isinstance(value, dict) and frozenset(value) in _EXTENDED_JSON_FORMS
+
+
 class FilterError(Exception):
     """A filter or watch expression uses something that cannot be evaluated faithfully."""
 
@@ -88,11 +108,31 @@ def _reject(op: str, pointer: str, kind: str) -> FilterError:
                        "check the spelling; see docs/reactor-definitions.md for the supported list")
 
 
+# Operators that may appear at the top level of a query document (the others, such as $gt,
+# only inside a field condition: ``{total: {$gt: 100}}``).
+TOP_LEVEL_QUERY_OPERATORS = frozenset({"$and", "$or", "$nor", "$expr", "$comment"})
+
+
 def is_expression_filter(spec: dict[str, Any]) -> bool:
-    """True when a filter is an aggregation expression rather than a query document."""
+    """True when a filter is an aggregation expression rather than a query document.
+
+    ``{$gt: ['$total', 100]}`` is an expression (``$gt`` is not a top-level query operator);
+    ``{$or: [{status: 'paid'}, ...]}`` and ``{$expr: ...}`` are queries. Rejected operators
+    (``$where``, ``$text``, ...) stay queries so that the error names them as such.
+    """
     keys = list(spec)
-    return bool(keys) and all(k.startswith("$") for k in keys) and not all(
-        k in QUERY_OPERATORS for k in keys)
+    if not keys or not all(isinstance(k, str) and k.startswith("$") for k in keys):
+        return False
+    for key in keys:
+        if key in ("$and", "$or"):
+            # {$and: [{$lt: ['$dueAt', '$$NOW']}, ...]} is an expression when its parts are.
+            parts = spec[key]
+            if not isinstance(parts, list) or not parts or not all(
+                    not isinstance(p, dict) or is_expression_filter(p) for p in parts):
+                return False
+        elif key in TOP_LEVEL_QUERY_OPERATORS or key in REJECTED:
+            return False
+    return True
 
 
 def normalise_filter(spec: dict[str, Any]) -> dict[str, Any]:
@@ -117,15 +157,37 @@ def check_query(query: Any, pointer: str, paths: set[str], prefix: str = "") -> 
             elif key == "$expr":
                 check_expression(value, here, paths)
             elif key != "$comment":
-                raise FilterError(here, f"{key} must be used inside a field condition")
+                raise FilterError(here, f"{key} must be used inside a field condition",
+                                  f"write {{field: {{{key}: value}}}}, or wrap an aggregation "
+                                  f"expression in $expr: {{$expr: {{{key}: [...]}}}}")
             continue
         path = f"{prefix}{key}"
         paths.add(path)
         _check_condition(value, here, paths, path)
 
 
+def _check_literal(value: Any, pointer: str) -> None:
+    """Query values are literals: ``$$NOW`` there would be compared as the string '$$NOW'."""
+    if isinstance(value, str) and value.startswith("$$"):
+        raise FilterError(pointer, f"{value} is not evaluated in a query condition (it would be "
+                          "compared as a literal string)",
+                          "use an expression filter, e.g. {$lt: ['$dueAt', '$$NOW']}, or "
+                          "{$expr: ...} inside the query")
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_literal(item, _join(pointer, index))
+    elif isinstance(value, dict):
+        if is_extended_json(value):
+            return
+        for key, item in value.items():
+            _check_literal(item, _join(pointer, key))
+
+
 def _check_condition(value: Any, pointer: str, paths: set[str], path: str) -> None:
     if not (isinstance(value, dict) and value and next(iter(value)).startswith("$")):
+        _check_literal(value, pointer)
+        return
+    if is_extended_json(value):
         return
     for op, operand in value.items():
         here = _join(pointer, op)
@@ -144,6 +206,8 @@ def _check_condition(value: Any, pointer: str, paths: set[str], path: str) -> No
             _check_condition(operand, here, paths, path)
         elif op in ("$in", "$nin", "$all") and not isinstance(operand, list):
             raise FilterError(here, f"{op} needs a list")
+        else:
+            _check_literal(operand, here)
 
 
 def check_expression(expr: Any, pointer: str, paths: set[str]) -> None:
@@ -154,7 +218,7 @@ def check_expression(expr: Any, pointer: str, paths: set[str]) -> None:
             if variable in ("ROOT", "CURRENT"):
                 rest = expr[2:].split(".", 1)
                 paths.add(rest[1] if len(rest) > 1 else WHOLE_DOCUMENT)
-            elif variable not in ALLOWED_VARIABLES and not variable.islower():
+            elif variable not in ALLOWED_VARIABLES and not variable[:1].islower():
                 raise FilterError(pointer, f"unknown system variable $${variable}",
                                   "supported: $$NOW, $$ROOT, $$CURRENT, $$REMOVE and your own "
                                   "$let / $map / $filter variables")
@@ -165,7 +229,7 @@ def check_expression(expr: Any, pointer: str, paths: set[str]) -> None:
         for index, item in enumerate(expr):
             check_expression(item, _join(pointer, index), paths)
         return
-    if not isinstance(expr, dict):
+    if not isinstance(expr, dict) or is_extended_json(expr):
         return
     for key, value in expr.items():
         here = _join(pointer, key)
@@ -193,5 +257,10 @@ def check_watch_projection(watch: dict[str, Any], pointer: str, paths: set[str])
                               "not allowed", "list the fields to watch instead")
         if value in (1, True):
             paths.add(key)
-        else:
-            check_expression(value, here, paths)
+            continue
+        if isinstance(value, dict) and not is_extended_json(value) and any(
+                not str(k).startswith("$") for k in value):
+            raise FilterError(here, "nested projections are not supported in watch",
+                              f"watch dotted paths instead, e.g. '{key}.<field>': 1, or compute "
+                              "the value with an expression such as {$ifNull: [...]}")
+        check_expression(value, here, paths)

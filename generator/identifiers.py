@@ -7,9 +7,18 @@ import re
 import unicodedata
 
 # Names generated modules define or import themselves, which a reactor module may not shadow.
-RESERVED = frozenset({"REACTOR", "Context", "Policies", "ReactorSpec", "TaskContext", "Any",
-                      "json_util", "annotations", "BaseModel", "Field", "ConfigDict",
-                      "generated", "runtime", "registry", "models", "reactors", "handlers"})
+RESERVED = frozenset({
+    # reactor modules
+    "REACTOR", "FILTER", "WATCH", "PIPELINE", "Context", "Policies", "ReactorSpec",
+    "TaskContext", "RetryPolicy", "DebouncePolicy", "CleanupPolicy", "EvolutionPolicy", "Any",
+    "TypeAlias", "json", "json_util", "datetime", "annotations", "BaseModel", "Field",
+    "ConfigDict",
+    # model modules
+    "DocumentModel", "Annotated", "AwareDatetime", "Decimal", "Enum", "Literal", "RootModel",
+    # package layout
+    "generated", "runtime", "registry", "models", "reactors", "handlers", "pipelines",
+    "indexes", "manifest",
+})
 
 
 def module_name(name: str) -> str:
@@ -37,16 +46,23 @@ def class_name(name: str) -> str:
     return result
 
 
+# Attributes of pydantic models that a field may not shadow (besides everything model_*).
+PYDANTIC_ATTRIBUTES = frozenset({
+    "schema", "json", "dict", "copy", "validate", "construct", "fields", "parse_obj",
+    "parse_raw", "from_orm", "update_forward_refs",
+})
+
+
 def field_name(name: str, taken: set[str]) -> str:
     """A snake_case attribute name for a document field, unique among ``taken``."""
-    base = module_name(name)
-    if base.startswith("_"):
-        base = base.lstrip("_") or "field"
+    base = module_name(name).lstrip("_") or "field"
+    if base.startswith("model_"):
+        base = f"field_{base}"
+    elif base in PYDANTIC_ATTRIBUTES:
+        base = f"{base}_"
     candidate = base
     counter = 1
-    while candidate in taken or candidate.startswith("model_") or candidate in (
-        "model_config", "model_fields", "schema", "json", "dict", "copy", "validate", "construct"
-    ):
+    while candidate in taken:
         candidate = f"{base}_{counter}"
         counter += 1
     taken.add(candidate)

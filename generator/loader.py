@@ -5,6 +5,7 @@ YAML is parsed with line information so that every problem can point at ``file:l
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass
 from functools import cache
@@ -12,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped, unused-ignore]
 import yaml
 
 from generator.errors import BuildError, Problem
@@ -101,6 +102,33 @@ _StrictLoader.yaml_implicit_resolvers = {
 }
 
 
+def parse_yaml_with_lines(text: str) -> tuple[Any, dict[str, int]]:
+    """YAML data (duplicate keys rejected, timestamps kept as strings) and each pointer's line.
+
+    Raises ``yaml.YAMLError``.
+    """
+    lines: dict[str, int] = {}
+    node = yaml.compose(text, Loader=_StrictLoader)
+    if node is not None:
+        _yaml_lines(node, "", lines)
+    data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+    return data, lines
+
+
+def yaml_problem(path: Path, exc: yaml.YAMLError, what: str = "YAML") -> Problem:
+    """A YAML syntax error as a problem with its line."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    parts = [str(getattr(exc, name)) for name in ("context", "problem")
+             if getattr(exc, name, None)]
+    detail = ", ".join(parts) if parts else str(exc).splitlines()[0]
+    if mark is not None:
+        detail += f" (column {mark.column + 1})"
+    return Problem(path, "", f"invalid {what}: {detail}",
+                   "check the indentation, quoting and brackets on that line (a value "
+                   "starting with $, @, *, &, { or [ may need quotes)", line)
+
+
 def parse_file(path: Path) -> RawDefinition:
     """Parse a YAML or JSON definition; syntax errors become a :class:`BuildError`."""
     try:
@@ -112,19 +140,16 @@ def parse_file(path: Path) -> RawDefinition:
         if path.suffix == ".json":
             data = json.loads(text)
         else:
-            node = yaml.compose(text, Loader=_StrictLoader)
-            if node is not None:
-                _yaml_lines(node, "", lines)
-            data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+            data, lines = parse_yaml_with_lines(text)
     except json.JSONDecodeError as exc:
-        raise BuildError([Problem(path, "", f"invalid JSON: {exc.msg}", line=exc.lineno)]) from exc
+        raise BuildError([Problem(path, "", f"invalid JSON: {exc.msg} (column {exc.colno})",
+                                  "fix the JSON syntax (no trailing commas, keys in double "
+                                  "quotes)", exc.lineno)]) from exc
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise BuildError([Problem(path, "", f"invalid YAML: {exc}".splitlines()[0], line=line)]
-                         ) from exc
+        raise BuildError([yaml_problem(path, exc)]) from exc
     if not isinstance(data, dict):
-        raise BuildError([Problem(path, "", "a reactor definition must be a mapping",
+        raise BuildError([Problem(path, "", "a reactor definition must be a mapping, not "
+                                  f"{type(data).__name__}",
                                   "start the file with 'collection: <name>'", 1)])
     return RawDefinition(path, data, lines)
 
@@ -138,17 +163,47 @@ def definition_schema() -> dict[str, Any]:
     return schema
 
 
-def _hint(error: jsonschema.ValidationError) -> str:
-    if error.validator == "additionalProperties":
+def _is_duration(schema: Any) -> bool:
+    return isinstance(schema, dict) and schema == definition_schema()["$defs"]["duration"]
+
+
+DURATION_HINT = "write a duration such as 500ms, 10s, 5m, 1h, 7d or 1h30m (a quoted string)"
+
+
+def _describe(error: jsonschema.ValidationError) -> tuple[str, str, list[str | int]]:
+    """Message, hint and extra path tokens (for unknown keys) of one schema violation."""
+    path: list[str | int] = []
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = sorted(error.schema.get("properties", {}))
-        return f"allowed keys here: {', '.join(allowed)}"
-    if error.validator == "pattern" and "duration" in str(error.schema.get("description", "")):
-        return "write a duration such as 500ms, 10s, 5m, 1h, 7d"
+        unknown = sorted(k for k in error.instance if k not in allowed)
+        path = [unknown[0]] if unknown else []
+        names = ", ".join(repr(k) for k in unknown)
+        hint = f"allowed keys here: {', '.join(allowed)}"
+        close = difflib.get_close_matches(str(unknown[0]), allowed, n=1) if unknown else []
+        if close:
+            hint = f"did you mean {close[0]!r}? " + hint
+        return f"unknown key {names}", hint, path
+    if _is_duration(error.schema):
+        return f"invalid duration {error.instance!r}", DURATION_HINT, path
     if error.validator == "enum":
-        return "one of: " + ", ".join(json.dumps(v) for v in error.validator_value)
+        return (f"invalid value {error.instance!r}",
+                "one of: " + ", ".join(json.dumps(v) for v in error.validator_value), path)
     if error.validator == "required":
-        return "add the missing key"
-    return ""
+        return error.message, "add the missing key", path
+    if error.validator == "oneOf" and error.context:
+        durations = [e for e in error.context if _is_duration(e.schema)]
+        if durations and isinstance(error.instance, str | int | float):
+            return f"invalid duration {error.instance!r}", DURATION_HINT, path
+        best = max(error.context, key=lambda e: len(list(e.absolute_path)))
+        if list(best.absolute_path) != list(error.absolute_path):
+            message, hint, extra = _describe(best)
+            return message, hint, [*list(best.absolute_path)[len(error.absolute_path):],
+                                   *extra]
+        return f"{error.message[:120]}: {best.message}", "", path
+    if error.validator == "pattern":
+        hint = error.schema.get("x-hint") or error.schema.get("description") or ""
+        return f"{error.instance!r} does not match the required form", str(hint), path
+    return error.message, "", path
 
 
 def validate_definition(raw: RawDefinition) -> list[Problem]:
@@ -156,12 +211,9 @@ def validate_definition(raw: RawDefinition) -> list[Problem]:
     validator = jsonschema.Draft202012Validator(definition_schema())
     problems = []
     for error in sorted(validator.iter_errors(raw.data), key=lambda e: list(map(str, e.path))):
+        message, hint, extra = _describe(error)
         pointer = ""
-        for token in error.absolute_path:
+        for token in [*error.absolute_path, *extra]:
             pointer = pointer_join(pointer, token)
-        message = error.message
-        if error.validator == "oneOf" and error.context:
-            best = min(error.context, key=lambda e: len(list(e.absolute_path)))
-            message = f"{error.message[:120]}: {best.message}"
-        problems.append(raw.problem(pointer, message, _hint(error)))
+        problems.append(raw.problem(pointer, message, hint))
     return problems

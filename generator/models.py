@@ -7,6 +7,7 @@ the schema and options under ``.reactgen/cache/models``; the output is determini
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import warnings
 from pathlib import Path
@@ -29,9 +30,18 @@ _OPTIONS: dict[str, Any] = {
 }
 
 
+def library_version() -> str:
+    """The installed datamodel-code-generator version (its output may change with it)."""
+    try:
+        return importlib.metadata.version("datamodel-code-generator")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _digest(schema: dict[str, Any], class_name: str) -> str:
     payload = json.dumps({"schema": schema, "class": class_name,
-                          "options": MODEL_OPTIONS_VERSION}, sort_keys=True)
+                          "options": [MODEL_OPTIONS_VERSION, _OPTIONS],
+                          "library": library_version()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -42,13 +52,9 @@ def generate_model_code(schema: dict[str, Any], class_name: str, source: Path,
     cached = cache_dir / f"{digest}.py" if cache_dir is not None else None
     if cached is not None and cached.is_file():
         return cached.read_text(encoding="utf-8")
-    from datamodel_code_generator import (
-        DataModelType,
-        InputFileType,
-        PythonVersion,
-        generate,
-    )
+    from datamodel_code_generator import InputFileType, PythonVersion, generate
     from datamodel_code_generator._format_types import Formatter
+    from datamodel_code_generator.enums import DataModelType
 
     try:
         with warnings.catch_warnings():

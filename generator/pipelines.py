@@ -71,13 +71,19 @@ def touches_expression(paths: Iterable[str]) -> dict[str, Any]:
 
 
 def collection_clause(collection: str, paths: set[str] | None) -> dict[str, Any]:
-    """Events of one collection that the planner needs; ``paths=None`` = every update."""
+    """Events of one collection that the planner needs; ``paths=None`` = every update.
+
+    With no paths at all (``watch: []`` and no filter) no update can matter, so none passes.
+    """
+    events = {"operationType": {"$in": DOCUMENT_EVENTS + LIFECYCLE_EVENTS}}
+    if paths is not None and not {normalise_path(p) for p in paths} - {""}:
+        return {"ns.coll": collection, **events}
     update: dict[str, Any] = {"operationType": "update"}
     if paths is not None:
         update["$expr"] = touches_expression(paths)
     return {
         "ns.coll": collection,
-        "$or": [{"operationType": {"$in": DOCUMENT_EVENTS + LIFECYCLE_EVENTS}}, update],
+        "$or": [events, update],
     }
 
 

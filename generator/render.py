@@ -14,23 +14,67 @@ import jinja2
 LINE_BUDGET = 88
 
 
+def _chunks(text: str, indent: int) -> list[str]:
+    """``text`` as string literals that each fit on a line indented by ``indent + 4``."""
+    chunks: list[str] = []
+    current = ""
+    for char in text:
+        if current and len(repr(current + char)) + indent + 4 > LINE_BUDGET:
+            chunks.append(repr(current))
+            current = char
+        else:
+            current += char
+    if current or not chunks:
+        chunks.append(repr(current))
+    return chunks
+
+
 def py_string(text: str, indent: int = 4) -> str:
     """A Python string literal, split into implicitly concatenated lines if long."""
     literal = repr(text)
     if len(literal) + indent <= LINE_BUDGET:
         return literal
-    chunks: list[str] = []
-    current = ""
-    for char in text:
-        if len(repr(current + char)) + indent > LINE_BUDGET:
-            chunks.append(repr(current))
-            current = char
-        else:
-            current += char
-    if current:
-        chunks.append(repr(current))
     pad = " " * indent
-    return "(\n" + "".join(f"{pad}    {c}\n" for c in chunks) + f"{pad})"
+    return "(\n" + "".join(f"{pad}    {c}\n" for c in _chunks(text, indent)) + f"{pad})"
+
+
+def py_string_lines(text: str, indent: int) -> str:
+    """A long string as implicitly concatenated literals, one per line, each at ``indent``
+    (for the single argument of a call, where extra parentheses would be redundant)."""
+    pad = " " * indent
+    return "\n".join(f"{pad}{c}" for c in _chunks(text, indent - 4))
+
+
+MAX_LITERAL_DEPTH = 6
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list | tuple):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def py_data(value: Any, column: int) -> tuple[str, str | None]:
+    """Python source for plain or BSON data on the right of an assignment at ``column``, and
+    the module it needs (``None``, ``"json"`` or ``"json_util"``).
+
+    Plain, shallow data becomes a Python literal; deeply nested data (which would not fit the
+    line length as a literal) is loaded from JSON, and BSON values (dates, ObjectIds) from
+    relaxed Extended JSON.
+    """
+    if is_plain_json(value) and _depth(value) <= MAX_LITERAL_DEPTH:
+        return py_value(value, 0, column), None
+    if is_plain_json(value):
+        text, module = json.dumps(value, ensure_ascii=False), "json"
+    else:
+        from bson import json_util
+
+        text = json_util.dumps(value, json_options=json_util.RELAXED_JSON_OPTIONS,
+                               ensure_ascii=False)
+        module = "json_util"
+    return f"{module}.loads(\n{py_string_lines(text, 4)}\n)", module
 
 
 def py_docstring(text: str, indent: int = 0) -> str:
@@ -112,7 +156,7 @@ def environment() -> jinja2.Environment:
     """The template environment (templates ship in generator/templates)."""
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("generator", "templates"),
-        autoescape=False,  # noqa: S701 - we render Python and JSON, escaped by the filters below
+        autoescape=False,  # we render Python and JSON, escaped by the filters below
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,

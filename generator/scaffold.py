@@ -44,7 +44,10 @@ def scaffold(name: str, collection: str, directory: Path) -> list[Path]:
         f"collection: {json.dumps(collection)}\n"
         f"schema:\n  $ref: {json.dumps(schema_file.name)}\n"
         "trigger:\n"
-        "  # filter: {status: paid}\n"
+        "  # Documents this reactor applies to (a MongoDB query); {} = every document.\n"
+        "  filter: {}\n"
+        "  # Paths whose changes re-trigger it; leave it out to react to any change,\n"
+        "  # [] to run once per document.\n"
         "  # watch: [status]\n"
         "policies:\n"
         "  retry: {strategy: exponential, min: 1s, max: 1h, maxAttempts: 5}\n",

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped, unused-ignore]
+import yaml
 
 from generator.errors import BuildError, Problem
+from generator.loader import parse_yaml_with_lines, yaml_problem
 
 
 def resolve_schema(definition_file: Path, spec: dict[str, Any], pointer: str,
-                   line: int | None) -> tuple[dict[str, Any], Path | None]:
+                   line_of: Callable[[str], int | None]) -> tuple[dict[str, Any], Path | None]:
     """The document schema of a definition and the file it came from (None when inline).
 
     ``{"$ref": "order.schema.json"}`` is resolved relative to the definition file; the
     referenced file must be a JSON (or YAML) object and a valid draft 2020-12 schema.
+    ``line_of`` gives the line of a JSON pointer in the definition file (for inline schemas).
     """
     source: Path | None = None
     schema = spec
+    file_lines: dict[str, int] = {}
     if set(spec) == {"$ref"} and isinstance(spec["$ref"], str) and not spec["$ref"].startswith(
             "#"):
         ref = spec["$ref"]
@@ -27,32 +32,69 @@ def resolve_schema(definition_file: Path, spec: dict[str, Any], pointer: str,
         if not source.is_file():
             raise BuildError([Problem(definition_file, f"{pointer}/$ref",
                                       f"schema file {ref!r} not found (looked at {source})",
-                                      "fix the relative path or inline the schema", line)])
-        try:
-            text = source.read_text(encoding="utf-8")
-            if source.suffix in (".yaml", ".yml"):
-                import yaml
-
-                schema = yaml.safe_load(text)
-            else:
-                schema = json.loads(text)
-        except (OSError, ValueError) as exc:
-            raise BuildError([Problem(source, "", f"cannot read schema: {exc}")]) from exc
-        if not isinstance(schema, dict):
-            raise BuildError([Problem(source, "", "a JSON Schema must be an object")])
+                                      "fix the path (it is relative to the definition file) "
+                                      "or inline the schema", line_of(f"{pointer}/$ref"))])
+        schema, file_lines = _read_schema_file(source)
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:
-        where = source or definition_file
-        inner = "/".join(str(p) for p in exc.absolute_path)
-        raise BuildError([Problem(where, f"/{inner}" if source else f"{pointer}/{inner}",
-                                  f"invalid JSON Schema: {exc.message}",
-                                  "see https://json-schema.org/draft/2020-12")]) from exc
+        inner = "".join(pointer_token(p) for p in exc.absolute_path)
+        hint = "see https://json-schema.org/draft/2020-12/json-schema-validation"
+        message = f"invalid JSON Schema: {exc.message}"
+        if source is not None:
+            raise BuildError([Problem(source, inner or "", message, hint,
+                                      _closest_line(file_lines, inner))]) from exc
+        raise BuildError([Problem(definition_file, f"{pointer}{inner}", message, hint,
+                                  line_of(f"{pointer}{inner}"))]) from exc
     if schema.get("type", "object") != "object":
-        raise BuildError([Problem(source or definition_file, "" if source else pointer,
-                                  "a document schema must describe an object",
-                                  "set \"type\": \"object\"", None if source else line)])
+        hint = 'set "type": "object" (a MongoDB document is always an object)'
+        if source is not None:
+            raise BuildError([Problem(source, "/type", "a document schema must describe an "
+                                      f"object, not {schema.get('type')!r}", hint,
+                                      _closest_line(file_lines, "/type"))])
+        raise BuildError([Problem(definition_file, f"{pointer}/type",
+                                  "a document schema must describe an object, not "
+                                  f"{schema.get('type')!r}", hint, line_of(f"{pointer}/type"))])
     return schema, source
+
+
+def pointer_token(key: Any) -> str:
+    """``/key`` escaped per RFC 6901."""
+    return "/" + str(key).replace("~", "~0").replace("/", "~1")
+
+
+def _closest_line(lines: dict[str, int], pointer: str) -> int | None:
+    while True:
+        if pointer in lines:
+            return lines[pointer]
+        if not pointer:
+            return None
+        pointer = pointer.rsplit("/", 1)[0]
+
+
+def _read_schema_file(source: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """A referenced schema file (JSON or YAML) and, for YAML, the line of each pointer."""
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BuildError([Problem(source, "", f"cannot read schema file: {exc}")]) from exc
+    lines: dict[str, int] = {}
+    try:
+        if source.suffix in (".yaml", ".yml"):
+            schema, lines = parse_yaml_with_lines(text)
+        else:
+            schema = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BuildError([Problem(source, "", f"invalid JSON in schema file: {exc.msg} "
+                                  f"(column {exc.colno})", "fix the JSON syntax",
+                                  exc.lineno)]) from exc
+    except yaml.YAMLError as exc:
+        raise BuildError([yaml_problem(source, exc, "YAML in schema file")]) from exc
+    if not isinstance(schema, dict):
+        raise BuildError([Problem(source, "", "a JSON Schema must be an object, not "
+                                  f"{type(schema).__name__}",
+                                  'start it with {"type": "object", "properties": ...}', 1)])
+    return schema, lines
 
 
 def _deref(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
@@ -72,7 +114,7 @@ def _deref(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
 
 def _is_array(schema: dict[str, Any]) -> bool:
     kind = schema.get("type")
-    return kind == "array" or isinstance(kind, list) and "array" in kind
+    return kind == "array" or (isinstance(kind, list) and "array" in kind)
 
 
 def schema_at_path(root: dict[str, Any], path: str) -> tuple[dict[str, Any] | None, bool]:
