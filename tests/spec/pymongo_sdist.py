@@ -33,6 +33,7 @@ import argparse
 import importlib.metadata
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -53,6 +54,7 @@ __all__ = [
     "SuiteRun",
     "TestResult",
     "ensure_test_tree",
+    "failure_cause",
     "format_summary",
     "installed_pymongo_version",
     "parse_junit",
@@ -239,7 +241,7 @@ def run_suite(
     *,
     select: str | None = "Unified",
     tree: Path | None = None,
-    per_test_timeout: float | None = 120,
+    per_test_timeout: float | None = 30,
     timeout: float = 1800,
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
@@ -345,13 +347,39 @@ def _first_line(text: str, limit: int = 240) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+_SETUP_PREFIX: Final = re.compile(r'^failed on (setup|teardown) with "(.*)"$', re.S)
+_VOLATILE: Final = (
+    (re.compile(r"Timestamp\(\d+, \d+\)"), "Timestamp(…)"),
+    (re.compile(r"ObjectId\('[0-9a-f]{24}'\)"), "ObjectId(…)"),
+    (re.compile(r"\b[0-9A-Fa-f]{20,}\b"), "<hex>"),
+)
+
+
+def failure_cause(result: TestResult, limit: int = 300) -> str:
+    """A short, run-independent description of why ``result`` failed.
+
+    The error's first line without PyMongo's ``full error: {...}`` suffix, with
+    timestamps, ObjectIds and resume tokens masked, so equal causes group together.
+    """
+    text = _first_line(result.message or result.details, limit=10_000)
+    match = _SETUP_PREFIX.match(text)
+    if match:
+        text = f"(in {match.group(1)}) {match.group(2)}"
+    text = text.split(", full error:", 1)[0]
+    for pattern, replacement in _VOLATILE:
+        text = pattern.sub(replacement, text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def format_summary(
     results: Mapping[str, TestResult],
     expected: Iterable[str] = (),
     *,
     title: str = "spec tests",
 ) -> str:
-    """A plain-text report: totals, a per-class table, failures and unmet expectations."""
+    """A plain-text report: totals, a per-class table, failures grouped by cause,
+    skip reasons and unmet expectations. Tests listed in ``expected`` that did not
+    pass are marked ``[EXPECTED TO PASS]``."""
     expected_set = set(expected)
     counts = Counter(r.outcome for r in results.values())
     lines = [
@@ -368,13 +396,17 @@ def format_summary(
         lines.append(
             f"{group:58} {c['passed']:>5} {c['failed']:>5} {c['error']:>5} {c['skipped']:>5}"
         )
-    bad = [r for r in results.values() if r.outcome in ("failed", "error")]
-    if bad:
-        lines += ["", "failures and errors:"]
-        for r in sorted(bad, key=lambda r: r.test_id):
-            mark = " [EXPECTED TO PASS]" if r.test_id in expected_set else ""
-            lines.append(f"  {r.outcome.upper():6} {r.test_id}{mark}")
-            lines.append(f"         {_first_line(r.message or r.details)}")
+    by_cause: dict[str, list[TestResult]] = {}
+    for r in sorted(results.values(), key=lambda r: r.test_id):
+        if r.outcome in ("failed", "error"):
+            by_cause.setdefault(failure_cause(r), []).append(r)
+    if by_cause:
+        lines += ["", "failures and errors, grouped by cause:"]
+        for cause, group_results in sorted(by_cause.items(), key=lambda kv: -len(kv[1])):
+            lines.append(f"  [{len(group_results)}] {cause}")
+            for r in group_results:
+                mark = " [EXPECTED TO PASS]" if r.test_id in expected_set else ""
+                lines.append(f"        {r.outcome:6} {r.test_id}{mark}")
     skip_reasons = Counter(
         _first_line(r.message, 120) for r in results.values() if r.outcome == "skipped"
     )

@@ -33,6 +33,7 @@ from pymongo_sdist import (
     SdistUnavailable,
     SuiteRun,
     ensure_test_tree,
+    failure_cause,
     format_summary,
     installed_pymongo_version,
     run_suite,
@@ -144,8 +145,7 @@ def test_change_stream_unified_spec(tmp_path: Path, fresh_server: ServerFactory)
             if result is None:
                 lines.append(f"  {test_id}: not reported")
             else:
-                first = (result.message or result.details).strip().split("\n", 1)[0]
-                lines.append(f"  {test_id}: {result.outcome}: {first[:300]}")
+                lines.append(f"  {test_id}: {result.outcome}: {failure_cause(result)}")
         pytest.fail(
             f"{len(regressions)} change-stream spec tests listed in {EXPECTED_FILE.name} "
             "did not pass:\n" + "\n".join(lines),
