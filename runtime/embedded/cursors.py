@@ -34,8 +34,8 @@ class QueryCursor:
         limit = batch_size if batch_size and batch_size > 0 else None
         for doc in self.results:
             batch.append(doc)
-            size += len(bson.encode(doc, codec_options=CODEC)) if len(batch) % 64 == 0 else 0
-            if limit is not None and len(batch) >= limit or size > MAX_BATCH_BYTES:
+            size += len(bson.encode(doc, codec_options=CODEC))
+            if (limit is not None and len(batch) >= limit) or size > MAX_BATCH_BYTES:
                 break
         else:
             self.exhausted = True

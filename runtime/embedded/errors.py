@@ -64,6 +64,7 @@ CODE_NAMES: dict[int, str] = {
     234: "RetryChangeStream",
     133: "FailedToSatisfyReadPreference",
     9001: "SocketException",
+    168: "InvalidPipelineOperator",
     50768: "NotARetryableWriteCommand",
     223: "IllegalOpMsgFlag",
     186: "ClientMetadataCannotBeMutated",

@@ -28,6 +28,9 @@ from runtime.embedded.ordering import (
     value_key,
 )
 
+# Index types given by name instead of a direction; accepted and kept, but queries never use
+# them (``$text``, geo and hashed lookups are not implemented).
+INDEX_PLUGINS = frozenset({"text", "2d", "2dsphere", "hashed"})
 # A document may produce at most this many entries in one index (arrays in several fields).
 MAX_ENTRIES_PER_DOCUMENT = 10_000
 
@@ -93,7 +96,7 @@ class Index:
 
     def __init__(self, spec: IndexSpec, matches: Callable[[dict[str, Any], dict[str, Any]], bool]):
         self.spec = spec
-        self.entries: SortedList = SortedList()
+        self.entries: SortedList[tuple[Any, ...]] = SortedList()
         self.multikey = False
         self._matches = matches
         self._directions = spec.directions
@@ -146,7 +149,8 @@ class Index:
         shown = ", ".join(f"{k}: {v!r}" for k, v in key_value.items())
         return WriteError(
             11000,
-            f"E11000 duplicate key error collection: index: {self.spec.name} dup key: {{ {shown} }}",
+            f"E11000 duplicate key error collection: index: {self.spec.name} "
+            f"dup key: {{ {shown} }}",
             {"keyPattern": dict(self.spec.key), "keyValue": key_value},
         )
 
@@ -166,6 +170,12 @@ class Index:
         """``_id`` keys of entries between two component-prefix bounds (inclusive)."""
         for entry in self.entries.irange(lower + (BOTTOM,), upper + (TOP,), reverse=reverse):
             yield entry[-1]
+
+    def scan_entries(
+        self, lower: tuple[Any, ...], upper: tuple[Any, ...], reverse: bool = False
+    ) -> Iterator[tuple[Any, ...]]:
+        """Whole entries ``(components..., _id key)`` between two component-prefix bounds."""
+        yield from self.entries.irange(lower + (BOTTOM,), upper + (TOP,), reverse=reverse)
 
     def component_bounds(
         self, position: int, low: Any, high: Any
@@ -187,10 +197,11 @@ def parse_index_spec(raw: dict[str, Any]) -> IndexSpec:
     if not isinstance(name, str) or not name:
         raise CommandError(9, "index specification must contain a string 'name'")
     for path, direction in key.items():
-        if not path or path.startswith("$") and path != "$**":
+        if not path or (path.startswith("$") and path != "$**"):
             raise CommandError(67, f"bad index key pattern field name {path!r}")
         if isinstance(direction, bool) or not (
-            isinstance(direction, int | float) and direction != 0 or isinstance(direction, str)
+            (isinstance(direction, int | float) and direction != 0)
+            or (isinstance(direction, str) and direction in INDEX_PLUGINS)
         ):
             raise CommandError(67, f"bad index key pattern value {direction!r} for {path!r}")
     partial = raw.get("partialFilterExpression")

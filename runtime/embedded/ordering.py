@@ -124,7 +124,7 @@ def value_key(value: Any) -> Key:
     bracket = type_bracket(value)
     if bracket == NUMBER:
         return _number(value)
-    if bracket == NULL or bracket == MINKEY or bracket == MAXKEY:
+    if bracket in (NULL, MINKEY, MAXKEY):
         return (bracket,)
     if bracket == STRING:
         return (STRING, str(value))

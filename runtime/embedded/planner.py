@@ -9,8 +9,10 @@ cost the same on a million documents as on a thousand.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,13 @@ from runtime.embedded.ordering import BOTTOM, TOP, Key, id_key, type_bracket, va
 from runtime.embedded.storage import ID_INDEX, Collection
 
 MAX_POINT_COMBINATIONS = 1000
+
+#: What queries examined since the server started, reported by ``serverStatus`` as
+#: ``metrics.queryExecutor`` like MongoDB does: ``scanned`` counts index keys read and
+#: ``scannedObjects`` the documents fetched to be checked against a filter (every document of a
+#: collection scan). Counting happens as candidates are consumed, so a query that stops at its
+#: limit only counts what it read. Tests use it to prove that an index served a query.
+QUERY_EXECUTOR: Counter[str] = Counter()
 
 
 @dataclass
@@ -108,35 +117,74 @@ def _sort_matches(index: Index, prefix: int, sort: list[tuple[str, int]]) -> boo
     return False if opposite else None
 
 
-def _scan(index: Index, conditions: dict[str, _Bounds], prefix: int, constrained: int,
-          reverse: bool) -> Iterator[Key]:
-    fields = index.spec.fields
-    point_lists = [conditions[fields[i]].points or [] for i in range(prefix)]
+def _point_combinations(index: Index, conditions: dict[str, _Bounds],
+                        prefix: int) -> list[tuple[Any, ...]] | None:
+    """Every combination of the equality prefix's points; None if there are too many."""
+    point_lists = [conditions[index.spec.fields[i]].points or [] for i in range(prefix)]
     combos = list(itertools.islice(itertools.product(*point_lists), MAX_POINT_COMBINATIONS + 1))
-    if len(combos) > MAX_POINT_COMBINATIONS:
+    return None if len(combos) > MAX_POINT_COMBINATIONS else combos
+
+
+def _scan(index: Index, conditions: dict[str, _Bounds], prefix: int, constrained: int,
+          reverse: bool, ordered: bool) -> Iterator[Key]:
+    """``_id`` keys of the index entries the conditions allow.
+
+    With ``ordered``, entries come in the order of the index fields after the equality prefix
+    (the scans of several ``$in`` points are merged), which is the order the sort asked for.
+    """
+    fields = index.spec.fields
+    combos = _point_combinations(index, conditions, prefix)
+    if combos is None:
         combos = [()]
         prefix = 0
     stored = [
         tuple(index.component_bounds(i, k, k)[0] for i, k in enumerate(combo)) for combo in combos
     ]
     stored.sort(reverse=reverse)
-    seen: set[Key] = set()
+    ranges: list[tuple[tuple[Any, ...], tuple[Any, ...]]] = []
     for lower_prefix in stored:
         lower, upper = lower_prefix, lower_prefix
         if constrained > prefix and not index.multikey:
             bounds = conditions[fields[prefix]]
             low, high = index.component_bounds(prefix, bounds.low, bounds.high)
             lower, upper = lower_prefix + (low,), lower_prefix + (high,)
+        ranges.append((lower, upper))
+    if ordered and len(ranges) > 1:
+        scans = [index.scan_entries(lower, upper, reverse=reverse) for lower, upper in ranges]
+        for entry in heapq.merge(*scans, key=lambda e: e[prefix:], reverse=reverse):
+            yield entry[-1]
+        return
+    seen: set[Key] = set()
+    dedupe = len(ranges) > 1 or index.multikey
+    for lower, upper in ranges:
         for key in index.scan(lower, upper, reverse=reverse):
-            if len(combos) > 1 or index.multikey:
+            if dedupe:
                 if key in seen:
                     continue
                 seen.add(key)
             yield key
 
 
+def _counted(keys: Iterator[Key], from_index: bool) -> Iterator[Key]:
+    counter = QUERY_EXECUTOR
+    for key in keys:
+        if from_index:
+            counter["scanned"] += 1
+        counter["scannedObjects"] += 1
+        yield key
+
+
 def plan(coll: Collection, query: dict[str, Any], sort: list[tuple[str, int]] | None) -> Plan:
-    """Choose how to read candidate documents for ``query`` (and ``sort``, if any)."""
+    """Choose how to read candidate documents for ``query`` (and ``sort``, if any).
+
+    The candidates are counted in :data:`QUERY_EXECUTOR` as they are read.
+    """
+    chosen = _plan(coll, query, sort)
+    chosen.ids = _counted(chosen.ids, chosen.index is not None)
+    return chosen
+
+
+def _plan(coll: Collection, query: dict[str, Any], sort: list[tuple[str, int]] | None) -> Plan:
     conditions = _field_conditions(query)
     id_bounds = conditions.get("_id")
     if id_bounds is not None and id_bounds.points is not None and not sort:
@@ -150,6 +198,8 @@ def plan(coll: Collection, query: dict[str, Any], sort: list[tuple[str, int]] | 
             continue
         prefix, constrained = _usable(index, conditions)
         direction = _sort_matches(index, prefix, sort) if sort else None
+        if direction is not None and _point_combinations(index, conditions, prefix) is None:
+            direction = None  # too many $in combinations to merge in order
         if constrained == 0 and direction is None:
             continue
         score = (constrained, 1 if direction is not None else 0, -len(index.spec.fields))
@@ -159,8 +209,9 @@ def plan(coll: Collection, query: dict[str, Any], sort: list[tuple[str, int]] | 
         return Plan(None, False, iter(list(coll.docs)))
     _, index, prefix, constrained, direction = best
     reverse = direction is False
-    return Plan(index.spec.name, direction is not None,
-                _scan(index, conditions, prefix, constrained, reverse))
+    ordered = direction is not None
+    return Plan(index.spec.name, ordered,
+                _scan(index, conditions, prefix, constrained, reverse, ordered))
 
 
 def id_keys_for(values: list[Any]) -> list[Key]:

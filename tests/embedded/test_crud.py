@@ -142,6 +142,40 @@ def test_update_all_positional_and_first_match_positional(db: Db) -> None:
         "_id": 1, "xs": [11, 12, 13], "ys": [{"k": "a", "v": 0}, {"k": "b", "v": 5}]}
 
 
+def test_nested_array_filters(db: Db) -> None:
+    db.items.insert_one({"_id": 1, "rows": [{"k": 1, "v": [1, 5, 9]}, {"k": 2, "v": [2, 6]}]})
+    db.items.update_one({"_id": 1}, {"$inc": {"rows.$[r].v.$[big]": 100}},
+                        array_filters=[{"r.k": 1}, {"big": {"$gte": 5}}])
+    assert db.items.find_one({"_id": 1}) == {
+        "_id": 1, "rows": [{"k": 1, "v": [1, 105, 109]}, {"k": 2, "v": [2, 6]}]}
+    db.items.update_one({"_id": 1}, {"$set": {"rows.$[].seen": True}})
+    doc = db.items.find_one({"_id": 1})
+    assert doc is not None and [r["seen"] for r in doc["rows"]] == [True, True]
+
+
+def test_array_filter_errors(db: Db) -> None:
+    db.items.insert_one({"_id": 1, "xs": [1, 2], "n": 5})
+    with pytest.raises(WriteError) as info:
+        db.items.update_one({"_id": 1}, {"$set": {"xs.$[a]": 0}})
+    assert info.value.code == 2  # no filter for identifier a
+    with pytest.raises(WriteError) as info:
+        db.items.update_one({"_id": 1}, {"$set": {"xs.$[a]": 0}},
+                            array_filters=[{"a": 1}, {"b": 2}])
+    assert info.value.code == 9  # filter b unused
+    with pytest.raises(WriteError) as info:
+        db.items.update_one({"_id": 1}, {"$set": {"n.$[]": 0}})
+    assert info.value.code == 2  # not an array
+    assert db.items.find_one({"_id": 1}) == {"_id": 1, "xs": [1, 2], "n": 5}
+
+
+def test_find_and_modify_with_array_filters(db: Db) -> None:
+    db.items.insert_one({"_id": 1, "xs": [{"id": "a", "n": 0}, {"id": "b", "n": 0}]})
+    doc = db.items.find_one_and_update({"_id": 1}, {"$inc": {"xs.$[x].n": 1}},
+                                       array_filters=[{"x.id": "b"}],
+                                       return_document=ReturnDocument.AFTER)
+    assert doc == {"_id": 1, "xs": [{"id": "a", "n": 0}, {"id": "b", "n": 1}]}
+
+
 def test_pipeline_update_uses_fields_and_now(db: Db) -> None:
     before = _utcnow() - datetime.timedelta(seconds=1)
     db.items.insert_many([{"_id": 1, "a": 2, "b": 3}, {"_id": 2, "a": 10, "b": 1}])
@@ -217,6 +251,29 @@ def test_find_projection_operators(db: Db) -> None:
     assert db.items.find_one({}, {"ys": {"$elemMatch": {"k": 2}}}) == {"_id": 1,
                                                                        "ys": [{"k": 2}]}
     assert db.items.find_one({"xs": 3}, {"xs.$": 1}) == {"_id": 1, "xs": [3]}
+
+
+def test_find_projection_with_expressions(db: Db) -> None:
+    db.items.insert_one({"_id": 1, "first": "Ada", "last": "Lovelace", "n": 4})
+    doc = db.items.find_one({}, {"name": {"$concat": ["$first", " ", "$last"]}, "n": 1,
+                                 "twice": {"$multiply": ["$n", 2]}, "tag": {"$literal": "$x"},
+                                 "_id": 0})
+    assert doc == {"name": "Ada Lovelace", "n": 4, "twice": 8, "tag": "$x"}
+
+
+def test_find_positional_projection_uses_the_query(db: Db) -> None:
+    db.items.insert_one({"_id": 1, "state": "a", "ys": [{"k": 1, "v": "one"},
+                                                        {"k": 2, "v": "two"}]})
+    doc = db.items.find_one({"state": "a", "ys.k": 2}, {"ys.$": 1})
+    assert doc == {"_id": 1, "ys": [{"k": 2, "v": "two"}]}
+
+
+def test_documents_near_the_size_limit_come_back_in_several_batches(db: Db) -> None:
+    blob = "x" * (3 * 1024 * 1024)
+    db.big.insert_many([{"_id": i, "blob": blob} for i in range(8)])  # 24 MiB in all
+    assert [d["_id"] for d in db.big.find({}, sort=[("_id", 1)])] == list(range(8))
+    assert [d["_id"] for d in db.big.aggregate([{"$sort": {"_id": -1}}])] == list(range(7, -1,
+                                                                                        -1))
 
 
 def test_find_negative_limit_returns_single_batch(db: Db) -> None:
@@ -423,11 +480,27 @@ def test_create_list_and_drop_collections(db: Db) -> None:
     assert infos["alpha"]["type"] == "collection"
     assert "uuid" in infos["alpha"]["info"]
     assert [c["name"] for c in db.list_collections(filter={"name": "beta"})] == ["beta"]
-    db.drop_collection("alpha")
+    reply = db.command("drop", "alpha")
+    assert reply["nIndexesWas"] == 1 and reply["ns"] == f"{db.name}.alpha"
     assert db.list_collection_names() == ["beta"]
-    with pytest.raises(OperationFailure) as info:
-        db.command("drop", "alpha")
-    assert info.value.code == 26
+    db.drop_collection("alpha")  # dropping a missing collection is not an error for PyMongo
+    assert db.list_collection_names() == ["beta"]
+
+
+def test_list_collections_and_indexes_in_batches(db: Db) -> None:
+    for name in ("c1", "c2", "c3"):
+        db.create_collection(name)
+    reply = db.command("listCollections", cursor={"batchSize": 1})
+    assert len(reply["cursor"]["firstBatch"]) == 1 and reply["cursor"]["id"] != 0
+    assert sorted(c["name"] for c in db.list_collections(batchSize=1)) == ["c1", "c2", "c3"]
+    for key in ("a", "b", "c"):
+        db.c1.create_index(key)
+    reply = db.command("listIndexes", "c1", cursor={"batchSize": 2})
+    assert len(reply["cursor"]["firstBatch"]) == 2
+    assert reply["cursor"]["ns"] == f"{db.name}.$cmd.listIndexes.c1"
+    collection = reply["cursor"]["ns"].split(".", 1)[1]
+    more = db.command("getMore", reply["cursor"]["id"], collection=collection, batchSize=10)
+    assert [i["name"] for i in more["cursor"]["nextBatch"]] == ["b_1", "c_1"]
 
 
 def test_list_collections_name_only(db: Db) -> None:
@@ -444,6 +517,16 @@ def test_create_with_options_and_coll_mod(db: Db) -> None:
     with pytest.raises(OperationFailure) as exc:
         db.command("collMod", "missing", changeStreamPreAndPostImages={"enabled": True})
     assert exc.value.code == 26
+
+
+def test_create_and_coll_mod_reject_unknown_fields(db: Db) -> None:
+    with pytest.raises(OperationFailure) as info:
+        db.command("create", "c1", notAnOption=True)
+    assert info.value.code == 40415
+    db.create_collection("c2")
+    with pytest.raises(OperationFailure) as info:
+        db.command("collMod", "c2", notAnOption=True)
+    assert info.value.code == 40415
 
 
 def test_coll_mod_changes_ttl_of_index(db: Db) -> None:
@@ -466,6 +549,32 @@ def test_drop_database_and_list_databases(client: MongoClient[dict[str, Any]], d
     client.drop_database(db.name)
     assert db.name not in client.list_database_names()
     assert db.list_collection_names() == []
+
+
+def test_update_and_delete_with_let(db: Db) -> None:
+    db.items.insert_many([{"_id": i, "n": i} for i in range(5)])
+    result = db.items.update_many({"$expr": {"$gte": ["$n", "$$from"]}},
+                                  [{"$set": {"tag": "$$label"}}], let={"from": 3, "label": "hi"})
+    assert result.modified_count == 2
+    assert db.items.count_documents({"tag": "hi"}) == 2
+    deleted = db.items.delete_many({"$expr": {"$lt": ["$n", "$$below"]}}, let={"below": 2})
+    assert deleted.deleted_count == 2
+
+
+def test_unknown_find_option_is_rejected(db: Db) -> None:
+    db.items.insert_one({"_id": 1})
+    with pytest.raises(OperationFailure) as info:
+        db.command("find", "items", notAnOption=1)
+    assert info.value.code == 40415
+
+
+@pytest.mark.embedded_only
+def test_non_simple_collation_is_refused_not_ignored(db: Db) -> None:
+    db.items.insert_many([{"_id": 1, "s": "a"}, {"_id": 2, "s": "A"}])
+    with pytest.raises(OperationFailure) as info:
+        list(db.items.find({"s": "a"}, collation={"locale": "en", "strength": 2}))
+    assert info.value.code == 2
+    assert len(list(db.items.find({"s": "a"}, collation={"locale": "simple"}))) == 1
 
 
 def test_unknown_command_answers_59_naming_it(db: Db) -> None:

@@ -264,6 +264,38 @@ def test_compound_index_serves_sort_with_equality_prefix(db: Db) -> None:
     assert got_desc == [d["_id"] for d in expected_desc]
 
 
+def test_in_on_prefix_with_sort_on_next_field_is_globally_sorted(db: Db) -> None:
+    db.ev.create_index([("kind", 1), ("at", 1)])
+    rng = random.Random(3)
+    ats = rng.sample(range(10_000), 90)
+    db.ev.insert_many([{"_id": i, "kind": ["a", "b", "c"][i % 3], "at": at}
+                       for i, at in enumerate(ats)])
+    query = {"kind": {"$in": ["a", "c"]}}
+    expected = sorted(at for i, at in enumerate(ats) if i % 3 != 1)
+    assert [d["at"] for d in db.ev.find(query, sort=[("at", 1)])] == expected
+    assert [d["at"] for d in db.ev.find(query, sort=[("at", -1)], limit=7)] == \
+        expected[::-1][:7]
+
+
+def test_bad_index_specifications(db: Db) -> None:
+    with pytest.raises(OperationFailure) as info:
+        db.items.create_index([("a", "bogus")])
+    assert info.value.code == 67
+    with pytest.raises(OperationFailure):
+        db.command("createIndexes", "items", indexes=[{"key": {}, "name": "empty"}])
+
+
+def test_hint_must_name_an_index(db: Db) -> None:
+    db.items.create_index("a")
+    db.items.insert_many([{"a": i} for i in range(5)])
+    assert len(list(db.items.find({"a": {"$gt": 1}}).hint("a_1"))) == 3
+    assert len(list(db.items.find({"a": {"$gt": 1}}).hint([("a", 1)]))) == 3
+    assert db.items.count_documents({"a": 1}, hint="a_1") == 1
+    with pytest.raises(OperationFailure) as info:
+        list(db.items.find({"a": 1}).hint("nope_1"))
+    assert info.value.code == 2
+
+
 def test_index_tracks_updates_and_deletes(db: Db) -> None:
     db.t.create_index("state")
     db.t.insert_many([{"_id": i, "state": "new"} for i in range(10)])
@@ -353,6 +385,11 @@ def test_scanned_objects_counts_collection_scans(
     found = list(jobs_20k.find({"task": "task1"}, sort=[("nextRunAt", 1)], limit=3))
     assert len(found) == 3
     assert _scanned(client) - before <= 5
+    before = _scanned(client)  # $in on the prefix: the index scans are merged in sort order
+    found = list(jobs_20k.find({"task": {"$in": ["task1", "task2"]}}, sort=[("nextRunAt", 1)],
+                               limit=3))
+    assert len(found) == 3
+    assert _scanned(client) - before <= 8
 
 
 @pytest.mark.embedded_only

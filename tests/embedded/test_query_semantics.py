@@ -94,6 +94,10 @@ def test_type_operator(mixed: Collection[dict[str, Any]]) -> None:
     assert ids(mixed.find({"v": {"$type": "long"}})) == [3]
     assert ids(mixed.find({"v": {"$type": "array"}})) == [9]
     assert ids(mixed.find({"v": {"$type": ["objectId", "bool"]}})) == [10, 13]
+    assert ids(mixed.find({"v": {"$type": 16}})) == [1, 9]  # int
+    assert ids(mixed.find({"v": {"$type": "decimal"}})) == [4]
+    assert ids(mixed.find({"v": {"$type": "null"}})) == [7]
+    assert ids(mixed.find({"v": {"$type": "date"}})) == [11]
 
 
 def test_sort_orders_across_type_brackets(mixed: Collection[dict[str, Any]]) -> None:
@@ -137,6 +141,10 @@ def test_array_traversal(db: Db) -> None:
     assert ids(db.a.find({"tags": {"$nin": ["red"]}})) == [2, 4]
     assert ids(db.a.find({"tags": {"$ne": "red"}})) == [2, 4]
     assert ids(db.a.find({"nums.1": 5})) == [1]
+    assert ids(db.a.find({"tags": {"$eq": ["red"]}})) == [4]
+    assert ids(db.a.find({"tags": {"$eq": "red"}})) == [1, 3]
+    assert ids(db.a.find({"tags": {"$ne": ["red"]}})) == [1, 2, 3]
+    assert ids(db.a.find({"tags": {"$in": [["red"], "green"]}})) == [2, 4]
 
 
 def test_dotted_paths_through_embedded_documents_and_arrays(db: Db) -> None:
@@ -177,6 +185,16 @@ def test_mod_operator_rejects_bad_arguments(db: Db) -> None:
     assert info.value.code == 2
     with pytest.raises(OperationFailure):
         list(db.l.find({"n": {"$mod": [4]}}))
+
+
+def test_unknown_query_operators_are_bad_value(db: Db) -> None:
+    db.l.insert_one({"n": 1})
+    with pytest.raises(OperationFailure) as info:
+        list(db.l.find({"n": {"$frobnicate": 1}}))
+    assert info.value.code == 2
+    with pytest.raises(OperationFailure) as info:
+        list(db.l.find({"$frobnicate": [{"n": 1}]}))
+    assert info.value.code == 2
 
 
 def test_expr_with_literal_and_dollar_strings(db: Db) -> None:
@@ -323,6 +341,56 @@ def test_field_update_operators(db: Db) -> None:
     assert {k: v for k, v in doc.items() if k != "at"} == {"_id": 1, "lo": 2, "hi": 9,
                                                            "new": "x"}
     assert isinstance(doc["at"], datetime.datetime)
+
+
+def test_array_operator_on_non_array_fails_whole(db: Db) -> None:
+    db.u.insert_one({"_id": 1, "a": 5, "b": []})
+    with pytest.raises(WriteError) as info:
+        db.u.update_one({"_id": 1}, {"$push": {"b": 1, "a": 1}})
+    assert info.value.code == 2
+    with pytest.raises(WriteError) as info:
+        db.u.update_one({"_id": 1}, {"$addToSet": {"a": 1}})
+    assert info.value.code == 2
+    assert db.u.find_one({"_id": 1}) == {"_id": 1, "a": 5, "b": []}
+
+
+def test_rename_rules(db: Db) -> None:
+    db.u.insert_one({"_id": 1, "a": 1})
+    with pytest.raises(WriteError) as info:
+        db.u.update_one({"_id": 1}, {"$rename": {"a": "a"}})
+    assert info.value.code == 2
+    db.u.update_one({"_id": 1}, {"$rename": {"a": "x.y", "missing": "z"}})
+    assert db.u.find_one({"_id": 1}) == {"_id": 1, "x": {"y": 1}}
+
+
+def test_array_operators_through_arrays_and_positional_paths(db: Db) -> None:
+    db.u.insert_one({"_id": 1, "rows": [{"k": 1, "tags": ["a", "b"]}, {"k": 2, "tags": ["b"]}]})
+    db.u.update_one({"_id": 1}, {"$addToSet": {"rows.$[].tags": "c"}})
+    db.u.update_one({"_id": 1, "rows.k": 2}, {"$pull": {"rows.$.tags": "b"}})
+    db.u.update_one({"_id": 1}, {"$pullAll": {"rows.0.tags": ["a", "c"]}})
+    assert db.u.find_one({"_id": 1}) == {"_id": 1, "rows": [{"k": 1, "tags": ["b"]},
+                                                            {"k": 2, "tags": ["c"]}]}
+    db.u.update_one({"_id": 1}, {"$pull": {"rows": {"k": {"$gte": 2}}}})
+    assert db.u.find_one({"_id": 1}) == {"_id": 1, "rows": [{"k": 1, "tags": ["b"]}]}
+
+
+def test_positional_update_without_a_match_fails(db: Db) -> None:
+    db.u.insert_one({"_id": 1, "xs": [1, 2]})
+    with pytest.raises(WriteError) as info:
+        db.u.update_one({"_id": 1}, {"$set": {"xs.$": 5}})
+    assert info.value.code == 2
+    db.u.update_one({"_id": 1, "xs": 2}, {"$set": {"xs.$": 5}})
+    assert db.u.find_one({"_id": 1}) == {"_id": 1, "xs": [1, 5]}
+
+
+def test_server_generated_dates_can_be_queried_back(db: Db) -> None:
+    db.u.insert_many([{"_id": 1}, {"_id": 2}])
+    db.u.update_one({"_id": 1}, {"$currentDate": {"at": True}})
+    db.u.update_one({"_id": 2}, [{"$set": {"at": "$$NOW"}}])
+    for doc_id in (1, 2):
+        doc = db.u.find_one({"_id": doc_id})
+        assert doc is not None and isinstance(doc["at"], datetime.datetime)
+        assert db.u.count_documents({"_id": doc_id, "at": doc["at"]}) == 1
 
 
 def test_set_creates_nested_paths_and_array_elements(db: Db) -> None:

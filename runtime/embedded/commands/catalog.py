@@ -188,7 +188,8 @@ async def list_indexes(ctx: CommandContext) -> dict[str, Any]:
     coll = _require(ctx, name)
     docs = [i.spec.to_document() for i in coll.indexes.values()]
     batch_size = (ctx.body.get("cursor") or {}).get("batchSize")
-    return first_batch_reply(ctx.state.cursors, ctx.namespace(name), iter(docs), batch_size)
+    return first_batch_reply(ctx.state.cursors, ctx.namespace(f"$cmd.listIndexes.{name}"),
+                             iter(docs), batch_size)
 
 
 @command("dropIndexes", "deleteIndexes")
