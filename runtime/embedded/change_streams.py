@@ -301,7 +301,16 @@ def _apply_stages(stream: ChangeStreamCursor, event: dict[str, Any],
     if not stream.stages:
         return event
     token = event["_id"]
-    results = engine.run_pipeline([event], stream.stages, _NoForeign(), variables)
+    stages = stream.stages
+    # A leading $match (the usual pre-filter) is evaluated in place: most events stop here,
+    # without the copy the general pipeline path makes.
+    while stages and "$match" in stages[0] and isinstance(stages[0]["$match"], dict):
+        if not engine.matches(stages[0]["$match"], event, variables):
+            return None
+        stages = stages[1:]
+    if not stages:
+        return event
+    results = engine.run_pipeline([event], stages, _NoForeign(), variables)
     if not results:
         return None
     result = results[0]

@@ -246,15 +246,19 @@ class DataStore:
         unit.ops.append({"op": "indexTTL", "db": coll.db, "coll": coll.name, "name": name,
                          "expireAfterSeconds": float(expire_after_seconds)})
 
-    def modify_collection(self, unit: WriteUnit, coll: Collection,
-                          changes: dict[str, Any]) -> None:
-        """``collMod``: change collection options."""
+    def modify_collection(self, unit: WriteUnit, coll: Collection, changes: dict[str, Any],
+                          described: dict[str, Any] | None = None) -> None:
+        """``collMod``: change collection options (``described``: other collMod fields, such
+        as an index change, that the event reports)."""
         old = {"uuid": coll.uuid, **coll.options}
         coll.options.update(changes)
-        unit.ops.append({"op": "collMod", "db": coll.db, "coll": coll.name, "options": changes})
+        if changes:
+            unit.ops.append({"op": "collMod", "db": coll.db, "coll": coll.name,
+                             "options": changes})
         if self._publishes(coll.db, coll.name):
             # As MongoDB: the collMod fields, and the options before it as stateBeforeChange.
-            entry = self._entry("modify", coll, coll.db, operation_description=dict(changes),
+            entry = self._entry("modify", coll, coll.db,
+                                operation_description={**changes, **(described or {})},
                                 state_before_change={"collectionOptions": old})
             unit.entries.append(entry)
 
@@ -337,7 +341,7 @@ class DataStore:
                 if target is not None:
                     docs = target.docs
                     for doc in record["docs"]:
-                        docs[id_key(doc["_id"])] = doc
+                        docs[_fast_value_key(doc["_id"])] = doc  # == id_key(_id)
             elif kind == "changes":
                 sizes = record.get("sizes") or [0] * len(record["entries"])
                 entries.extend(_entry_from_log(e, s)
@@ -502,7 +506,7 @@ def _index_entries(index: Index, items: list[tuple[Key, dict[str, Any]]]) -> Ite
 
 
 def _fast_value_key(value: Any) -> Key:
-    """:func:`value_key`, with the common scalar types looked up by exact type first."""
+    """:func:`value_key` (and so :func:`id_key`), with common scalar types checked first."""
     kind = type(value)
     if kind is str:
         return (STRING, value)

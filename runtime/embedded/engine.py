@@ -1496,6 +1496,7 @@ def run_pipeline(
         if mm_aggregate._PIPELINE_HANDLERS[name] is None:
             raise CommandError(40324, f"Pipeline stage {name} is not supported by the embedded "
                                "server")
+    pipeline = [_nest_dotted_projection(stage) for stage in pipeline]
     try:
         out = mm_aggregate.process_pipeline(inputs, _DatabaseAdapter(foreign, variables),
                                             pipeline, None, user_vars=variables)
@@ -1505,6 +1506,38 @@ def run_pipeline(
     except (PyMongoError, NotImplementedError, TypeError, ValueError, KeyError, IndexError,
             AttributeError, ZeroDivisionError) as exc:
         raise _translate(exc) from exc
+
+
+def _nest_dotted_projection(stage: dict[str, Any]) -> dict[str, Any]:
+    """``{$project: {"a.b": <expression>}}`` as ``{$project: {a: {b: <expression>}}}``.
+
+    mongomock-ng would create a top-level field literally named "a.b"; MongoDB treats a dotted
+    key as a path. Inclusion/exclusion flags (0/1/true/false) are left dotted, which it handles.
+    """
+    spec = stage.get("$project")
+    if not isinstance(spec, dict) or not any(
+            "." in k and not _is_flag(v) for k, v in spec.items()):
+        return stage
+    nested: dict[str, Any] = {}
+    for key, value in spec.items():
+        if "." not in key or _is_flag(value):
+            nested[key] = value
+            continue
+        *parents, leaf = key.split(".")
+        target = nested
+        for part in parents:
+            child = target.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                target[part] = child
+            target = child
+        target[leaf] = value
+    return {"$project": nested}
+
+
+def _is_flag(value: Any) -> bool:
+    return isinstance(value, bool | int | float) and not isinstance(value, str) and value in (
+        0, 1)
 
 
 def _id_first(doc: dict[str, Any]) -> dict[str, Any]:

@@ -302,7 +302,7 @@ class ServerState:
         except CommandError as exc:
             if injected is None or injected.explicit_labels is None \
                     or exc is not injected.error:
-                _add_labels(exc, request)
+                _add_labels(exc, request, injected is not None and exc is injected.error)
             raise
         if injected is not None and injected.write_concern_error is not None:
             reply = dict(reply)
@@ -426,8 +426,13 @@ def _too_old(txn_number: int, session: Session) -> CommandError:
                         f"transaction {session.last_txn_number} has already started")
 
 
-def _add_labels(exc: CommandError, request: _Request) -> None:
-    """Add the error labels MongoDB would attach to this failure."""
+def _add_labels(exc: CommandError, request: _Request, from_fail_point: bool = False) -> None:
+    """Add the error labels MongoDB would attach to this failure.
+
+    An error injected by ``failCommand`` on a change-stream getMore gets no
+    ResumableChangeStreamError label unless the fail point lists it: mongod raises it before
+    the cursor code that adds that label (the spec tests rely on this).
+    """
 
     def add(label: str) -> None:
         if label not in exc.labels:
@@ -442,5 +447,6 @@ def _add_labels(exc: CommandError, request: _Request) -> None:
         add(TRANSIENT_LABEL)
     if request.finishes_transaction and code == 251:
         add(TRANSIENT_LABEL)
-    if request.change_stream_get_more and code in RESUMABLE_CHANGE_STREAM_CODES:
+    if request.change_stream_get_more and code in RESUMABLE_CHANGE_STREAM_CODES \
+            and not from_fail_point:
         add(RESUMABLE_LABEL)

@@ -77,10 +77,12 @@ async def coll_mod(ctx: CommandContext) -> dict[str, Any]:
             raise CommandError(27, "cannot find index for collMod")
         if "expireAfterSeconds" in index_change:
             reply["expireAfterSeconds_old"] = target.spec.expire_after_seconds
-            target.spec.expire_after_seconds = float(index_change["expireAfterSeconds"])
+            ctx.state.store.set_index_ttl(ctx.unit, coll, target.spec.name,
+                                          float(index_change["expireAfterSeconds"]))
             reply["expireAfterSeconds_new"] = index_change["expireAfterSeconds"]
-    if changes:
-        ctx.state.store.modify_collection(ctx.unit, coll, changes)
+    # Every collMod is a "modify" event, even one that changes nothing (as in MongoDB).
+    ctx.state.store.modify_collection(
+        ctx.unit, coll, changes, {"index": index_change} if index_change is not None else {})
     return reply
 
 

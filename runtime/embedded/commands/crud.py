@@ -353,9 +353,15 @@ async def get_more(ctx: CommandContext) -> dict[str, Any]:
     cursor = ctx.state.cursors.get(cursor_id, ctx.namespace(coll))
     batch_size = int_option(ctx.body, "batchSize")
     if isinstance(cursor, change_streams.ChangeStreamCursor):
-        batch = await change_streams.next_batch(
-            cursor, ctx.state.store.changelog, ctx.state.store.catalog, batch_size,
-            ctx.body.get("maxTimeMS"), ctx.variables)
+        try:
+            batch = await change_streams.next_batch(
+                cursor, ctx.state.store.changelog, ctx.state.store.catalog, batch_size,
+                ctx.body.get("maxTimeMS"), ctx.variables)
+        except CommandError:
+            # A stream that failed (history lost, missing image, modified _id) is dead, as on
+            # a real server; the client resumes with a new aggregate if it can.
+            ctx.state.cursors.remove(cursor.cursor_id)
+            raise
         if cursor.closed:
             ctx.state.cursors.remove(cursor.cursor_id)
         return change_streams.cursor_reply(cursor, batch, False, cursor.cursor_id)
