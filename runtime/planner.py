@@ -184,6 +184,7 @@ class DatabasePlanner:
             await self.plan_ids(collection, ids[middle:])
             return
         ops: dict[str, list[UpdateOne]] = {}
+        planned: set[str] = set()
         for source_id in ids:
             verdicts = found.get(_id_key(source_id))
             for reactor in reactors:
@@ -192,13 +193,19 @@ class DatabasePlanner:
                 cleanup = reactor.policies.cleanup.when
                 if verdicts is not None and reactor.name in verdicts:
                     target.append(plan_update(reactor, source_id, snapshot))
-                    self.due_hint(reactor.name, reactor.policies.debounce.delay_ms)
+                    planned.add(reactor.name)
                 elif (verdicts is None and cleanup != "never") or (
                         verdicts is not None and cleanup == "sourceDeletedOrUnmatched"):
                     target.append(source_gone_update(reactor, source_id))
         for tasks_collection, updates in ops.items():
             if updates:
                 await self.db[tasks_collection].bulk_write(updates, ordered=False)
+        # Hints only after the write: a worker woken earlier would find nothing and park the
+        # reactor until the idle poll. A debounced task's exact due time also reaches every
+        # instance through the wake-up stream; this local hint is never earlier than it.
+        for reactor in reactors:
+            if reactor.name in planned:
+                self.due_hint(reactor.name, reactor.policies.debounce.delay_ms)
 
     async def _evaluate(self, collection: str, reactors: list[ReactorSpec],
                         ids: list[Any]) -> dict[bytes, dict[str, Any]]:
@@ -234,8 +241,7 @@ class DatabasePlanner:
             if reactor.policies.cleanup.when == "never":
                 continue
             await self.db[reactor.tasks_collection].update_many(
-                {"reactor": reactor.name, "status": {"$nin": ["processing", "processing_dirty"]}},
-                source_gone_pipeline(reactor))
+                {"reactor": reactor.name}, source_gone_pipeline(reactor))
 
     async def reconcile(self) -> None:
         """Plan every existing source document (first start, or after history loss)."""

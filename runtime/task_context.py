@@ -7,8 +7,9 @@ import logging
 import time
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.client_session import ClientSession
 
 from runtime.context import TaskContext
 from runtime.reactor import ReactorSpec
@@ -35,7 +36,13 @@ def watch_expression(reactor: ReactorSpec) -> Any:
 
 
 class RuntimeTaskContext(TaskContext[Any, Any]):
-    """One execution's context; built by the worker."""
+    """One execution's context; built by the worker.
+
+    Completion bookkeeping, read by the worker once the handler has returned or raised:
+    ``completed`` is set when :meth:`mark_completed` wrote outside any transaction (the
+    completion is durable); ``completed_in_session`` when it wrote inside a caller's session,
+    whose transaction may still have been aborted, so the worker re-checks.
+    """
 
     def __init__(self, reactor: ReactorSpec, held: Claimed, store: TaskStore,
                  source: AsyncCollection[dict[str, Any]], logger: logging.Logger,
@@ -52,12 +59,19 @@ class RuntimeTaskContext(TaskContext[Any, Any]):
         self.logger = logging.LoggerAdapter(logger, {"fields": {
             "reactor": reactor.name, "task_id": held.task_id, "source_id": self.doc_id,
             "attempt": self.attempt}})
-        self.finalized = False
+        self.completed = False
+        self.completed_in_session = False
+        self.invalid_document = False
         self.deferred_ms: int | None = None
         self.throttle_ms: int | None = None
         self._debounce = debounce
         self._loop = loop
         self.started = time.perf_counter()
+
+    @property
+    def finalized(self) -> bool:
+        """True once :meth:`mark_completed` has written the completion somewhere."""
+        return self.completed or self.completed_in_session
 
     def _watched(self, snapshot: Any) -> Any:
         if not isinstance(snapshot, dict):
@@ -67,9 +81,9 @@ class RuntimeTaskContext(TaskContext[Any, Any]):
         except ValueError:
             return snapshot
 
-    async def get_document(self, projection: dict[str, Any] | None = None,
-                           session: Any = None) -> Any:
-        """The current source document, validated; raises TaskSkipped if the check fails."""
+    # The late-binding check.
+
+    def _document_pipeline(self, projection: dict[str, Any] | None) -> list[dict[str, Any]]:
         pipeline: list[dict[str, Any]] = [
             {"$match": {"$and": [{"_id": self.doc_id}, self.reactor.filter]}
              if self.reactor.filter else {"_id": self.doc_id}},
@@ -79,8 +93,9 @@ class RuntimeTaskContext(TaskContext[Any, Any]):
             included = any(v not in (0, False) for k, v in projection.items() if k != "_id")
             pipeline.append({"$project": {**projection, SNAPSHOT_FIELD: 1} if included
                              else dict(projection)})
-        cursor = await self.source.aggregate(pipeline, session=session)
-        docs = await cursor.to_list(1)
+        return pipeline
+
+    def _checked(self, docs: list[dict[str, Any]], projection: dict[str, Any] | None) -> Any:
         if not docs:
             raise TaskSkipped("source document deleted or no longer matches the filter")
         doc = docs[0]
@@ -90,20 +105,48 @@ class RuntimeTaskContext(TaskContext[Any, Any]):
         model: type[BaseModel] = self.reactor.model
         if projection:
             return model.model_construct(**doc)
-        return model.model_validate(doc)
+        try:
+            return model.model_validate(doc)
+        except ValidationError:
+            self.invalid_document = True
+            raise
+
+    async def get_document(self, projection: dict[str, Any] | None = None,
+                           session: Any = None) -> Any:
+        """The current source document, validated; raises TaskSkipped if the check fails."""
+        cursor = await self.source.aggregate(self._document_pipeline(projection),
+                                             session=session)
+        return self._checked(await cursor.to_list(1), projection)
+
+    # Completion inside the caller's transaction.
 
     async def mark_completed(self, session: Any = None) -> None:
-        """Finalize as completed now, inside ``session``'s transaction if given."""
-        if self.finalized:
+        """Finalize as completed now, inside ``session``'s transaction if given.
+
+        Calling it again is harmless: in the same transaction it changes nothing, and in a new
+        transaction after the previous one was aborted (a retried ``with_transaction``
+        callback) it writes the completion again.
+        """
+        if self.completed:
             return
-        held = await self.store.finalize(
-            self.held, COMPLETED, error=None, retry_at_ms=None,
-            history_limit=self.reactor.policies.history_limit,
-            duration_ms=(time.perf_counter() - self.started) * 1000,
-            debounce=self._debounce, session=session)
-        if not held:
+        query, update = self._completion()
+        result = await self.store.collection.update_one(query, update, session=session)
+        if result.matched_count != 1 and not await self.store.finalized_by(self.held, session):
             raise LeaseLost("the task was taken over by another worker; not completing it")
-        self.finalized = True
+        self._mark(session)
+
+    def _completion(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        policies = self.reactor.policies
+        return self.store.finalize_update(
+            self.held, COMPLETED, error=None, history_limit=policies.history_limit,
+            duration_ms=(time.perf_counter() - self.started) * 1000, debounce=self._debounce,
+            reset_on_data_change=policies.retry.reset_on_data_change)
+
+    def _mark(self, session: Any) -> None:
+        if session is None:
+            self.completed = True
+        else:
+            self.completed_in_session = True
 
     async def defer(self, delay_ms: int) -> None:
         """Re-queue after ``delay_ms`` when the handler returns (the attempt is not counted)."""
@@ -113,17 +156,40 @@ class RuntimeTaskContext(TaskContext[Any, Any]):
         """Pause the whole reactor on every instance for ``duration_ms``."""
         self.throttle_ms = max(0, int(duration_ms))
 
-    # Plain ``def`` handlers run in a worker thread; these block until the loop has done it.
+    # Plain ``def`` handlers run in a worker thread; these block until the work is done. A
+    # ``session`` of a synchronous ``pymongo.MongoClient`` is used from this thread directly
+    # (it cannot be used from the event loop); anything else goes through the runtime's loop.
+
+    @staticmethod
+    def _sync_collection(session: ClientSession, collection: AsyncCollection[Any]) -> Any:
+        return session.client[collection.database.name][collection.name]
 
     def get_document_sync(self, projection: dict[str, Any] | None = None,
                           session: Any = None) -> Any:
         """:meth:`get_document` for handlers written as plain functions."""
+        if isinstance(session, ClientSession):
+            collection = self._sync_collection(session, self.source)
+            docs = list(collection.aggregate(self._document_pipeline(projection),
+                                             session=session))
+            return self._checked(docs[:1], projection)
         return asyncio.run_coroutine_threadsafe(
             self.get_document(projection, session), self._loop).result()
 
     def mark_completed_sync(self, session: Any = None) -> None:
         """:meth:`mark_completed` for handlers written as plain functions."""
-        asyncio.run_coroutine_threadsafe(self.mark_completed(session), self._loop).result()
+        if not isinstance(session, ClientSession):
+            asyncio.run_coroutine_threadsafe(self.mark_completed(session), self._loop).result()
+            return
+        if self.completed:
+            return
+        collection = self._sync_collection(session, self.store.collection)
+        query, update = self._completion()
+        result = collection.update_one(query, update, session=session)
+        if result.matched_count != 1 and collection.find_one(
+                {"_id": self.held.task_id, "lastClaim": self.held.claim, "lease": None},
+                {"_id": 1}, session=session) is None:
+            raise LeaseLost("the task was taken over by another worker; not completing it")
+        self._mark(session)
 
     def defer_sync(self, delay_ms: int) -> None:
         """:meth:`defer` for handlers written as plain functions."""

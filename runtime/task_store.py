@@ -60,8 +60,12 @@ def plan_update(reactor: ReactorSpec, source_id: Any, snapshot: Any) -> UpdateOn
     status = {"$ifNull": ["$status", "none"]}
     running = {"$in": [status, RUNNING]}
     reset = reactor.policies.retry.reset_on_data_change
+    # A task scheduled for expiry (its source was deleted or stopped matching) whose source
+    # is back is a new task even if the watched values are the same as before.
+    changed = {"$or": [{"$ne": [{"$ifNull": ["$snapshotHash", None]}, digest]},
+                       {"$ne": [{"$type": "$expiresAt"}, "missing"]}]}
     pipeline: list[dict[str, Any]] = [
-        {"$set": {"_changed": {"$ne": [{"$ifNull": ["$snapshotHash", None]}, digest]}}},
+        {"$set": {"_changed": changed}},
         {"$set": {"_anchor": {"$cond": [
             {"$and": ["$_changed", {"$not": [{"$in": [status, [PENDING, PROCESSING_DIRTY]]}]}]},
             "$$NOW", "$firstChangeAt"]}}},
@@ -88,8 +92,9 @@ def plan_update(reactor: ReactorSpec, source_id: Any, snapshot: Any) -> UpdateOn
                                     {"$ifNull": ["$lastError", None]}]},
             "createdAt": {"$ifNull": ["$createdAt", "$$NOW"]},
             "updatedAt": {"$cond": ["$_changed", "$$NOW", "$updatedAt"]},
+            "skipReason": {"$cond": ["$_changed", None, "$skipReason"]},
         }},
-        {"$unset": ["_changed", "_anchor"]},
+        {"$unset": ["_changed", "_anchor", "expiresAt"]},
     ]
     return UpdateOne({"reactor": reactor.name, "sourceId": source_id}, pipeline, upsert=True)
 
@@ -97,22 +102,36 @@ def plan_update(reactor: ReactorSpec, source_id: Any, snapshot: Any) -> UpdateOn
 def source_gone_update(reactor: ReactorSpec, source_id: Any) -> UpdateOne:
     """Apply the cleanup policy to the task of a deleted (or no longer matching) source.
 
-    Running tasks are left to finish (their late-binding check skips them); others stop being
-    due and expire after ``keepFor`` through the TTL index on ``expiresAt``.
+    A pending task stops being due (``skipped``); every task gets ``expiresAt`` (now +
+    ``keepFor``), after which the TTL index on it deletes the task. A running task is left to
+    finish (its late-binding check skips it) and expires no earlier than its lease, which its
+    renewals extend. Applying it again changes nothing, so ``expiresAt`` is not pushed back by
+    later changes of a document that no longer matches.
     """
-    return UpdateOne(
-        {"reactor": reactor.name, "sourceId": source_id, "status": {"$nin": RUNNING}},
-        source_gone_pipeline(reactor))
+    return UpdateOne({"reactor": reactor.name, "sourceId": source_id},
+                     source_gone_pipeline(reactor))
 
 
 def source_gone_pipeline(reactor: ReactorSpec) -> list[dict[str, Any]]:
     """The update applied to tasks whose source is gone (see :func:`source_gone_update`)."""
+    running = {"$in": ["$status", RUNNING]}
+    pending = {"$eq": ["$status", PENDING]}
+    expires: Any = {"$add": ["$$NOW", reactor.policies.cleanup.keep_for_ms]}
     return [{"$set": {
-        "status": {"$cond": [{"$eq": ["$status", PENDING]}, SKIPPED, "$status"]},
-        "nextRunAt": None,
-        "skipReason": "source deleted or no longer matching",
-        "expiresAt": {"$add": ["$$NOW", reactor.policies.cleanup.keep_for_ms]},
+        "status": {"$cond": [pending, SKIPPED, "$status"]},
+        "nextRunAt": {"$cond": [running, "$nextRunAt", None]},
+        "skipReason": {"$cond": [pending, "source deleted or no longer matching",
+                                 "$skipReason"]},
+        "expiresAt": {"$ifNull": ["$expiresAt", {"$cond": [
+            running, {"$max": [expires, "$lease.expiresAt"]}, expires]}]},
     }}]
+
+
+def _history(entry: dict[str, Any], limit: int) -> Any:
+    """The history with ``entry`` appended, keeping the last ``limit`` (0: none)."""
+    if not limit:
+        return []
+    return {"$slice": [{"$concatArrays": [{"$ifNull": ["$history", []]}, [entry]]}, -limit]}
 
 
 @dataclass
@@ -165,27 +184,31 @@ class TaskStore:
         result = await self.collection.update_one(
             {"_id": held.task_id, "lease.claim": held.claim, "status": {"$in": RUNNING}},
             [{"$set": {"nextRunAt": {"$add": ["$$NOW", self.lease_ms]},
-                       "lease.expiresAt": {"$add": ["$$NOW", self.lease_ms]}}}])
+                       "lease.expiresAt": {"$add": ["$$NOW", self.lease_ms]},
+                       # a task whose source is gone must not expire under a live lease
+                       "expiresAt": {"$cond": [
+                           {"$eq": [{"$type": "$expiresAt"}, "date"]},
+                           {"$max": ["$expiresAt", {"$add": ["$$NOW", self.lease_ms]}]},
+                           "$$REMOVE"]}}}])
         return result.matched_count == 1
 
-    async def finalize(self, held: Claimed, outcome: str, *, error: str | None,
-                       retry_at_ms: int | None, history_limit: int, duration_ms: float,
-                       debounce: Any, session: AsyncClientSession | None = None) -> bool:
-        """Record the end of an execution (fenced); returns False if the claim was lost.
-
-        ``outcome``: completed, failed (``retry_at_ms`` None = give up), skipped. A task that
-        became ``processing_dirty`` meanwhile goes back to pending (debounced) whatever the
-        outcome, because newer data is waiting.
-        """
+    def finalize_update(self, held: Claimed, outcome: str, *, error: str | None,
+                        retry_in_ms: int | None = None,
+                        retry_at: datetime.datetime | None = None, history_limit: int,
+                        duration_ms: float, debounce: Any, reset_on_data_change: bool = True,
+                        ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Filter and update of :meth:`finalize` (for callers that run it themselves, such as
+        ``mark_completed_sync`` inside a synchronous client's transaction)."""
         dirty = {"$eq": ["$status", PROCESSING_DIRTY]}
         failed = outcome == FAILED
-        if failed:
-            status: Any = PENDING if retry_at_ms is not None else FAILED
-            next_run: Any = {"$add": ["$$NOW", retry_at_ms]} if retry_at_ms is not None else None
-        else:
-            status, next_run = outcome, None
-        entry = {"at": "$$NOW", "status": outcome, "attempt": "$attempts",
-                 "durationMs": round(duration_ms, 3)}
+        next_run: Any = None
+        if failed and retry_at is not None:
+            next_run = retry_at
+        elif failed and retry_in_ms is not None:
+            next_run = {"$add": ["$$NOW", retry_in_ms]}
+        status: Any = (PENDING if next_run is not None else FAILED) if failed else outcome
+        entry: dict[str, Any] = {"at": "$$NOW", "status": outcome, "attempt": "$attempts",
+                                 "durationMs": round(duration_ms, 3)}
         if error is not None:
             entry["error"] = {"$literal": error}
         if outcome == COMPLETED:
@@ -196,30 +219,76 @@ class TaskStore:
                       "firstErrorAt": {"$ifNull": ["$firstErrorAt", "$$NOW"]}}
         else:
             errors = {"skipReason": "late-binding check failed"}
+        if reset_on_data_change:
+            # Newer data is waiting: its executions are counted (and timed) afresh.
+            errors["firstErrorAt"] = {"$cond": [dirty, None, errors.get(
+                "firstErrorAt", {"$ifNull": ["$firstErrorAt", None]})]}
         update: list[dict[str, Any]] = [{"$set": {
             "status": {"$cond": [dirty, PENDING, status]},
             "nextRunAt": {"$cond": [dirty, debounce, next_run]},
+            "dueAt": {"$cond": [dirty, debounce, "$dueAt"]},
             "lastFinalizedAt": "$$NOW",
             **errors,
-            "attempts": {"$cond": [dirty, 0, "$attempts"]},
-            "history": {"$slice": [{"$concatArrays": [{"$ifNull": ["$history", []]}, [entry]]},
-                                   -max(1, history_limit)]} if history_limit else [],
+            "attempts": {"$cond": [dirty, 0, "$attempts"]} if reset_on_data_change
+            else "$attempts",
+            "history": _history(entry, history_limit),
             "lease": None,
+            "lastClaim": held.claim,
         }}]
-        result = await self.collection.update_one(
-            {"_id": held.task_id, "lease.claim": held.claim}, update, session=session)
+        return {"_id": held.task_id, "lease.claim": held.claim}, update
+
+    async def finalize(self, held: Claimed, outcome: str, *, error: str | None,
+                       retry_in_ms: int | None = None, retry_at: datetime.datetime | None = None,
+                       history_limit: int, duration_ms: float, debounce: Any,
+                       reset_on_data_change: bool = True,
+                       session: AsyncClientSession | None = None) -> bool:
+        """Record the end of an execution (fenced); returns False if the claim was lost.
+
+        ``outcome``: completed, failed, skipped. A failure is retried ``retry_in_ms`` from the
+        server's now, or at ``retry_at``; with neither it is final (``failed``). A task that
+        became ``processing_dirty`` meanwhile goes back to pending (debounced) whatever the
+        outcome, because newer data is waiting. ``lastClaim`` keeps the claim id, so that
+        :meth:`finalized_by` can tell "already finalized by this execution" from "lost".
+        """
+        query, update = self.finalize_update(
+            held, outcome, error=error, retry_in_ms=retry_in_ms, retry_at=retry_at,
+            history_limit=history_limit, duration_ms=duration_ms, debounce=debounce,
+            reset_on_data_change=reset_on_data_change)
+        result = await self.collection.update_one(query, update, session=session)
         return result.matched_count == 1
 
-    async def defer(self, held: Claimed, delay_ms: int, debounce: Any) -> bool:
-        """Put the task back to pending after ``delay_ms`` without counting the attempt."""
+    async def finalized_by(self, held: Claimed,
+                           session: AsyncClientSession | None = None) -> bool:
+        """Whether this claim's execution is the one that finalized the task last."""
+        found = await self.collection.find_one(
+            {"_id": held.task_id, "lastClaim": held.claim, "lease": None}, {"_id": 1},
+            session=session)
+        return found is not None
+
+    async def defer(self, held: Claimed, delay_ms: int, debounce: Any, *,
+                    history_limit: int = 0, duration_ms: float = 0.0,
+                    reset_on_data_change: bool = True) -> bool:
+        """Put the task back to pending after ``delay_ms`` without counting the attempt.
+
+        Newer data that arrived meanwhile (``processing_dirty``) is due after the debounce
+        instead. The execution is recorded in the history as ``deferred``.
+        """
         dirty = {"$eq": ["$status", PROCESSING_DIRTY]}
+        entry = {"at": "$$NOW", "status": "deferred", "attempt": "$attempts",
+                 "durationMs": round(duration_ms, 3)}
+        uncounted: Any = {"$max": [0, {"$subtract": ["$attempts", 1]}]}
         result = await self.collection.update_one(
             {"_id": held.task_id, "lease.claim": held.claim},
             [{"$set": {
                 "status": PENDING,
                 "nextRunAt": {"$cond": [dirty, debounce, {"$add": ["$$NOW", delay_ms]}]},
-                "attempts": {"$max": [0, {"$subtract": ["$attempts", 1]}]},
+                "dueAt": {"$cond": [dirty, debounce, "$dueAt"]},
+                "attempts": {"$cond": [dirty, 0, uncounted]} if reset_on_data_change
+                else uncounted,
+                "lastFinalizedAt": "$$NOW",
+                "history": _history(entry, history_limit),
                 "lease": None,
+                "lastClaim": held.claim,
             }}])
         return result.matched_count == 1
 
