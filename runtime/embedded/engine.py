@@ -813,6 +813,40 @@ def let_variables(let: Any, variables: dict[str, Any]) -> dict[str, Any]:
     return combined
 
 
+def _add_fields_stage(in_collection: list[dict[str, Any]], database: Any,
+                      options: dict[str, Any], user_vars: Any) -> list[dict[str, Any]]:
+    """``$addFields``/``$set`` where a missing value (``$$REMOVE``, an absent path) removes
+    the field, as MongoDB does; the library kept the old value instead."""
+    if not options:
+        raise OperationFailure("Invalid $addFields :: caused by :: specification must have "
+                               "at least one field")
+    out_collection = [dict(doc) for doc in in_collection]
+    for field, value in options.items():
+        parts = field.split(".")
+        for in_doc, out_doc in zip(in_collection, out_collection, strict=True):
+            out_value = mm_aggregate._parse_expression(value, in_doc, user_vars=user_vars)
+            target = out_doc
+            for part in parts[:-1]:
+                child = target.get(part)
+                if not isinstance(child, dict):
+                    if out_value is _NOTHING:
+                        break
+                    child = {}
+                else:
+                    child = dict(child)
+                target[part] = child
+                target = child
+            else:
+                if out_value is _NOTHING:
+                    target.pop(parts[-1], None)
+                else:
+                    target[parts[-1]] = out_value
+    return out_collection
+
+
+mm_aggregate._PIPELINE_HANDLERS["$addFields"] = _add_fields_stage
+mm_aggregate._PIPELINE_HANDLERS["$set"] = _add_fields_stage
+
 _original_group = mm_aggregate._PIPELINE_HANDLERS["$group"]
 _original_lookup = mm_aggregate._PIPELINE_HANDLERS["$lookup"]
 
