@@ -2,6 +2,13 @@
 
 A connection that sends bytes that are not a valid message is closed; a well-framed but invalid
 request gets an error reply. Either way every other connection keeps being served.
+
+Start-up binds the port first (a port in use fails at once), then loads the data directory, and
+only then listens. With ``--dbpath`` the maintenance task checkpoints when the write-ahead log has
+grown past the size of the last snapshot (at least :data:`CHECKPOINT_MIN_WAL_BYTES`); the snapshot
+is written in a worker thread while commands go on. SIGTERM stops accepting connections, closes
+the open ones (no command is ever half-applied: commands don't await between reading and
+writing storage), and writes a final checkpoint if anything was logged since the last one.
 """
 
 from __future__ import annotations
@@ -9,47 +16,95 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import gc
 import itertools
 import logging
+import os
 import signal
 import sys
+import time
 from typing import Any
 
 from runtime.embedded import ttl, wire
 from runtime.embedded.errors import CommandError
+from runtime.embedded.persistence import DataDirError, Persistence
 from runtime.embedded.state import CloseConnection, ServerConfig, ServerState
 
 log = logging.getLogger("runtime.embedded")
 
 HELLO_COMMANDS = frozenset({"hello", "isMaster", "ismaster"})
 MAINTENANCE_INTERVAL_S = 1.0
-CHECKPOINT_WAL_BYTES = 256 * 1024 * 1024
+CHECKPOINT_MIN_WAL_BYTES = 64 * 1024 * 1024
+SHUTDOWN_GRACE_S = 5.0
+CHECKPOINT_RETRY_S = 30.0
+
+
+class StartupError(Exception):
+    """The server cannot start (port unavailable, data directory unusable); the message says why."""
+
+
+def checkpoint_due(persistence: Persistence, min_wal_bytes: int) -> bool:
+    """Whether the log is big enough that replaying it would cost more than a snapshot."""
+    return persistence.wal_bytes > max(min_wal_bytes, persistence.snapshot_bytes)
 
 
 class EmbeddedMongoServer:
     """Runs a :class:`ServerState` behind a listening socket."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig,
+                 checkpoint_min_wal_bytes: int = CHECKPOINT_MIN_WAL_BYTES) -> None:
         self.config = config
+        self.checkpoint_min_wal_bytes = checkpoint_min_wal_bytes
         self.state: ServerState | None = None
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._checkpoint_task: asyncio.Task[None] | None = None
+        self._checkpoint_retry_at = 0.0
         self._request_ids = itertools.count(1)
         self._connection_ids = itertools.count(1)
         self._stopping = asyncio.Event()
 
     async def start(self) -> int:
-        """Load data, bind, and return the port listened on."""
-        self.state = ServerState(self.config)
-        self.state.store.changelog.reset_notifier()
-        self._server = await asyncio.start_server(
-            self._serve_connection, self.config.host, self.config.port, reuse_address=True,
-            limit=wire.MAX_MESSAGE_SIZE,
-        )
+        """Bind, load data, listen, and return the port; :class:`StartupError` if impossible."""
+        host, requested = self.config.host, self.config.port
+        try:
+            self._server = await asyncio.start_server(
+                self._serve_connection, host, requested, reuse_address=True,
+                limit=wire.MAX_MESSAGE_SIZE, start_serving=False,
+            )
+        except OSError as exc:
+            # asyncio rewords the error ("error while attempting to bind ..."): say it plainly.
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise StartupError(
+                f"cannot listen on {host}:{requested}: {reason}. Choose another "
+                "--port (0 picks a free one).") from exc
         port = int(self._server.sockets[0].getsockname()[1])
         self.config.port = port
-        self.state.advertised_address = f"{_advertised_host(self.config.host)}:{port}"
+        started = time.monotonic()
+        try:
+            self.state = ServerState(self.config)
+        except DataDirError as exc:
+            self._server.close()
+            raise StartupError(str(exc)) from exc
+        if self.config.dbpath:
+            log.info("data directory %s loaded in %.2fs", self.config.dbpath,
+                     time.monotonic() - started)
+        # Everything loaded so far lives as long as the server: keep the cycle collector from
+        # rescanning it on every full collection.
+        gc.freeze()
+        self.state.store.changelog.reset_notifier()
+        self.state.advertised_address = f"{_advertised_host(host)}:{port}"
+        try:
+            await self._server.start_serving()
+        except OSError as exc:
+            self._close_storage()
+            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         return port
+
+    def _close_storage(self) -> None:
+        if self.state is not None and self.state.store.persistence is not None:
+            self.state.store.persistence.close()
 
     async def serve_until_stopped(self) -> None:
         """Serve until :meth:`request_stop`; then close connections and checkpoint."""
@@ -57,14 +112,28 @@ class EmbeddedMongoServer:
         maintenance = asyncio.create_task(self._maintenance())
         await self._stopping.wait()
         maintenance.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await maintenance
         self._server.close()
         for writer in list(self._connections):
             writer.close()
-        with contextlib.suppress(Exception):
-            await self._server.wait_closed()
-        self.state.store.checkpoint()
-        if self.state.store.persistence is not None:
-            self.state.store.persistence.close()
+        # A connection task is never in the middle of a write here (commands don't await
+        # between reading and writing storage), only waiting for input, for a send buffer
+        # or in a change-stream getMore, so cancelling them is safe.
+        handlers = list(self._handlers)
+        for handler in handlers:
+            handler.cancel()
+        if handlers:
+            await asyncio.wait(handlers, timeout=SHUTDOWN_GRACE_S)
+        if self._checkpoint_task is not None:
+            await self._checkpoint_task
+        persistence = self.state.store.persistence
+        if persistence is not None:
+            if persistence.wal_bytes:
+                started = time.monotonic()
+                self.state.store.checkpoint()
+                log.info("final checkpoint written in %.2fs", time.monotonic() - started)
+            persistence.close()
 
     def request_stop(self) -> None:
         """Ask the server to shut down cleanly."""
@@ -82,10 +151,31 @@ class EmbeddedMongoServer:
                     log.info("TTL monitor deleted %d expired documents", deleted)
                 state.expire_sessions()
                 persistence = state.store.persistence
-                if persistence is not None and persistence.wal_bytes > CHECKPOINT_WAL_BYTES:
-                    state.store.checkpoint()
+                if persistence is not None and checkpoint_due(
+                        persistence, self.checkpoint_min_wal_bytes) and (
+                        self._checkpoint_task is None or self._checkpoint_task.done()) and (
+                        time.monotonic() >= self._checkpoint_retry_at):
+                    self._checkpoint_task = asyncio.create_task(self._checkpoint())
             except Exception:
                 log.exception("maintenance task failed")
+
+    async def _checkpoint(self) -> None:
+        """Snapshot in a worker thread; commits go on into the new log segment meanwhile."""
+        assert self.state is not None
+        store = self.state.store
+        job = store.begin_checkpoint()
+        if job is None:
+            return
+        started = time.monotonic()
+        try:
+            await asyncio.to_thread(job)
+        except Exception:
+            log.exception("checkpoint failed (the log is kept; retrying in %gs)",
+                          CHECKPOINT_RETRY_S)
+            self._checkpoint_retry_at = time.monotonic() + CHECKPOINT_RETRY_S
+            return
+        store.finish_checkpoint()
+        log.info("checkpoint written in %.2fs", time.monotonic() - started)
 
     async def _serve_connection(self, reader: asyncio.StreamReader,
                                 writer: asyncio.StreamWriter) -> None:
@@ -97,6 +187,9 @@ class EmbeddedMongoServer:
         state.connection_count += 1
         state.connections_made += 1
         self._connections.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
         try:
             while True:
                 raw_header = await reader.readexactly(wire.HEADER.size)
@@ -112,6 +205,8 @@ class EmbeddedMongoServer:
         except wire.ProtocolViolation as exc:
             log.warning("closing connection %s: %s", connection["peer"], exc)
         finally:
+            if task is not None:
+                self._handlers.discard(task)
             self._connections.discard(writer)
             state.connection_count -= 1
             writer.close()
@@ -154,13 +249,14 @@ def _advertised_host(host: str) -> str:
     return host
 
 
-async def run(config: ServerConfig) -> None:
+async def run(config: ServerConfig,
+              checkpoint_min_wal_bytes: int = CHECKPOINT_MIN_WAL_BYTES) -> None:
     """Start the server, print its URI as the first stdout line, serve until SIGTERM/SIGINT."""
-    server = EmbeddedMongoServer(config)
-    port = await server.start()
+    server = EmbeddedMongoServer(config, checkpoint_min_wal_bytes)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, server.request_stop)
+    port = await server.start()
     host = _advertised_host(config.host)
     shown = f"[{host}]" if ":" in host else host
     sys.stdout.write(f"mongodb://{shown}:{port}/\n")

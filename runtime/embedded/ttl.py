@@ -1,15 +1,23 @@
 """The TTL monitor: deletes documents whose TTL index date is older than ``expireAfterSeconds``.
 
-Deletes go through the normal write path, so they appear in change streams like any delete.
+Deletes go through the normal write path, so they appear in change streams like any delete and
+are logged like any write. Only documents the TTL index holds are candidates (a partial TTL
+index never expires documents outside its filter). A document written by an open transaction
+is left for a later pass rather than making that transaction fail with a write conflict.
 """
 
 from __future__ import annotations
 
 import datetime
+from collections.abc import Iterable
 from typing import Any
 
 from runtime.embedded.datastore import DataStore, WriteUnit
-from runtime.embedded.ordering import DATE, MISSING, get_path
+from runtime.embedded.indexes import Index
+from runtime.embedded.ordering import DATE, MISSING, Key, get_path
+
+#: Deletes per committed unit (bounds the size of one log record).
+DELETES_PER_UNIT = 5000
 
 
 def _expired(value: Any, cutoff: datetime.datetime) -> bool:
@@ -18,10 +26,18 @@ def _expired(value: Any, cutoff: datetime.datetime) -> bool:
     return bool(dates) and min(dates) <= cutoff
 
 
+def _candidates(index: Index, cutoff: datetime.datetime) -> Iterable[Key]:
+    if index.spec.directions[0] > 0:
+        return list(index.scan(((DATE,),), ((DATE, cutoff),)))
+    # Descending: the entries are in reverse date order; take every indexed document.
+    return list(dict.fromkeys(entry[-1] for entry in index.entries))
+
+
 def expire_documents(store: DataStore, now: datetime.datetime) -> int:
     """Delete every expired document; returns how many were deleted."""
     unit = WriteUnit()
     deleted = 0
+    locked = store.transaction_locks
     for coll in list(store.catalog.all_collections()):
         for index in list(coll.indexes.values()):
             ttl = index.spec.expire_after_seconds
@@ -29,15 +45,16 @@ def expire_documents(store: DataStore, now: datetime.datetime) -> int:
                 continue
             path = index.spec.fields[0]
             cutoff = now - datetime.timedelta(seconds=ttl)
-            keys = list(index.scan(((DATE,),), ((DATE, cutoff),))) if index.spec.directions[0] \
-                > 0 else [k for k in coll.docs]
-            for key in keys:
+            for key in _candidates(index, cutoff):
                 doc = coll.docs.get(key)
-                if doc is None:
+                if doc is None or (coll.db, coll.name, key) in locked:
                     continue
                 value = get_path(doc, path)
                 if value is not MISSING and _expired(value, cutoff):
                     store.delete(unit, coll, doc)
                     deleted += 1
+                    if len(unit.ops) >= DELETES_PER_UNIT:
+                        store.commit(unit)
+                        unit = WriteUnit()
     store.commit(unit)
     return deleted

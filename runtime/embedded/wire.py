@@ -28,7 +28,7 @@ _KNOWN_REQUIRED_FLAGS = FLAG_CHECKSUM_PRESENT | FLAG_MORE_TO_COME
 
 # tz_aware=False keeps datetimes naive UTC exactly as PyMongo sends them; documents keep the
 # order of their keys (dict) as BSON requires.
-CODEC = CodecOptions(tz_aware=False, uuid_representation=4)
+CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=False, uuid_representation=4)
 
 
 class ProtocolViolation(Exception):
@@ -74,11 +74,12 @@ def parse_header(data: bytes) -> Header:
     return Header(length, request_id, response_to, op_code)
 
 
-def _decode_document(data: bytes, offset: int) -> tuple[dict[str, Any], int]:
-    if offset + 4 > len(data):
+def _decode_document(data: bytes, offset: int, limit: int) -> tuple[dict[str, Any], int]:
+    """Decode the document at ``offset``, which must end by ``limit`` (no copy of ``data``)."""
+    if offset + 4 > limit:
         raise BadRequest(17, "truncated BSON document")
     (size,) = struct.unpack_from("<i", data, offset)
-    if size < 5 or offset + size > len(data):
+    if size < 5 or offset + size > limit:
         raise BadRequest(17, "BSON document length out of range")
     try:
         doc = bson.decode(data[offset : offset + size], codec_options=CODEC)
@@ -104,7 +105,7 @@ def parse_op_msg(header: Header, payload: bytes) -> Request:
         if kind == 0:
             if body is not None:
                 raise BadRequest(40430, "OP_MSG has more than one body section")
-            body, offset = _decode_document(payload[:end], offset)
+            body, offset = _decode_document(payload, offset, end)
         elif kind == 1:
             if offset + 4 > end:
                 raise BadRequest(17, "truncated document sequence")
@@ -121,7 +122,7 @@ def parse_op_msg(header: Header, payload: bytes) -> Request:
             docs: list[dict[str, Any]] = []
             pos = name_end + 1
             while pos < seq_end:
-                doc, pos = _decode_document(payload[:seq_end], pos)
+                doc, pos = _decode_document(payload, pos, seq_end)
                 docs.append(doc)
             sequences[name] = docs
             offset = seq_end
@@ -152,7 +153,7 @@ def parse_op_query(header: Header, payload: bytes) -> tuple[str, Request]:
         raise BadRequest(17, "OP_QUERY collection name not terminated")
     full_name = payload[4:name_end].decode("utf-8", "replace")
     offset = name_end + 1 + 8  # numberToSkip, numberToReturn
-    query, _ = _decode_document(payload, offset)
+    query, _ = _decode_document(payload, offset, len(payload))
     if "$query" in query:
         query = dict(query["$query"])
     if "$db" not in query:
