@@ -99,7 +99,9 @@ class ChangeEntry:
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> ChangeEntry:
         """Inverse of :meth:`to_document`."""
-        entry = cls(**{k: v for k, v in doc.items() if k in cls.__dataclass_fields__})
+        fields = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
+        fields.setdefault("coll", None)  # database-level entries (dropDatabase) have none
+        entry = cls(**fields)
         entry.size = len(bson.encode(doc, codec_options=CODEC))
         return entry
 
