@@ -29,8 +29,10 @@ def load_app(package: str) -> LoadedApp:
     try:
         registry = importlib.import_module(f"{package}.registry")
     except ImportError as exc:
-        raise AppLoadError(f"cannot import {package}.registry ({exc}); run "
-                           "`reactgen build schemas/` first, or pass --app") from exc
+        raise AppLoadError(f"--app {package}: cannot import {package}.registry ({exc}); "
+                           f"build it with `reactgen build <definitions> --out {package}` "
+                           "in the current directory, or pass --app (or REACTGEN_APP) naming "
+                           "the generated package") from exc
     reactors: list[ReactorSpec] = list(getattr(registry, "REACTORS", ()))
     if not reactors:
         raise AppLoadError(f"{package}.registry defines no REACTORS")

@@ -17,9 +17,14 @@ from bson.timestamp import Timestamp
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure, OperationFailure
 
+from runtime.cancellation import within
+
 HISTORY_LOST_CODES = frozenset({286, 280, 260})
 """ChangeStreamHistoryLost, ChangeStreamFatalError, InvalidResumeToken: the saved token is
 useless; start from now and reconcile."""
+
+
+CLOSE_TIMEOUT_S = 2.0
 
 
 class HistoryLost(Exception):
@@ -111,10 +116,13 @@ class ChangeFeed:
             raise
         cursor = reply["cursor"]
         self._cursor_id = int(cursor["id"])
+        events = list(cursor.get("nextBatch", []))
         token = cursor.get("postBatchResumeToken")
         if token is not None:
             self.resume_token = token
-        return self._finish(list(cursor.get("nextBatch", [])))
+        elif events and "_id" in events[-1]:
+            self.resume_token = events[-1]["_id"]  # a server without post-batch tokens
+        return self._finish(events)
 
     def _finish(self, events: list[dict[str, Any]]) -> Batch:
         if events and events[-1].get("operationType") == "invalidate":
@@ -126,10 +134,12 @@ class ChangeFeed:
         return Batch(events, self.resume_token)
 
     async def close(self) -> None:
-        """Kill the server cursor (best effort)."""
+        """Kill the server cursor (best effort, and bounded: with the server gone, waiting
+        for server selection would hold up a stop for half a minute)."""
         if self._cursor_id:
             cursor_id, self._cursor_id = self._cursor_id, 0
             # Closing is best effort: the server reaps cursors of vanished clients anyway.
             with contextlib.suppress(Exception):
-                await self.db.command({"killCursors": self._cursor_collection,
-                                       "cursors": [Int64(cursor_id)]})
+                await within(self.db.command({"killCursors": self._cursor_collection,
+                                              "cursors": [Int64(cursor_id)]}),
+                             CLOSE_TIMEOUT_S)

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 from collections import Counter
 
 from runtime.reactor import ReactorSpec
+from runtime.structured_logging import log_event
+
+log = logging.getLogger("runtime.scheduler")
 
 
 class Scheduler:
@@ -29,6 +33,9 @@ class Scheduler:
         self._wakeup_waiters: list[asyncio.Future[None]] = []
         self._order = list(self.reactors)
         self._pending_wakes = 0
+        # Earliest due time among hints received since a claim of the reactor last started:
+        # a claim already in flight may have run its query before that work existed.
+        self._fresh_hints: dict[str, datetime.datetime] = {}
 
     def start(self, now: datetime.datetime) -> None:
         """Everything may be due at start-up: try each reactor once."""
@@ -42,6 +49,9 @@ class Scheduler:
         current = self.due_at.get(reactor)
         if current is None or at < current:
             self.due_at[reactor] = at
+        fresh = self._fresh_hints.get(reactor)
+        if fresh is None or at < fresh:
+            self._fresh_hints[reactor] = at
         self._wake(1)
 
     def claimed(self, reactor: str, now: datetime.datetime) -> None:
@@ -50,10 +60,22 @@ class Scheduler:
         self._wake(1)
 
     def missed(self, reactor: str, now: datetime.datetime) -> None:
-        """A claim found nothing: wait for a hint, or poll again after the idle interval."""
+        """A claim found nothing: wait for a hint, or poll again after the idle interval.
+
+        A hint that arrived while the claim was in flight is not lost: the reactor stays due
+        at that hint's time instead of being parked for the idle interval.
+        """
         current = self.due_at.get(reactor)
-        if current is not None and current <= now:
-            self.due_at[reactor] = now + self.idle_poll
+        if current is None or current > now:
+            return
+        fresh = self._fresh_hints.pop(reactor, None)
+        if fresh is not None and fresh < now + self.idle_poll:
+            self.due_at[reactor] = max(fresh, now)
+            return
+        self.due_at[reactor] = now + self.idle_poll
+        log_event(log, logging.DEBUG, "no due task; waiting for a hint or the idle poll",
+                  event="scheduler.idle", reactor=reactor,
+                  next_poll_s=self.idle_poll.total_seconds())
 
     def throttle(self, reactor: str, until: datetime.datetime) -> None:
         """Pause a reactor (all instances learn it through the meta collection)."""
@@ -81,6 +103,7 @@ class Scheduler:
         if best is not None:
             self._order.remove(best)
             self._order.append(best)
+            self._fresh_hints.pop(best, None)  # the claim about to start covers them
         return best
 
     def seconds_until_next(self, now: datetime.datetime) -> float:

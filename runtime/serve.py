@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import logging
 from typing import Any
@@ -13,6 +12,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from runtime.app_loader import LoadedApp
+from runtime.cancellation import consume_outcome, raise_if_cancelled
 from runtime.command_stats import CommandCounter
 from runtime.hooks import Hooks
 from runtime.leader import LeaderElector
@@ -30,6 +30,7 @@ from runtime.worker import WorkerPool
 log = logging.getLogger("runtime")
 CLOCK_SYNC_S = 60.0
 SHUTDOWN_STEP_S = 5.0
+CLOSE_STEP_S = 2.0
 
 
 class Runtime:
@@ -115,7 +116,7 @@ class Runtime:
         self.planner = Planner(self._planner_factories())
         self.elector = LeaderElector(self.database(), settings.instance_id,
                                      settings.leader_ttl_ms, settings.leader_renew_ms,
-                                     self.planner.start, self.planner.stop)
+                                     self.planner.start, self._stop_planning, self.clock.now)
         tasks_by_db: dict[str, list[str]] = {}
         for reactor in self.app.reactors:
             db_name = reactor.database or settings.database
@@ -127,7 +128,7 @@ class Runtime:
         for db_name, collections in tasks_by_db.items():
             listener = WakeupListener(self.client[db_name], collections,
                                       db_name == settings.database, self._on_due,
-                                      self.scheduler.throttle, elector.nudge)
+                                      self.scheduler.throttle, elector.observe)
             self._background.append(asyncio.create_task(listener.run()))
         self.scheduler.start(self.clock.now())
         self.workers = WorkerPool(
@@ -135,39 +136,72 @@ class Runtime:
             self.scheduler, self.clock, self.hooks, settings.concurrency,
             settings.task_renew_ms, settings.instance_id, self._throttle)
         self.workers.start()
-        self._background.append(asyncio.create_task(elector.run()))
+        elector.start()
         self._background.append(asyncio.create_task(self._resync_clock()))
         log_event(log, logging.INFO, "runtime started", event="runtime.started",
                   instance=settings.instance_id, reactors=len(self.app.reactors),
-                  concurrency=settings.concurrency)
+                  concurrency=settings.concurrency,
+                  clock_offset_ms=round(self.clock.offset.total_seconds() * 1000, 1),
+                  clock_uncertainty_ms=round(self.clock.uncertainty.total_seconds() * 1000, 1))
 
     async def _resync_clock(self) -> None:
         while True:
             await asyncio.sleep(CLOCK_SYNC_S)
-            with contextlib.suppress(PyMongoError):
+            try:
                 await self.clock.sync(self.database())
+            except PyMongoError:
+                raise_if_cancelled()
+
+    async def _stop_planning(self) -> None:
+        if self.planner is None:
+            return
+        # Not wait_for: it would wait for the stop to honour its cancellation. Left running,
+        # a stop that overruns is cancelled with the other tasks at exit.
+        stopping = asyncio.create_task(self.planner.stop())
+        done, _ = await asyncio.wait([stopping], timeout=SHUTDOWN_STEP_S)
+        if not done:
+            log_event(log, logging.WARNING, "planner did not stop in time",
+                      event="planner.stop_timeout", instance=self.settings.instance_id)
 
     async def shutdown(self) -> None:
-        """Graceful stop: stop claiming, let handlers finish (bounded), release leases and
-        leadership, close."""
+        """Graceful stop: stop claiming, hand leadership over at once, let handlers finish
+        (bounded by ``shutdown_timeout_ms``), give unfinished tasks back, close."""
         log_event(log, logging.INFO, "shutting down", event="runtime.stopping",
                   instance=self.settings.instance_id)
+        self.scheduler.stopping = True
+        self.scheduler.wake_all()
+        if self.elector is not None:
+            # Planning does not need this instance's handlers: another instance can take
+            # over while they finish.
+            await self.elector.stop()
         if self.workers is not None:
             unfinished = await self.workers.drain(self.settings.shutdown_timeout_ms / 1000)
-            for reactor, held in unfinished:
-                with contextlib.suppress(PyMongoError, TimeoutError):
-                    await asyncio.wait_for(self.workers.stores[reactor.name].release(held),
-                                           SHUTDOWN_STEP_S)
-                log_event(log, logging.WARNING, "handler did not finish in time; task released",
-                          event="task.released", reactor=reactor.name, task_id=held.task_id)
-        if self.elector is not None:
-            await self.elector.stop()
+            # All at once, within one bound: a database that does not answer must not hold
+            # the exit back by a step per task.
+            stores = self.workers.stores
+            releases = [asyncio.create_task(stores[reactor.name].release(held))
+                        for reactor, held in unfinished]
+            if releases:
+                await asyncio.wait(releases, timeout=SHUTDOWN_STEP_S)
+            for (reactor, held), release in zip(unfinished, releases, strict=True):
+                released = (release.done() and not release.cancelled()
+                            and release.exception() is None and bool(release.result()))
+                if not release.done():
+                    release.cancel()
+                    release.add_done_callback(consume_outcome)
+                log_event(log, logging.WARNING,
+                          "handler did not finish in time; task released" if released else
+                          "handler did not finish in time; task left to its lease expiry",
+                          event="task.released" if released else "task.abandoned",
+                          reactor=reactor.name, task_id=held.task_id,
+                          source_id=held.doc.get("sourceId"), attempt=held.doc.get("attempts"),
+                          instance=self.settings.instance_id)
         for task in self._background:
             task.cancel()
-        for task in self._background:
-            with contextlib.suppress(asyncio.CancelledError, PyMongoError):
-                await task
-        await self.client.close()
+        # Bounded: with the server unreachable, the driver finishes a cancelled server
+        # selection, and the end-sessions of close(), only at its server selection timeout.
+        closing = asyncio.create_task(self.client.close())
+        await asyncio.wait([*self._background, closing], timeout=CLOSE_STEP_S)
         if self.command_counter is not None and self.settings.command_stats_file:
             self.command_counter.write(self.settings.command_stats_file)
         log_event(log, logging.INFO, "runtime stopped", event="runtime.stopped",

@@ -53,6 +53,7 @@ ENVIRONMENT = {
     "leader_ttl_ms": "REACTGEN_LEADER_TTL_MS",
     "task_lease_ms": "REACTGEN_TASK_LEASE_MS",
     "shutdown_timeout_ms": "REACTGEN_SHUTDOWN_TIMEOUT_MS",
+    "idle_poll_ms": "REACTGEN_IDLE_POLL_MS",
     "data_dir": "REACTGEN_DATA_DIR",
     "log_level": "REACTGEN_LOG_LEVEL",
     "command_stats_file": "REACTGEN_COMMAND_STATS",

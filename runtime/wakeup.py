@@ -2,8 +2,8 @@
 
 One stream per database with tasks collections reports tasks that become pending (with their
 due time), so idle workers on every instance wake within milliseconds instead of waiting for a
-polling back-off. The meta collection's stream reports leadership releases (followers then try
-to take over at once) and cluster-wide throttles.
+polling back-off. The meta collection's stream reports changes of the leader lease (followers
+take over a released lease at once) and cluster-wide throttles.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
+from runtime.cancellation import raise_if_cancelled
 from runtime.change_feed import ChangeFeed, HistoryLost
 from runtime.meta import LEADER_ID, META_COLLECTION
 from runtime.structured_logging import log_event
@@ -30,7 +31,7 @@ class WakeupListener:
     def __init__(self, db: AsyncDatabase[Any], tasks_collections: list[str], watch_meta: bool,
                  on_due: Callable[[str, datetime.datetime | None], None],
                  on_throttle: Callable[[str, datetime.datetime], None],
-                 on_leader_change: Callable[[], None]) -> None:
+                 on_leader_change: Callable[[Any, Any], None]) -> None:
         self.db = db
         collections = list(tasks_collections) + ([META_COLLECTION] if watch_meta else [])
         pipeline: list[dict[str, Any]] = [
@@ -38,7 +39,8 @@ class WakeupListener:
                         "operationType": {"$in": ["insert", "update", "replace"]}}},
             {"$project": {"ns": 1, "documentKey": 1, "fullDocument.reactor": 1,
                           "fullDocument.status": 1, "fullDocument.nextRunAt": 1,
-                          "fullDocument.until": 1, "fullDocument.expiresAt": 1}},
+                          "fullDocument.until": 1, "fullDocument.owner": 1,
+                          "fullDocument.expiresAt": 1}},
         ]
         self.feed = ChangeFeed(db, pipeline, full_document="updateLookup", max_await_ms=1000)
         self.on_due = on_due
@@ -50,7 +52,7 @@ class WakeupListener:
         key = (event.get("documentKey") or {}).get("_id")
         if (event.get("ns") or {}).get("coll") == META_COLLECTION:
             if key == LEADER_ID:
-                self.on_leader_change()
+                self.on_leader_change(doc.get("owner"), doc.get("expiresAt"))
             elif isinstance(key, str) and key.startswith("throttle:") and isinstance(
                     doc.get("until"), datetime.datetime):
                 self.on_throttle(key.split(":", 1)[1], doc["until"])
@@ -73,6 +75,7 @@ class WakeupListener:
             except HistoryLost:
                 self.feed.resume_token = None
             except PyMongoError as exc:
+                raise_if_cancelled()
                 log_event(log, logging.WARNING, "wake-up stream interrupted",
                           event="wakeup.error", database=self.db.name, error=str(exc))
                 await asyncio.sleep(delay)

@@ -1,0 +1,96 @@
+"""Fenced task writes: a worker that lost its lease can never overwrite its successor.
+
+Every write of an execution after its claim (renewal, finalize, defer, release) is conditioned
+on the claim id handed out at claim time (``lease.claim``). These tests freeze a real runtime
+process with SIGSTOP while its handler runs, let another instance take the task over, and then
+let the frozen one carry on.
+"""
+
+from __future__ import annotations
+
+import datetime
+import signal
+from typing import Any
+
+from conftest import AppBuilder, RuntimeFactory
+from pymongo.database import Database
+from scenario import (
+    build,
+    lease_expired,
+    release,
+    runs_of,
+    server_now,
+    start,
+    stays,
+    task_of,
+)
+from support import wait_until
+
+LEASE_MS = 1000
+
+
+def test_paused_worker_cannot_overwrite_the_new_holder(
+        make_app: AppBuilder, start_runtime: RuntimeFactory,
+        db: Database[dict[str, Any]]) -> None:
+    app = build(make_app)
+    lease = ["--task-lease-ms", str(LEASE_MS), "--concurrency", "1"]
+    a = start(start_runtime, app, "a", *lease)
+    db.things.insert_one({"_id": "x", "n": 1, "block": True})
+    wait_until(lambda: len(runs_of(db, "x")) == 1, timeout=15)
+    held_by_a = wait_until(lambda: task_of(db, "x"))
+    assert held_by_a["status"] == "processing"
+    assert held_by_a["lease"]["owner"] == "a"
+
+    a.signal(signal.SIGSTOP)
+    # Frozen, A renews nothing: by the server's clock its lease runs out.
+    wait_until(lambda: lease_expired(db, "x"), timeout=LEASE_MS / 1000 + 5,
+               message="A's lease expires while A is frozen")
+    b = start(start_runtime, app, "b", *lease)
+    wait_until(lambda: len(runs_of(db, "x")) == 2, timeout=15,
+               message="B takes the expired task over")
+    taken = task_of(db, "x")
+    assert taken is not None
+    assert taken["lease"]["owner"] == "b"
+    assert taken["lease"]["claim"] != held_by_a["lease"]["claim"]
+    assert taken["attempts"] == 2
+
+    release(db, "x")  # both handlers may return now; only B is running
+    completed = wait_until(lambda: db.things_tasks.find_one({"sourceId": "x",
+                                                             "status": "completed"}))
+    assert [h["attempt"] for h in completed["history"]] == [2]
+    b.wait_for_log(r"task completed .*source_id=x .*outcome=completed")
+
+    a.signal(signal.SIGCONT)
+    # A's handler returns, and its finalize finds its claim gone.
+    a.wait_for_log(r"task result discarded \(lease lost\).*source_id=x.*outcome=lease_lost")
+    after = task_of(db, "x")
+    assert after == completed, "A's late finalize or renewal changed B's result"
+    runs = runs_of(db, "x")
+    assert [(r["instance"], r["attempt"]) for r in runs] == [("a", 1), ("b", 2)]
+    assert all("finishedAt" in r for r in runs)
+
+
+def test_renewal_cannot_revive_a_finished_task(
+        make_app: AppBuilder, start_runtime: RuntimeFactory,
+        db: Database[dict[str, Any]]) -> None:
+    # The handler completes its task (``mark_completed``) and keeps running: the renewals that
+    # fire afterwards must not touch the completed task (mongodash bug: a renewal after
+    # markCompleted set nextRunAt again and the task ran a second time).
+    app = build(make_app, mark_completed_early=True)
+    a = start(start_runtime, app, "a", "--task-lease-ms", "500")
+    db.things.insert_one({"_id": "x", "n": 1, "block": True})
+    completed = wait_until(lambda: db.things_tasks.find_one({"sourceId": "x",
+                                                             "status": "completed"}),
+                           timeout=15)
+    assert completed["nextRunAt"] is None and completed["lease"] is None
+    a.wait_for_log(r"lease lost.*source_id=x")  # the next renewal matched nothing
+    # For two more lease periods (by the server's clock) nothing re-runs or changes it.
+    two_leases_later = server_now(db) + datetime.timedelta(milliseconds=1000)
+    stays(lambda: task_of(db, "x") == completed and len(runs_of(db, "x")) == 1, 1.2,
+          "the completed task was changed or executed again")
+    assert server_now(db) >= two_leases_later
+    release(db, "x")
+    wait_until(lambda: "finishedAt" in runs_of(db, "x")[0])
+    a.wait_for_log(r"task completed .*source_id=x")
+    assert task_of(db, "x") == completed
+    assert len(runs_of(db, "x")) == 1
