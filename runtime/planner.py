@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -21,8 +20,9 @@ from typing import Any
 import bson
 from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
+from runtime.cancellation import raise_if_cancelled
 from runtime.change_feed import ChangeFeed, HistoryLost, is_resumable
 from runtime.meta import META_COLLECTION, planner_id
 from runtime.reactor import ReactorSpec
@@ -74,9 +74,13 @@ class DatabasePlanner:
             await self.feed.open(None)
             reconcile = True
         self._saved_token = token
+        if reconcile:
+            # Record the opening position at once: a planner stopped before its first batch
+            # must not make the next one reconcile everything again.
+            await self._save_token(self.feed.resume_token, force=True)
         reconciler = asyncio.create_task(self.reconcile()) if reconcile else None
         log_event(log, logging.INFO, "planner started", event="planner.started",
-                  database=self.db.name, resumed=token is not None)
+                  database=self.db.name, resumed=not reconcile)
         try:
             await self._loop()
         finally:
@@ -99,6 +103,7 @@ class DatabasePlanner:
                 self._reconcilers.add(asyncio.create_task(self.reconcile()))
                 continue
             except PyMongoError as exc:
+                raise_if_cancelled()
                 if not is_resumable(exc):
                     log_event(log, logging.ERROR, "change stream failed", event="planner.error",
                               database=self.db.name, error=str(exc))
@@ -119,6 +124,7 @@ class DatabasePlanner:
                 await self.plan_events(events)
                 return
             except PyMongoError as exc:
+                raise_if_cancelled()
                 log_event(log, logging.WARNING, "planning a batch failed; retrying",
                           event="planner.batch_failed", database=self.db.name,
                           events=len(events), error=str(exc))
@@ -132,19 +138,16 @@ class DatabasePlanner:
         if not force and loop_time - self._last_save < 1.0:
             return
         # Fenced by the leadership token: a deposed leader cannot move the position back.
-        result = await self.meta.update_one(
-            {"_id": planner_id(self.db.name),
-             "$or": [{"leaderToken": {"$lte": self.leader_token}},
-                     {"leaderToken": {"$exists": False}}]},
-            {"$set": {"resumeToken": token, "leaderToken": self.leader_token},
-             "$currentDate": {"updatedAt": True}},
-            upsert=False)
-        if result.matched_count == 0:
-            with contextlib.suppress(PyMongoError):
-                await self.meta.insert_one({"_id": planner_id(self.db.name),
-                                            "resumeToken": token,
-                                            "leaderToken": self.leader_token,
-                                            "updatedAt": datetime.datetime.now(datetime.UTC)})
+        # One upsert: when a newer leader owns the document the filter does not match and the
+        # upsert's insert collides on _id, which is exactly "refused".
+        with contextlib.suppress(DuplicateKeyError):
+            await self.meta.update_one(
+                {"_id": planner_id(self.db.name),
+                 "$or": [{"leaderToken": {"$lte": self.leader_token}},
+                         {"leaderToken": {"$exists": False}}]},
+                {"$set": {"resumeToken": token, "leaderToken": self.leader_token},
+                 "$currentDate": {"updatedAt": True}},
+                upsert=True)
         self._saved_token = token
         self._last_save = loop_time
 
@@ -283,6 +286,7 @@ class Planner:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                raise_if_cancelled()
                 log_event(log, logging.ERROR, "planner crashed; restarting",
                           event="planner.crashed", error=repr(exc))
                 await asyncio.sleep(delay)

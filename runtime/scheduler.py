@@ -17,6 +17,7 @@ from collections import Counter
 from runtime.reactor import ReactorSpec
 from runtime.structured_logging import log_event
 
+GRACE = datetime.timedelta(milliseconds=25)
 log = logging.getLogger("runtime.scheduler")
 
 
@@ -36,6 +37,7 @@ class Scheduler:
         # Earliest due time among hints received since a claim of the reactor last started:
         # a claim already in flight may have run its query before that work existed.
         self._fresh_hints: dict[str, datetime.datetime] = {}
+        self._graced: set[str] = set()
 
     def start(self, now: datetime.datetime) -> None:
         """Everything may be due at start-up: try each reactor once."""
@@ -52,10 +54,12 @@ class Scheduler:
         fresh = self._fresh_hints.get(reactor)
         if fresh is None or at < fresh:
             self._fresh_hints[reactor] = at
+        self._graced.discard(reactor)
         self._wake(1)
 
     def claimed(self, reactor: str, now: datetime.datetime) -> None:
         """A claim succeeded: more may be waiting, let the next free worker try too."""
+        self._graced.discard(reactor)
         self.due_at[reactor] = now
         self._wake(1)
 
@@ -71,6 +75,12 @@ class Scheduler:
         fresh = self._fresh_hints.pop(reactor, None)
         if fresh is not None and fresh < now + self.idle_poll:
             self.due_at[reactor] = max(fresh, now)
+            return
+        if current >= now - GRACE and reactor not in self._graced:
+            # The claim is judged by the server's clock, ours is an estimate: a task due
+            # "just now" may be a millisecond early for the server. Try once more shortly.
+            self._graced.add(reactor)
+            self.due_at[reactor] = now + GRACE
             return
         self.due_at[reactor] = now + self.idle_poll
         log_event(log, logging.DEBUG, "no due task; waiting for a hint or the idle poll",

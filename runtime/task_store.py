@@ -165,7 +165,10 @@ class TaskStore:
         """
         claim = ObjectId()
         doc = await self.collection.find_one_and_update(
-            {"reactor": reactor, "nextRunAt": {"$lte": now}},
+            # The index range uses this instance's estimate of the server clock; $expr makes
+            # the server's own clock the judge, so no instance claims early whatever its skew.
+            {"reactor": reactor, "nextRunAt": {"$lte": now},
+             "$expr": {"$lte": ["$nextRunAt", "$$NOW"]}},
             [{"$set": {
                 "status": PROCESSING,
                 "attempts": {"$add": [{"$ifNull": ["$attempts", 0]}, 1]},
@@ -208,6 +211,7 @@ class TaskStore:
             next_run = {"$add": ["$$NOW", retry_in_ms]}
         status: Any = (PENDING if next_run is not None else FAILED) if failed else outcome
         entry: dict[str, Any] = {"at": "$$NOW", "status": outcome, "attempt": "$attempts",
+                                 "by": "$lease.owner",
                                  "durationMs": round(duration_ms, 3)}
         if error is not None:
             entry["error"] = {"$literal": error}
@@ -274,7 +278,7 @@ class TaskStore:
         instead. The execution is recorded in the history as ``deferred``.
         """
         dirty = {"$eq": ["$status", PROCESSING_DIRTY]}
-        entry = {"at": "$$NOW", "status": "deferred", "attempt": "$attempts",
+        entry = {"at": "$$NOW", "status": "deferred", "attempt": "$attempts", "by": "$lease.owner",
                  "durationMs": round(duration_ms, 3)}
         uncounted: Any = {"$max": [0, {"$subtract": ["$attempts", 1]}]}
         result = await self.collection.update_one(

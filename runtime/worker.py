@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
+from runtime.cancellation import raise_if_cancelled
 from runtime.hooks import Hooks
 from runtime.reactor import ReactorSpec
 from runtime.retry_policies import cron_next, gives_up, retry_delay_ms
@@ -127,13 +128,18 @@ class WorkerPool:
                 scheduler.running[name] -= 1
 
     async def _renew(self, store: TaskStore, held: Claimed, ctx: RuntimeTaskContext) -> None:
-        while True:
+        while not ctx.finalized:
             await asyncio.sleep(self.renew_ms / 1000)
+            if ctx.finalized:
+                return  # completed inside the handler's transaction: nothing left to hold
             try:
                 if not await store.renew(held):
-                    ctx.logger.warning("lease lost; this execution's results will be discarded")
+                    if not ctx.finalized:
+                        ctx.logger.warning("lease lost; this execution's results will be "
+                                           "discarded")
                     return
             except PyMongoError as exc:
+                raise_if_cancelled()
                 ctx.logger.warning("lease renewal failed: %s", exc)
 
     async def _call_handler(self, reactor: ReactorSpec, ctx: RuntimeTaskContext) -> None:

@@ -19,6 +19,7 @@ in its operator tables:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import math
@@ -177,14 +178,34 @@ def _in_operator(doc_value: Any, values: Any) -> bool:
     if doc_value is _NOTHING:
         return any(v is None for v in values)
     candidates = [doc_value, *doc_value] if isinstance(doc_value, list) else [doc_value]
-    for value in values:
-        if isinstance(value, Regex | re.Pattern):
-            pattern = value.try_compile() if isinstance(value, Regex) else value
-            if any(isinstance(c, str) and pattern.search(c) for c in candidates):
+    keys, patterns = _in_lookup(values)
+    for candidate in candidates:
+        try:
+            if _key(candidate) in keys:
                 return True
-        if any(bson_equal(c, value) for c in candidates):
-            return True
-    return False
+        except TypeError:
+            if any(bson_equal(candidate, v) for v in values):
+                return True
+    return any(isinstance(c, str) and p.search(c) for p in patterns for c in candidates)
+
+
+# The operand list of the $in being evaluated, as a set of ordering keys: one query checks
+# many documents against the same list, so it is built once (the last list is remembered).
+_in_cache: list[Any] = [None, frozenset(), ()]
+
+
+def _in_lookup(values: list[Any] | tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
+    if _in_cache[0] is not values:
+        keys = set()
+        patterns = []
+        for value in values:
+            if isinstance(value, Regex | re.Pattern):
+                patterns.append(value.try_compile() if isinstance(value, Regex) else value)
+            else:
+                with contextlib.suppress(TypeError):  # unorderable: the slow path handles it
+                    keys.add(_key(value))
+        _in_cache[:] = [values, frozenset(keys), tuple(patterns)]
+    return _in_cache[1], _in_cache[2]
 
 
 def _query_comparison(op: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
