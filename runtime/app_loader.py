@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from runtime.hooks import Hooks
 from runtime.reactor import ReactorSpec
 
 
@@ -52,3 +53,25 @@ def load_app(package: str) -> LoadedApp:
     pipelines = dict(getattr(registry, "PIPELINES", {}))
     indexes = list(getattr(registry, "INDEXES", []))
     return LoadedApp(reactors, handlers, pipelines, indexes)
+
+
+def load_hooks(reference: str) -> Hooks:
+    """The :class:`~runtime.hooks.Hooks` named by ``module:attribute`` (``--hooks``).
+
+    The attribute is a ``Hooks`` instance or a function of no arguments returning one.
+    """
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise AppLoadError(f"--hooks {reference!r}: write it as MODULE:ATTRIBUTE, e.g. "
+                           "myapp.hooks:HOOKS")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise AppLoadError(f"--hooks: cannot import {module_name} ({exc})") from exc
+    value = getattr(module, attribute, None)
+    if callable(value) and not isinstance(value, Hooks):
+        value = value()
+    if not isinstance(value, Hooks):
+        raise AppLoadError(f"--hooks: {reference} is not a runtime.hooks.Hooks (or a function "
+                           "returning one)")
+    return value

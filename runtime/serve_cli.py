@@ -103,6 +103,8 @@ FLAGS = (
          "LEVEL"),
     Flag("command_stats_file", "--command-stats-file", _text, "write database command "
          "counts (JSON) here at shutdown, for benchmarks", "FILE"),
+    Flag("hooks", "--hooks", _text, "MODULE:ATTR naming a runtime.hooks.Hooks instance (or a "
+         "function returning one): task filter and execution wrapper", "MODULE:ATTR"),
 )
 
 
@@ -138,7 +140,7 @@ def settings_from(args: argparse.Namespace) -> RuntimeSettings:
 
 async def serve(settings: RuntimeSettings) -> int:
     """Run until a signal; returns the exit code."""
-    from runtime.app_loader import AppLoadError, load_app
+    from runtime.app_loader import AppLoadError, load_app, load_hooks
     from runtime.serve import Runtime
 
     stop = asyncio.Event()
@@ -148,6 +150,7 @@ async def serve(settings: RuntimeSettings) -> int:
     sys.path.insert(0, os.getcwd())
     try:
         app = load_app(settings.app)
+        hooks = load_hooks(settings.hooks) if settings.hooks else None
     except AppLoadError as exc:
         print(f"runtime serve: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -168,7 +171,7 @@ async def serve(settings: RuntimeSettings) -> int:
                   event="embedded.started", uri=settings.mongodb_uri)
     try:
         try:
-            runtime = Runtime(settings, app)
+            runtime = Runtime(settings, app, hooks)
         except ConfigurationError as exc:
             print(f"runtime serve: error: --mongodb-uri (or MONGODB_URI) is not usable: {exc}",
                   file=sys.stderr)

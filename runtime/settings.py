@@ -32,6 +32,7 @@ class RuntimeSettings:
     idle_poll_ms: int = 5_000
     log_level: str = "INFO"
     command_stats_file: str | None = None
+    hooks: str | None = None
 
     @property
     def leader_renew_ms(self) -> int:
@@ -57,4 +58,5 @@ ENVIRONMENT = {
     "data_dir": "REACTGEN_DATA_DIR",
     "log_level": "REACTGEN_LOG_LEVEL",
     "command_stats_file": "REACTGEN_COMMAND_STATS",
+    "hooks": "REACTGEN_HOOKS",
 }

@@ -33,10 +33,16 @@ class WakeupListener:
                  on_throttle: Callable[[str, datetime.datetime], None],
                  on_leader_change: Callable[[Any, Any], None]) -> None:
         self.db = db
-        collections = list(tasks_collections) + ([META_COLLECTION] if watch_meta else [])
+        # Filtered on the server: only tasks that are pending (not claims, finalizes or
+        # renewals) and meta documents other than the planners' resume positions.
+        wanted: list[dict[str, Any]] = [{"ns.coll": {"$in": list(tasks_collections)},
+                                         "fullDocument.status": "pending"}]
+        if watch_meta:
+            wanted.append({"ns.coll": META_COLLECTION,
+                           "documentKey._id": {"$not": {"$regex": "^planner:"}}})
         pipeline: list[dict[str, Any]] = [
-            {"$match": {"ns.coll": {"$in": collections},
-                        "operationType": {"$in": ["insert", "update", "replace"]}}},
+            {"$match": {"operationType": {"$in": ["insert", "update", "replace"]},
+                        "$or": wanted}},
             {"$project": {"ns": 1, "documentKey": 1, "fullDocument.reactor": 1,
                           "fullDocument.status": 1, "fullDocument.nextRunAt": 1,
                           "fullDocument.until": 1, "fullDocument.owner": 1,

@@ -145,3 +145,45 @@ def test_task_filter_and_execution_wrapper(make_app: AppBuilder, run_script: Scr
     assert excluded.get("lease") is None and "startedAt" not in excluded
     assert db.wrapped.count_documents({"reactor": "excluded"}) == 0
     assert db.runs.count_documents({"source": "y"}) == 0
+
+
+HOOKS_MODULE = '''
+"""Hooks loaded by `runtime serve --hooks app_hooks:HOOKS`."""
+
+from runtime.hooks import Hooks
+
+
+async def execution_wrapper(reactor, ctx, call_next):
+    await ctx.database["wrapped"].insert_one({"source": ctx.doc_id, "phase": "before"})
+    await call_next()
+    await ctx.database["wrapped"].insert_one({"source": ctx.doc_id, "phase": "after"})
+
+
+HOOKS = Hooks(task_filter=lambda reactor: reactor.name != "excluded",
+              execution_wrapper=execution_wrapper)
+'''
+
+
+def test_hooks_option_of_runtime_serve(make_app: AppBuilder, start_runtime: Any,
+                                       db: Db) -> None:
+    app = make_app({"included": definition(watch=["n"]),
+                    "excluded": definition(collection="others", watch=["n"])},
+                   {"included": HANDLER, "excluded": HANDLER})
+    (app.root / "app_hooks.py").write_text(textwrap.dedent(HOOKS_MODULE), encoding="utf-8")
+    start_runtime(app, args=["--hooks", "app_hooks:HOOKS"])
+    db.others.insert_one({"_id": "y", "n": 1})
+    db.things.insert_one({"_id": "x", "n": 1})
+    wait_task(db, "x", status="completed")
+    assert [w["phase"] for w in db.wrapped.find({"source": "x"}).sort("_id", 1)] == [
+        "before", "after"]
+    planned_up_to(db, "marker", n=0)
+    wait_task(db, "marker", status="completed")
+    assert wait_task(db, "y", tasks="others_tasks")["status"] == "pending"
+
+
+def test_bad_hooks_option_is_a_clear_error(make_app: AppBuilder, start_runtime: Any) -> None:
+    app = make_app({"included": definition(watch=["n"])}, {"included": HANDLER})
+    process = start_runtime(app, args=["--hooks", "no_such_module:HOOKS"], wait=False)
+    assert process.process is not None
+    assert process.process.wait(30) == 1
+    assert "--hooks: cannot import no_such_module" in process.log()
