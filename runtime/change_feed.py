@@ -76,16 +76,11 @@ class ChangeFeed:
             options["startAfter" if self._after_invalidate else "resumeAfter"] = resume_token
         elif start_at is not None:
             options["startAtOperationTime"] = start_at
-        try:
-            reply = await self.db.command({
-                "aggregate": self.collection if self.collection else 1,
-                "pipeline": [{"$changeStream": options}, *self.pipeline],
-                "cursor": {"batchSize": self.batch_size},
-            })
-        except OperationFailure as exc:
-            if exc.code in HISTORY_LOST_CODES:
-                raise HistoryLost(str(exc)) from exc
-            raise
+        reply = await self._command({
+            "aggregate": self.collection if self.collection else 1,
+            "pipeline": [{"$changeStream": options}, *self.pipeline],
+            "cursor": {"batchSize": self.batch_size},
+        })
         cursor = reply["cursor"]
         self._cursor_id = int(cursor["id"])
         self._cursor_collection = str(cursor["ns"]).split(".", 1)[1]
@@ -103,17 +98,12 @@ class ChangeFeed:
             if self._pending:
                 events, self._pending = self._pending, []
                 return self._finish(events)
-        try:
-            reply = await self.db.command({
-                "getMore": Int64(self._cursor_id),
-                "collection": self._cursor_collection,
-                "batchSize": self.batch_size,
-                "maxTimeMS": self.max_await_ms,
-            })
-        except OperationFailure as exc:
-            if exc.code in HISTORY_LOST_CODES:
-                raise HistoryLost(str(exc)) from exc
-            raise
+        reply = await self._command({
+            "getMore": Int64(self._cursor_id),
+            "collection": self._cursor_collection,
+            "batchSize": self.batch_size,
+            "maxTimeMS": self.max_await_ms,
+        })
         cursor = reply["cursor"]
         self._cursor_id = int(cursor["id"])
         events = list(cursor.get("nextBatch", []))
@@ -132,6 +122,16 @@ class ChangeFeed:
         elif events and self.resume_token is None:
             self.resume_token = events[-1]["_id"]
         return Batch(events, self.resume_token)
+
+    async def _command(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Run aggregate/getMore; a lost position becomes :class:`HistoryLost`."""
+        try:
+            reply: dict[str, Any] = await self.db.command(body)
+        except OperationFailure as exc:
+            if exc.code in HISTORY_LOST_CODES:
+                raise HistoryLost(str(exc)) from exc
+            raise
+        return reply
 
     async def close(self) -> None:
         """Kill the server cursor (best effort, and bounded: with the server gone, waiting
