@@ -103,6 +103,9 @@ FLAGS = (
          "LEVEL"),
     Flag("command_stats_file", "--command-stats-file", _text, "write database command "
          "counts (JSON) here at shutdown, for benchmarks", "FILE"),
+    Flag("metrics_port", "--metrics-port", _positive_int, "serve Prometheus metrics on this "
+         "port (off by default)", "PORT"),
+    Flag("metrics_host", "--metrics-host", _text, "address of the metrics endpoint", "HOST"),
     Flag("hooks", "--hooks", _text, "MODULE:ATTR naming a runtime.hooks.Hooks instance (or a "
          "function returning one): task filter and execution wrapper", "MODULE:ATTR"),
 )
@@ -172,6 +175,10 @@ async def serve(settings: RuntimeSettings) -> int:
     try:
         try:
             runtime = Runtime(settings, app, hooks)
+            if settings.metrics_port:
+                from runtime.metrics import serve_metrics
+
+                serve_metrics(settings.metrics_port, settings.metrics_host)
         except ConfigurationError as exc:
             print(f"runtime serve: error: --mongodb-uri (or MONGODB_URI) is not usable: {exc}",
                   file=sys.stderr)

@@ -33,6 +33,8 @@ class RuntimeSettings:
     log_level: str = "INFO"
     command_stats_file: str | None = None
     hooks: str | None = None
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     @property
     def leader_renew_ms(self) -> int:
@@ -59,4 +61,6 @@ ENVIRONMENT = {
     "log_level": "REACTGEN_LOG_LEVEL",
     "command_stats_file": "REACTGEN_COMMAND_STATS",
     "hooks": "REACTGEN_HOOKS",
+    "metrics_port": "REACTGEN_METRICS_PORT",
+    "metrics_host": "REACTGEN_METRICS_HOST",
 }

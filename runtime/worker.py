@@ -20,6 +20,7 @@ from pymongo.errors import PyMongoError
 
 from runtime.cancellation import raise_if_cancelled
 from runtime.hooks import Hooks
+from runtime.metrics import record_execution
 from runtime.reactor import ReactorSpec
 from runtime.retry_policies import cron_next, gives_up, retry_delay_ms
 from runtime.scheduler import Scheduler
@@ -236,6 +237,7 @@ class WorkerPool:
                 fields["retry_at"] = retry_at.isoformat()
             else:
                 fields["final"] = True
+        record_execution(reactor.name, outcome if recorded else "lease_lost", duration_ms / 1000)
         quiet = recorded and outcome in (COMPLETED, SKIPPED, "deferred") and "error" not in fields
         log_event(log, logging.INFO if quiet else logging.WARNING,
                   f"task {outcome}" if recorded else "task result discarded (lease lost)",

@@ -1,0 +1,74 @@
+"""Per-reactor concurrency limit, and outcomes in the Prometheus metrics."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+from typing import Any
+
+from conftest import AppBuilder, RuntimeFactory
+from pymongo.database import Database
+from reactive_support import GATE_CODE, definition, open_gate, wait_task, wait_waiting
+from support import wait_until
+
+Db = Database[dict[str, Any]]
+
+GATED = GATE_CODE + '''
+
+async def handle(ctx):
+    await wait_gate(ctx, "gate")
+    await record(ctx)
+'''
+
+
+def test_per_reactor_concurrency_limit(make_app: AppBuilder, start_runtime: RuntimeFactory,
+                                       db: Db) -> None:
+    app = make_app({"limited": definition(watch=["n"], policies={"concurrency": 2})},
+                   {"limited": GATED})
+    start_runtime(app, args=["--concurrency", "10"])
+    db.things.insert_many([{"_id": f"d{i}", "n": 1} for i in range(6)])
+    wait_waiting(db, "gate", count=2)  # two executions hold the reactor's two slots ...
+    running = wait_until(lambda: db.things_tasks.count_documents({"status": "processing"}) == 2
+                         and db.things_tasks.count_documents({"status": "pending"}) == 4)
+    assert running  # ... and the other four wait although eight workers are idle
+    open_gate(db, "gate")
+    for i in range(6):
+        wait_task(db, f"d{i}", status="completed")
+    assert db.runs.count_documents({}) == 6
+
+
+SKIPPING = GATE_CODE + '''
+
+async def handle(ctx):
+    await wait_gate(ctx, "gate")
+    await ctx.get_document()  # the source was deleted meanwhile: the task ends "skipped"
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_metrics_count_skips_apart_from_successes(make_app: AppBuilder,
+                                                  start_runtime: RuntimeFactory,
+                                                  db: Db) -> None:
+    app = make_app({"skippy": definition(watch=["n"],
+                                         policies={"cleanup": {"when": "never"}})},
+                   {"skippy": SKIPPING})
+    port = _free_port()
+    start_runtime(app, args=["--metrics-port", str(port)])
+    db.things.insert_one({"_id": "gone", "n": 1})
+    wait_waiting(db, "gate")
+    db.things.delete_one({"_id": "gone"})
+    open_gate(db, "gate")
+    wait_task(db, "gone", status="skipped")
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            return str(reply.read().decode())
+
+    text = wait_until(lambda: (body := scrape()) and 'outcome="skipped"' in body and body)
+    assert 'reactgen_task_executions_total{outcome="skipped",reactor="skippy"} 1.0' in text
+    assert 'outcome="completed",reactor="skippy"' not in text
