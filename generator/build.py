@@ -211,8 +211,8 @@ def generate_files(root: Path, out: Path, project: Path,
     pipeline_entries: list[tuple[str, str]] = []
     needs_json = False
     for database, clauses in _database_clauses(reactors).items():
-        code, module = py_data(pipelines.pipeline_for(clauses, True), 8)
-        needs_json = needs_json or module == "json"
+        code, loads_with = py_data(pipelines.pipeline_for(clauses, True), 8)
+        needs_json = needs_json or loads_with == "json"
         pipeline_entries.append((repr(database), code.replace("\n", "\n    ")))
     files["registry.py"] = render(
         "registry.py.j2", reactors=reactors,

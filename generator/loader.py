@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped, unused-ignore]
+import jsonschema
 import yaml
 
 from generator.errors import BuildError, Problem
@@ -170,11 +171,23 @@ def _is_duration(schema: Any) -> bool:
 DURATION_HINT = "write a duration such as 500ms, 10s, 5m, 1h, 7d or 1h30m (a quoted string)"
 
 
+def _options(error: jsonschema.ValidationError) -> list[Any]:
+    """The allowed values of an ``enum`` error."""
+    value = error.validator_value
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def _schema_of(error: jsonschema.ValidationError) -> Mapping[str, Any]:
+    """The subschema an error is about (jsonschema types it loosely)."""
+    return error.schema if isinstance(error.schema, Mapping) else {}
+
+
 def _describe(error: jsonschema.ValidationError) -> tuple[str, str, list[str | int]]:
     """Message, hint and extra path tokens (for unknown keys) of one schema violation."""
     path: list[str | int] = []
+    schema = _schema_of(error)
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        allowed = sorted(error.schema.get("properties", {}))
+        allowed = sorted(schema.get("properties", {}))
         unknown = sorted(k for k in error.instance if k not in allowed)
         path = [unknown[0]] if unknown else []
         names = ", ".join(repr(k) for k in unknown)
@@ -187,7 +200,7 @@ def _describe(error: jsonschema.ValidationError) -> tuple[str, str, list[str | i
         return f"invalid duration {error.instance!r}", DURATION_HINT, path
     if error.validator == "enum":
         return (f"invalid value {error.instance!r}",
-                "one of: " + ", ".join(json.dumps(v) for v in error.validator_value), path)
+                "one of: " + ", ".join(json.dumps(v) for v in _options(error)), path)
     if error.validator == "required":
         return error.message, "add the missing key", path
     if error.validator == "oneOf" and error.context:
@@ -201,7 +214,7 @@ def _describe(error: jsonschema.ValidationError) -> tuple[str, str, list[str | i
                                    *extra]
         return f"{error.message[:120]}: {best.message}", "", path
     if error.validator == "pattern":
-        hint = error.schema.get("x-hint") or error.schema.get("description") or ""
+        hint = schema.get("x-hint") or schema.get("description") or ""
         return f"{error.instance!r} does not match the required form", str(hint), path
     return error.message, "", path
 
