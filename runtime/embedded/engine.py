@@ -1539,8 +1539,9 @@ def run_pipeline(
     foreign: ForeignCollections,
     variables: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    """Run aggregation stages over copies of ``docs``."""
-    inputs = [copy.deepcopy(d) for d in docs]
+    """Run aggregation stages over ``docs`` (copied first unless every stage leaves its input
+    documents untouched)."""
+    inputs = list(docs) if _leaves_inputs_alone(pipeline) else [copy.deepcopy(d) for d in docs]
     for stage in pipeline:
         if not isinstance(stage, dict) or len(stage) != 1:
             raise CommandError(40323, "A pipeline stage specification object must contain "
@@ -1561,6 +1562,28 @@ def run_pipeline(
     except (PyMongoError, NotImplementedError, TypeError, ValueError, KeyError, IndexError,
             AttributeError, ZeroDivisionError) as exc:
         raise _translate(exc) from exc
+
+
+# Stages whose implementation builds new documents (or filters/reorders them) and never
+# writes into its input documents. Stored documents are never mutated in place, so a pipeline
+# made only of these can read them directly instead of deep-copying every input.
+_NON_MUTATING_STAGES = frozenset({"$match", "$project", "$group", "$sort", "$skip", "$limit",
+                                  "$count", "$sortByCount", "$addFields", "$set",
+                                  "$replaceRoot", "$replaceWith"})
+
+
+def _leaves_inputs_alone(pipeline: list[dict[str, Any]]) -> bool:
+    for stage in pipeline:
+        if not isinstance(stage, dict) or len(stage) != 1:
+            return False
+        name, spec = next(iter(stage.items()))
+        if name == "$facet":
+            if not isinstance(spec, dict) or not all(
+                    isinstance(p, list) and _leaves_inputs_alone(p) for p in spec.values()):
+                return False
+        elif name not in _NON_MUTATING_STAGES:
+            return False
+    return True
 
 
 def _nest_dotted_projection(stage: dict[str, Any]) -> dict[str, Any]:
