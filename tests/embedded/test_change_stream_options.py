@@ -10,49 +10,28 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
 import pytest
 from bson import Binary
+from change_stream_support import (
+    AWAIT_MS,
+    DEADLINE_S,
+    Change,
+    changes,
+    expect_sentinel,
+    next_change,
+)
 from pymongo import AsyncMongoClient
-from pymongo.change_stream import ChangeStream
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import OperationFailure
 
 Db = Database[dict[str, Any]]
 Coll = Collection[dict[str, Any]]
-Change = dict[str, Any]
-Stream = ChangeStream[dict[str, Any]]
 
-DEADLINE_S = 30.0
-AWAIT_MS = 500
 IMAGES_ON = {"changeStreamPreAndPostImages": {"enabled": True}}
 NO_MATCHING_DOCUMENT = 47
-
-
-def next_change(stream: Stream, timeout: float = DEADLINE_S) -> Change:
-    """The stream's next event: one awaiting ``getMore`` per attempt, within ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        change = stream.try_next()
-        if change is not None:
-            return change
-        assert stream.alive, "the change stream closed without another event"
-        assert time.monotonic() < deadline, f"no change event within {timeout:g}s"
-
-
-def changes(stream: Stream, count: int) -> list[Change]:
-    return [next_change(stream) for _ in range(count)]
-
-
-def expect_sentinel(stream: Stream, sentinel: Mapping[str, Any]) -> Change:
-    """Assert the next event is the insert of ``sentinel`` (nothing came before it)."""
-    change = next_change(stream)
-    assert change["operationType"] == "insert", change
-    assert change["documentKey"] == {"_id": sentinel["_id"]}, change
-    return change
 
 
 def with_images(db: Db, name: str) -> Coll:

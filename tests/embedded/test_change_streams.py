@@ -14,16 +14,23 @@ from __future__ import annotations
 import asyncio
 import datetime
 import threading
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
 from bson import Int64, Timestamp
+from change_stream_support import (
+    AWAIT_MS,
+    DEADLINE_S,
+    Change,
+    Stream,
+    changes,
+    expect_sentinel,
+    next_change,
+)
 from pymongo import AsyncMongoClient, MongoClient
 from pymongo.asynchronous.change_stream import AsyncChangeStream
-from pymongo.change_stream import ChangeStream
 from pymongo.database import Database
 from pymongo.errors import OperationFailure
 from pymongo.monitoring import (
@@ -35,39 +42,9 @@ from pymongo.monitoring import (
 from support import ServerFactory
 
 Db = Database[dict[str, Any]]
-Change = dict[str, Any]
-Stream = ChangeStream[dict[str, Any]]
 
-#: Upper bound for anything that should happen "soon"; never a sleep, only a deadline.
-DEADLINE_S = 30.0
 #: A real MongoDB's TTL monitor runs once a minute; the embedded one every second.
 TTL_DEADLINE_S = 150.0
-#: getMore await used when reading events that are (about to be) committed.
-AWAIT_MS = 500
-
-
-def next_change(stream: Stream, timeout: float = DEADLINE_S) -> Change:
-    """The stream's next event: one awaiting ``getMore`` per attempt, within ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        change = stream.try_next()
-        if change is not None:
-            return change
-        assert stream.alive, "the change stream closed without another event"
-        assert time.monotonic() < deadline, f"no change event within {timeout:g}s"
-
-
-def changes(stream: Stream, count: int) -> list[Change]:
-    """The next ``count`` events."""
-    return [next_change(stream) for _ in range(count)]
-
-
-def assert_no_change_before(stream: Stream, sentinel: Mapping[str, Any]) -> Change:
-    """Read up to the insert of ``sentinel`` and assert nothing came before it."""
-    change = next_change(stream)
-    assert change["operationType"] == "insert", change
-    assert change["documentKey"] == {"_id": sentinel["_id"]}, change
-    return change
 
 
 class _Listener(CommandListener):
@@ -603,7 +580,7 @@ def test_aborted_transaction_produces_no_events(
             session.abort_transaction()
         sentinel = {"_id": "sentinel"}
         db.drafts.insert_one(sentinel)
-        assert_no_change_before(stream, sentinel)
+        expect_sentinel(stream, sentinel)
     assert db.drafts.find_one({"_id": "never"}) is None
 
 
