@@ -22,7 +22,7 @@ from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
-from runtime.cancellation import raise_if_cancelled
+from runtime.cancellation import consume_outcome, raise_if_cancelled
 from runtime.change_feed import ChangeFeed, HistoryLost, is_resumable
 from runtime.meta import META_COLLECTION, planner_id
 from runtime.reactor import ReactorSpec
@@ -32,6 +32,7 @@ from runtime.task_store import plan_update, source_gone_pipeline, source_gone_up
 
 log = logging.getLogger("runtime.planner")
 MAX_BACKOFF_S = 5.0
+STOP_WAIT_S = 2.0
 RECONCILE_BATCH = 500
 DueHint = Callable[[str, int], None]
 
@@ -297,6 +298,10 @@ class Planner:
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Bounded: a planner cancelled inside a getMore whose server is gone honours the
+        # cancellation only at the driver's server selection timeout; it is left to end alone
+        # (its writes are fenced by the leadership token anyway).
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=STOP_WAIT_S)
+            for task in stuck:
+                task.add_done_callback(consume_outcome)

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
-from runtime.cancellation import raise_if_cancelled
+from runtime.cancellation import consume_outcome, raise_if_cancelled
 from runtime.hooks import Hooks
 from runtime.metrics import record_execution
 from runtime.reactor import ReactorSpec
@@ -30,6 +30,7 @@ from runtime.task_context import RuntimeTaskContext, TaskSkipped
 from runtime.task_store import COMPLETED, FAILED, SKIPPED, Claimed, TaskStore, debounce_expression
 
 log = logging.getLogger("runtime.worker")
+LOOP_STOP_S = 2.0
 Handler = Callable[[Any], Any]
 ThrottleSink = Callable[[ReactorSpec, int], Awaitable[None]]
 
@@ -259,7 +260,10 @@ class WorkerPool:
                 task.cancel()
         for loop in self._loops:
             loop.cancel()
-        for loop in self._loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop
+        # Bounded: a loop cancelled inside a claim whose server is gone honours the
+        # cancellation only at the driver's server selection timeout.
+        if self._loops:
+            _, stuck = await asyncio.wait(self._loops, timeout=LOOP_STOP_S)
+            for loop in stuck:
+                loop.add_done_callback(consume_outcome)
         return unfinished

@@ -95,7 +95,7 @@ def test_renewal_is_not_blocked_by_a_long_reconciliation(
     # renewed on time: the token never changes and the follower never takes over.
     # The TTL leaves room for the embedded server, which answers nothing else while it runs
     # one of the planner's 500-document commands (up to about a second each).
-    documents = 6000
+    documents = 12000
     app = build(make_app, policies="      debounce: 1h\n")
     db.things.insert_many([{"_id": f"d{i:05}", "n": i} for i in range(documents)])
     ttl_ms = 4000
