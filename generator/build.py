@@ -181,7 +181,8 @@ def generate_files(root: Path, out: Path, project: Path,
             "from runtime.context import TaskContext",
             _from_import("runtime.reactor", ["CleanupPolicy", "DebouncePolicy",
                                              "EvolutionPolicy", "Policies", "ReactorSpec",
-                                             "RetryPolicy"]),
+                                             "RetryPolicy"]
+                         + ["TimeTrigger"] * bool(reactor.time_triggers)),
         ]
         files[f"reactors/{reactor.module}.py"] = render(
             "reactor_module.py.j2", reactor=reactor, package=package, source=source,
@@ -227,13 +228,22 @@ def generate_files(root: Path, out: Path, project: Path,
             r.name: {"module": r.module, "collection": r.collection, "database": r.database,
                      "definition": _relative(r.path, project),
                      "triggerFingerprint": r.fingerprint,
-                     "handlerVersion": r.policies.evolution.handler_version}
+                     "handlerVersion": r.policies.evolution.handler_version,
+                     **_time_triggers_entry(r)}
             for r in reactors},
         "inputs": input_digests(root, reactors, project),
         "outputs": {path: _sha(text) for path, text in sorted(files.items())},
     }
     files[MANIFEST] = _json_file(manifest)
     return BuildResult(files=dict(sorted(files.items())), stubs=stubs, reactors=reactors)
+
+
+def _time_triggers_entry(reactor: CompiledReactor) -> dict[str, Any]:
+    """The manifest's record of a reactor's time triggers (nothing when it has none)."""
+    if not reactor.time_triggers:
+        return {}
+    return {"timeTriggers": [{"path": t.path, "offsetMs": t.offset_ms, "index": t.index}
+                             for t in reactor.time_triggers]}
 
 
 def import_block(stdlib: list[str], third_party: list[str], first_party: list[str]) -> str:

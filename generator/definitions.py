@@ -13,7 +13,7 @@ from typing import Any
 
 from bson import json_util
 
-from generator import filters, pipelines
+from generator import filters, pipelines, time_triggers
 from generator.durations import parse_duration
 from generator.errors import BuildError, Problem
 from generator.identifiers import RESERVED, class_name, field_name, module_name
@@ -25,6 +25,7 @@ from runtime.reactor import (
     EvolutionPolicy,
     Policies,
     RetryPolicy,
+    TimeTrigger,
 )
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
@@ -62,6 +63,7 @@ class CompiledReactor:
     fingerprint: str
     raw: RawDefinition | None = None
     pipeline: list[dict[str, Any]] = field(default_factory=list)
+    time_triggers: tuple[TimeTrigger, ...] = ()
 
     def problem(self, pointer: str, message: str, hint: str = "") -> Problem:
         """A problem located at ``pointer`` in this reactor's definition file."""
@@ -200,6 +202,7 @@ def compile_definition(raw: RawDefinition) -> CompiledReactor:
     trigger = data.get("trigger") or {}
     paths: set[str] = set()
     query: dict[str, Any] = {}
+    clock_triggers: tuple[TimeTrigger, ...] = ()
     try:
         if "filter" in trigger:
             spec = trigger["filter"]
@@ -207,6 +210,7 @@ def compile_definition(raw: RawDefinition) -> CompiledReactor:
                 filters.check_expression(spec, "/trigger/filter", paths)
             else:
                 filters.check_query(spec, "/trigger/filter", paths)
+            clock_triggers = time_triggers.find_time_triggers(spec, "/trigger/filter")
             query = filters.normalise_filter(spec)
         watch = trigger.get("watch")
         projection: dict[str, Any] | None
@@ -230,6 +234,7 @@ def compile_definition(raw: RawDefinition) -> CompiledReactor:
         else:
             watch_paths: set[str] = set()
             filters.check_watch_projection(watch, "/trigger/watch", watch_paths)
+            time_triggers.check_watch_clock(watch, "/trigger/watch")
             projection = {}
             for key, value in watch.items():
                 out = field_name(key, taken)
@@ -274,6 +279,7 @@ def compile_definition(raw: RawDefinition) -> CompiledReactor:
         policies=policies,
         fingerprint=fingerprint,
         raw=raw,
+        time_triggers=clock_triggers,
     )
     compiled.pipeline = pipelines.pipeline_for(
         [pipelines.collection_clause(collection, touched)], database_events=False)

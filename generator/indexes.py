@@ -1,4 +1,5 @@
-"""Indexes reactgen needs: on every ``<collection>_tasks`` collection, and for trigger filters."""
+"""Indexes reactgen needs: on every ``<collection>_tasks`` collection, for trigger filters, and
+on the source fields of time-driven triggers."""
 
 from __future__ import annotations
 
@@ -46,15 +47,41 @@ def filter_index(reactor: CompiledReactor) -> IndexPlan | None:
                      {"name": f"reactgen_filter_{reactor.module}"[:120]})
 
 
+def time_indexes(reactor: CompiledReactor) -> list[IndexPlan]:
+    """An ascending index on the source collection per time-trigger path (named as the
+    trigger's ``index``), for the runtime's window query over moments that passed.
+
+    ``_id`` needs none: MongoDB always indexes it.
+    """
+    plans: dict[str, IndexPlan] = {}
+    for trigger in reactor.time_triggers:
+        if trigger.path != "_id":
+            plans.setdefault(trigger.path, IndexPlan(
+                reactor.database, reactor.collection, [(trigger.path, 1)],
+                {"name": trigger.index}))
+    return list(plans.values())
+
+
+def _key(plan: IndexPlan) -> tuple[Any, ...]:
+    return plan.database or "", plan.collection, tuple(plan.keys)
+
+
 def plan_indexes(reactors: list[CompiledReactor]) -> list[IndexPlan]:
-    """Every index, deduplicated, in a stable order."""
+    """Every index, deduplicated by key pattern, in a stable order.
+
+    A key pattern gets one name only (MongoDB refuses a second index with the same keys): a
+    time index wins over a filter index with the same keys, because the runtime's time triggers
+    name their index.
+    """
+    ordered = sorted(reactors, key=lambda r: r.name)
+    timed = {_key(plan): plan for reactor in ordered for plan in time_indexes(reactor)}
     plans: dict[tuple[Any, ...], IndexPlan] = {}
-    for reactor in sorted(reactors, key=lambda r: r.name):
+    for reactor in ordered:
         candidates = task_indexes(reactor.database, f"{reactor.collection}_tasks")
         extra = filter_index(reactor)
         if extra is not None:
-            candidates.append(extra)
+            candidates.append(timed.get(_key(extra), extra))
+        candidates += time_indexes(reactor)
         for plan in candidates:
-            key = (plan.database or "", plan.collection, tuple(plan.keys))
-            plans.setdefault(key, plan)
+            plans.setdefault(_key(plan), plan)
     return list(plans.values())

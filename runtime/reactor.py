@@ -60,6 +60,21 @@ class EvolutionPolicy:
 
 
 @dataclass(frozen=True)
+class TimeTrigger:
+    """A comparison of a document field with ``$$NOW`` in the trigger filter.
+
+    The filter's verdict for a document can change without a write at the moment
+    ``document[path] + offset_ms`` (server time); the leader re-plans the documents whose moment
+    passed since its last pass. ``path`` is a dotted field path; the generator ensures an
+    ascending index on it (``index``) so the window query is index-served.
+    """
+
+    path: str
+    offset_ms: int = 0
+    index: str = ""
+
+
+@dataclass(frozen=True)
 class Policies:
     """All policies of one reactor, with the defaults documented in docs/reactor-definitions.md."""
 
@@ -88,6 +103,7 @@ class ReactorSpec:
     handler: str
     trigger_fingerprint: str
     source: str
+    time_triggers: tuple[TimeTrigger, ...] = ()
 
     @property
     def tasks_collection(self) -> str:

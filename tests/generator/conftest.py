@@ -9,9 +9,17 @@ with ``REACTGEN_REFRESH_GOLDEN=1 pytest tests/generator`` (or ``pytest tests/gen
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# The ``pytest`` script (unlike ``python -m pytest``) does not put the repository on sys.path,
+# and conftest imports put tests/ there, where this folder would be found as a namespace package
+# ``generator`` before the editable install's finder is asked: put the real one within reach.
+_REPO = str(Path(__file__).resolve().parents[2])
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
 
 REFRESH_ENV = "REACTGEN_REFRESH_GOLDEN"
 

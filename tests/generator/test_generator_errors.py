@@ -36,6 +36,11 @@ BASE = {
 }
 
 
+TIME_REASON = ("the moment this filter's verdict changes cannot be computed from one field, so "
+               "the runtime could not plan it when time passes")
+TIME_FIX = "fix: compare one date field with $$NOW"
+
+
 def definition(body: str, collection: str = "orders") -> str:
     """A definition on ``orders`` with the base schema followed by ``body``."""
     return f"collection: {collection}\nschema:\n  $ref: order.schema.json\n{body}"
@@ -221,6 +226,60 @@ CASES = [
         "trigger:\n  filter: {$lt: ['$dueAt', '$$TODAY']}\n")},
         "schemas/broken.reactor.yaml:5: /trigger/filter/$lt/1:",
         ["unknown system variable $$TODAY", "fix: supported: $$NOW"]),
+    # --- time-driven triggers ($$NOW whose moment of change cannot be planned) -----------------
+    *[Case(f"time-{id_}", {"schemas/broken.reactor.yaml": definition(
+        f"trigger:\n  filter: {flt}\n")},
+        f"schemas/broken.reactor.yaml:5: /trigger/filter{pointer}:",
+        [message, TIME_REASON, TIME_FIX]) for id_, flt, pointer, message in [
+        ("two-fields", "{$lte: [{$add: ['$start', '$durationMs']}, '$$NOW']}", "/$lte/0/$add",
+         "$$NOW is compared with $add of '$start' and '$durationMs'"),
+        ("now-plus-field", "{$lte: ['$dueAt', {$add: ['$$NOW', '$graceMs']}]}", "/$lte/1/$add",
+         "$$NOW is used in $add of '$$NOW' and '$graceMs'"),
+        ("date-diff", "{$gt: [{$dateDiff: {startDate: '$createdAt', endDate: '$$NOW', "
+         "unit: day}}, 3]}", "/$gt/0/$dateDiff", "$$NOW is used in $dateDiff"),
+        ("hour", "{$eq: [{$hour: '$$NOW'}, 9]}", "/$eq/0/$hour", "$$NOW is used in $hour"),
+        ("day-of-week", "{$in: [{$dayOfWeek: '$$CLUSTER_TIME'}, [1, 7]]}", "/$in/0/$dayOfWeek",
+         "$$CLUSTER_TIME is used in $dayOfWeek"),
+        ("month-unit", "{$lte: ['$dueAt', {$dateSubtract: {startDate: '$$NOW', unit: month, "
+         "amount: 1}}]}", "/$lte/1/$dateSubtract/unit",
+         "$$NOW is used in $dateSubtract with unit 'month' (months have no fixed length)"),
+        ("year-unit-on-field", "{$lte: [{$dateAdd: {startDate: '$dueAt', unit: year, "
+         "amount: 1}}, '$$NOW']}", "/$lte/0/$dateAdd/unit",
+         "$$NOW is compared with $dateAdd with unit 'year' (years have no fixed length)"),
+        ("quarter-unit", "{$lt: ['$dueAt', {$dateAdd: {startDate: '$$NOW', unit: quarter, "
+         "amount: 1}}]}", "/$lt/1/$dateAdd/unit", "unit 'quarter'"),
+        ("variable-amount", "{$lt: ['$dueAt', {$dateAdd: {startDate: '$$NOW', unit: day, "
+         "amount: '$days'}}]}", "/$lt/1/$dateAdd/amount",
+         "$dateAdd with an amount that is not a constant integer"),
+        ("timezone", "{$lt: ['$dueAt', {$dateAdd: {startDate: '$$NOW', unit: day, amount: 1, "
+         "timezone: Europe/Paris}}]}", "/$lt/1/$dateAdd/timezone", "$dateAdd with a timezone"),
+        ("cond", "{$lt: ['$dueAt', {$cond: ['$urgent', '$$NOW', '$dueAt']}]}", "/$lt/1/$cond",
+         "$$NOW is used in $cond"),
+        ("switch", "{$switch: {branches: [{case: {$lt: ['$dueAt', '$$NOW']}, then: true}], "
+         "default: false}}", "/$switch", "$$NOW is used in $switch"),
+        ("map", "{$anyElementTrue: [{$map: {input: '$steps', in: {$lt: ['$$this.at', "
+         "'$$NOW']}}}]}", "/$anyElementTrue/0/$map", "$$NOW is used in $map"),
+        ("filter", "{$gt: [{$size: {$filter: {input: '$steps', cond: {$lt: ['$$this.at', "
+         "'$$NOW']}}}}, 0]}", "/$gt/0/$size/$filter", "$$NOW is used in $filter"),
+        ("let", "{$let: {vars: {now: '$$NOW'}, in: {$lt: ['$dueAt', '$$now']}}}", "/$let",
+         "$$NOW is used in $let"),
+        ("constant", "{$gt: ['$$NOW', {$date: '2030-01-01T00:00:00Z'}]}", "/$gt",
+         "$$NOW is compared with a value that is not one document field"),
+        ("elapsed-vs-field", "{$gt: [{$subtract: ['$$NOW', '$createdAt']}, '$ttlMs']}", "/$gt",
+         "the time between '$createdAt' and $$NOW is compared with something other than a "
+         "constant integer"),
+        ("bare-now", "{$and: ['$$NOW', {$eq: ['$status', open]}]}", "/$and/0",
+         "$$NOW is not compared with a document field"),
+        ("in-query-expr", "{status: open, $or: [{$expr: {$lt: [{$hour: '$$NOW'}, 9]}}]}",
+         "/$or/0/$expr/$lt/0/$hour", "$$NOW is used in $hour"),
+        ("in-elem-match", "{steps: {$elemMatch: {kind: call, $expr: {$lt: ['$at', '$$NOW']}}}}",
+         "/steps/$elemMatch", "$$NOW is used in $elemMatch"),
+    ]],
+    Case("time-in-watch", {"schemas/broken.reactor.yaml": definition(
+        "trigger:\n  watch:\n    status: 1\n    ageMs: {$subtract: ['$$NOW', '$createdAt']}\n")},
+        "schemas/broken.reactor.yaml:7: /trigger/watch/ageMs/$subtract/0:",
+        ["$$NOW in a watched value", "would differ on every evaluation",
+         "fix: watch the date field itself"]),
     # --- watch -------------------------------------------------------------------------------
     Case("watch-exclusion", {"schemas/broken.reactor.yaml": definition(
         "trigger:\n  watch:\n    status: 1\n    total: 0\n")},

@@ -12,7 +12,7 @@ from generator_support import CORPUS, run_mypy, run_ruff
 from generator.build import build
 
 LINT_CASES = ["weird_names", "colliding_sanitised", "extended_json_dates", "projection_watch",
-              "policies", "yaml_and_json", "now_filter", "empty_watch"]
+              "policies", "yaml_and_json", "now_filter", "empty_watch", "time_triggers"]
 
 
 def build_case(case: str, project: Path, cache: Path, package: str = "app") -> Path:

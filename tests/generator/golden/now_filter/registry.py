@@ -60,5 +60,6 @@ INDEXES: list[tuple[str | None, str, list[tuple[str, int]], dict[str, Any]]] = (
             [('expiresAt', 1)],
             {'name': 'reactgen_expiry', 'expireAfterSeconds': 0},
         ),
+        (None, 'invoices', [('dueAt', 1)], {'name': 'reactgen_time_dueAt'}),
     ]
 )

@@ -46,6 +46,16 @@ const indexes = [
         "name": "reactgen_expiry",
         "expireAfterSeconds": 0
       }
+    },
+    {
+      "database": null,
+      "collection": "invoices",
+      "keys": {
+        "dueAt": 1
+      },
+      "options": {
+        "name": "reactgen_time_dueAt"
+      }
     }
   ];
 for (const index of indexes) {

@@ -19,6 +19,7 @@ from runtime.reactor import (
     Policies,
     ReactorSpec,
     RetryPolicy,
+    TimeTrigger,
 )
 
 __all__ = [
@@ -114,4 +115,11 @@ REACTOR = ReactorSpec(
     handler='app.handlers.overdue_invoices:handle',
     trigger_fingerprint='2078c32ca5724710',
     source='schemas/overdue_invoices.reactor.yaml',
+    time_triggers=(
+        TimeTrigger(
+            path='dueAt',
+            offset_ms=0,
+            index='reactgen_time_dueAt',
+        ),
+    ),
 )
