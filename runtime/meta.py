@@ -1,9 +1,33 @@
-"""The ``reactgen_meta`` collection: one small document per concern, addressed by ``_id``."""
+"""The ``reactgen_meta`` collection: one small document per concern, addressed by ``_id``.
+
+:class:`MetaStore` is the one place that reads and writes the planner's documents in it
+(stream positions, per-reactor state, scan checkpoints, throttles, scan requests); the leader
+lease is read and written by ``runtime/leader.py``, which owns leadership. Document shapes are
+listed in docs/architecture.md.
+
+Planner documents are *fenced* by the leadership token: every write matches only while the
+stored ``leaderToken`` is not newer than the writer's, and is an upsert, so a write of a
+deposed leader finds no match, tries to insert, collides on ``_id`` and is refused
+(:class:`Deposed`). A newer leader therefore can never be overwritten by an older one.
+"""
 
 from __future__ import annotations
 
+import datetime
+from collections.abc import Mapping
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
 META_COLLECTION = "reactgen_meta"
 LEADER_ID = "leader"
+REACTOR_PREFIX = "reactor:"
+SCAN_PREFIX = "scan:"
+
+
+class Deposed(Exception):
+    """A newer leader owns the state this planner tried to write: it must stop planning."""
 
 
 def planner_id(database: str) -> str:
@@ -16,6 +40,119 @@ def throttle_id(reactor: str) -> str:
     return f"throttle:{reactor}"
 
 
-def reconciliation_id(database: str, collection: str) -> str:
-    """Progress of a reconciliation scan over one source collection."""
-    return f"reconcile:{database}.{collection}"
+def reactor_id(reactor: str) -> str:
+    """Per-reactor state: trigger fingerprint, handler version, time-trigger pass."""
+    return f"{REACTOR_PREFIX}{reactor}"
+
+
+def scan_id(database: str, collection: str) -> str:
+    """Reconciliation scans (passes and their checkpoints) of one source collection."""
+    return f"{SCAN_PREFIX}{database}.{collection}"
+
+
+def not_newer_than(token: int) -> dict[str, Any]:
+    """Query condition: the stored fencing token is missing or not newer than ``token``."""
+    return {"$not": {"$gt": token}}
+
+
+def scan_request(reactor: str, reason: str, by: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Filter and update that record a request to reconcile ``reactor`` (an upsert)."""
+    return ({"_id": reactor_id(reactor)},
+            {"$set": {"scanRequest.reason": reason, "scanRequest.by": by},
+             "$currentDate": {"scanRequest.at": True}})
+
+
+class MetaStore:
+    """Reads and fenced writes of the planner's documents in ``reactgen_meta``."""
+
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
+        self.collection = db[META_COLLECTION]
+
+    async def get(self, doc_id: str) -> dict[str, Any] | None:
+        """One document by ``_id``."""
+        found: dict[str, Any] | None = await self.collection.find_one({"_id": doc_id})
+        return found
+
+    async def with_prefix(self, prefix: str) -> list[dict[str, Any]]:
+        """Every document whose ``_id`` starts with ``prefix`` (an index-served range)."""
+        cursor = self.collection.find({"_id": {"$gte": prefix, "$lt": prefix + "\uffff"}})
+        return [doc async for doc in cursor]
+
+    async def fenced_update(self, doc_id: str, update: Mapping[str, Any],
+                            leader_token: int) -> None:
+        """Apply ``update`` (operators, no pipeline) unless a newer leader wrote the document.
+
+        Raises :class:`Deposed` when refused. ``leaderToken`` and ``updatedAt`` are set too.
+        """
+        body: dict[str, Any] = {key: dict(value) for key, value in update.items()}
+        body.setdefault("$set", {})["leaderToken"] = leader_token
+        body.setdefault("$currentDate", {})["updatedAt"] = True
+        try:
+            await self.collection.update_one(
+                {"_id": doc_id, "leaderToken": not_newer_than(leader_token)}, body, upsert=True)
+        except DuplicateKeyError:
+            raise Deposed(f"{doc_id} is owned by a newer leader") from None
+
+    # ------------------------------------------------------------------ stream positions
+
+    async def position(self, database: str) -> dict[str, Any] | None:
+        """The saved change-stream resume token of a database's planner."""
+        state = await self.get(planner_id(database))
+        token = state.get("resumeToken") if state else None
+        return token if isinstance(token, dict) else None
+
+    async def save_position(self, database: str, token: dict[str, Any],
+                            leader_token: int) -> None:
+        """Save a resume token (fenced)."""
+        await self.fenced_update(planner_id(database), {"$set": {"resumeToken": token}},
+                                 leader_token)
+
+    # ------------------------------------------------------------------ reactor state
+
+    async def reactors(self) -> dict[str, dict[str, Any]]:
+        """Every ``reactor:<name>`` document, by reactor name."""
+        return {str(doc["_id"])[len(REACTOR_PREFIX):]: doc
+                for doc in await self.with_prefix(REACTOR_PREFIX)}
+
+    async def save_reactor(self, name: str, fields: Mapping[str, Any], leader_token: int,
+                           unset: tuple[str, ...] = ()) -> None:
+        """Set fields of a reactor's state document (fenced)."""
+        update: dict[str, Any] = {"$set": dict(fields)}
+        if unset:
+            update["$unset"] = {field: "" for field in unset}
+        await self.fenced_update(reactor_id(name), update, leader_token)
+
+    async def clear_scan_request(self, name: str, requested_at: Any, leader_token: int) -> None:
+        """Forget a scan request once it is registered (only the one that was read: a newer
+        request made meanwhile stays)."""
+        result = await self.collection.update_one(
+            {"_id": reactor_id(name), "scanRequest.at": requested_at,
+             "leaderToken": not_newer_than(leader_token)},
+            {"$unset": {"scanRequest": ""}})
+        if result.matched_count == 0 and await self.collection.count_documents(
+                {"_id": reactor_id(name), "leaderToken": {"$gt": leader_token}}, limit=1):
+            raise Deposed(f"{reactor_id(name)} is owned by a newer leader")
+
+    async def request_scan(self, reactor: str, reason: str, by: str) -> None:
+        """Ask the leader to reconcile a reactor (not fenced: anyone may ask)."""
+        await self.collection.update_one(*scan_request(reactor, reason, by), upsert=True)
+
+    # ------------------------------------------------------------------ scans
+
+    async def scans(self, database: str) -> list[dict[str, Any]]:
+        """The scan documents of one database's source collections."""
+        return await self.with_prefix(f"{SCAN_PREFIX}{database}.")
+
+    # ------------------------------------------------------------------ throttles
+
+    async def throttle(self, reactor: str, until: datetime.datetime, by: str) -> None:
+        """Pause a reactor on every instance until ``until`` (a later pause wins)."""
+        await self.collection.update_one(
+            {"_id": throttle_id(reactor)},
+            {"$max": {"until": until}, "$set": {"by": by}}, upsert=True)
+
+    async def throttles(self) -> dict[str, datetime.datetime]:
+        """Every stored throttle: reactor name -> until."""
+        return {str(doc["_id"]).split(":", 1)[1]: doc["until"]
+                for doc in await self.with_prefix("throttle:")
+                if isinstance(doc.get("until"), datetime.datetime)}

@@ -5,40 +5,66 @@ the set of (collection, ``_id``) it touched; the current documents are re-read i
 aggregation per collection, each reactor's filter and watched snapshot evaluated on the server,
 and all task upserts of a tasks collection go out in one unordered bulk write. Only then is the
 batch's resume token saved, so the token never moves past a batch that failed to plan; the
-batch is retried until it succeeds (a poison document is isolated and recorded instead of
-wedging the stream).
+batch is retried until it succeeds (a poison document is isolated and recorded as a failed
+task instead of wedging the stream).
+
+Beside the stream, the same planner runs the reconciliation scans (``reconciliation.py``), the
+time-driven windows (``time_triggers.py``) and picks up scan requests. Every write is fenced by
+the leadership token (``plannerToken`` on tasks, ``leaderToken`` on meta documents): a planner
+that finds a newer leader's mark raises :class:`~runtime.meta.Deposed` and stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import bson
 from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
+from runtime import evolution
 from runtime.cancellation import consume_outcome, raise_if_cancelled
 from runtime.change_feed import ChangeFeed, HistoryLost, is_resumable
-from runtime.meta import META_COLLECTION, planner_id
+from runtime.meta import Deposed, MetaStore, reactor_id
+from runtime.metrics import PLANNING_FAILURES
 from runtime.reactor import ReactorSpec
+from runtime.reconciliation import ScanReason, ScanRunner
 from runtime.structured_logging import log_event
 from runtime.task_context import watch_expression
-from runtime.task_store import plan_update, source_gone_pipeline, source_gone_update
+from runtime.task_store import (
+    plan_update,
+    poison_update,
+    source_gone_pipeline,
+    source_gone_update,
+)
+from runtime.time_triggers import TimeTriggerPlanner
 
 log = logging.getLogger("runtime.planner")
 MAX_BACKOFF_S = 5.0
 STOP_WAIT_S = 2.0
-RECONCILE_BATCH = 500
+REQUEST_POLL_S = 1.0
+DUPLICATE_KEY = 11000
+# Errors that say nothing about the document: the batch is retried, never marked as poison.
+TRANSIENT_CODES = frozenset({6, 7, 50, 89, 91, 112, 189, 251, 260, 262, 280, 286, 9001,
+                             10107, 11600, 11602, 13435, 13436})
 DueHint = Callable[[str, int], None]
+Clock = Callable[[], datetime.datetime]
 
 
 def _id_key(value: Any) -> bytes:
     return bson.encode({"v": value})
+
+
+def _is_poison(exc: OperationFailure) -> bool:
+    """An evaluation error caused by the documents (not by the server or the network)."""
+    return exc.code not in TRANSIENT_CODES and not exc.has_error_label(
+        "RetryableWriteError") and not exc.has_error_label("TransientTransactionError")
 
 
 class DatabasePlanner:
@@ -46,9 +72,10 @@ class DatabasePlanner:
 
     def __init__(self, db: AsyncDatabase[Any], meta_db: AsyncDatabase[Any],
                  reactors: list[ReactorSpec], pipeline: list[dict[str, Any]],
-                 batch_max: int, leader_token: int, due_hint: DueHint) -> None:
+                 batch_max: int, leader_token: int, due_hint: DueHint,
+                 now: Clock) -> None:
         self.db = db
-        self.meta = meta_db[META_COLLECTION]
+        self.meta = MetaStore(meta_db)
         self.reactors = reactors
         self.by_collection: dict[str, list[ReactorSpec]] = {}
         for reactor in reactors:
@@ -57,39 +84,51 @@ class DatabasePlanner:
         self.batch_max = batch_max
         self.leader_token = leader_token
         self.due_hint = due_hint
+        self.now = now
         self.feed = ChangeFeed(db, pipeline, batch_size=batch_max, max_await_ms=500)
+        self.scans = ScanRunner(db, self.meta, self.by_collection, self.plan_ids,
+                                self.sweep_orphans, leader_token)
+        self.time = TimeTriggerPlanner(db, self.meta, reactors, self.plan_ids, now,
+                                       leader_token)
         self._saved_token: dict[str, Any] | None = None
-        self._reconcilers: set[asyncio.Task[None]] = set()
         self._last_save = 0.0
 
+    def _all(self, reason: str) -> dict[str, dict[str, str]]:
+        return {coll: {r.name: reason for r in reactors}
+                for coll, reactors in self.by_collection.items()}
+
     async def run(self) -> None:
-        """Plan until cancelled."""
-        state = await self.meta.find_one({"_id": planner_id(self.db.name)})
-        token = state.get("resumeToken") if state else None
-        reconcile = token is None
+        """Start (evolution, scans, opening position), then plan until cancelled."""
+        token = await self.meta.position(self.db.name)
+        states = await self.meta.reactors()
+        plan = evolution.decide(self.reactors, states, self.db.name, self.now())
+        needs = plan.scans
         try:
             await self.feed.open(token)
         except HistoryLost as exc:
             log_event(log, logging.ERROR, "change-stream history lost; reconciling",
                       event="planner.history_lost", database=self.db.name, error=str(exc))
             await self.feed.open(None)
-            reconcile = True
+            needs = _merge(needs, self._all(ScanReason.HISTORY_LOST))
+        if token is None:
+            first = not any(r.name in states for r in self.reactors)
+            needs = _merge(needs, self._all(ScanReason.FIRST_START if first
+                                            else ScanReason.NO_POSITION))
+        # Order matters for crash safety: scans are queued (and stored) before the new reactor
+        # state is recorded and before the opening stream position is saved, so a leader that
+        # dies anywhere in between leaves the same or more work queued for its successor.
+        await self.scans.load()
+        await self.scans.register(needs)
+        await evolution.apply(plan, self.reactors, self.db, self.meta, self.leader_token)
         self._saved_token = token
-        if reconcile:
-            # Record the opening position at once: a planner stopped before its first batch
-            # must not make the next one reconcile everything again.
-            await self._save_token(self.feed.resume_token, force=True)
-        reconciler = asyncio.create_task(self.reconcile()) if reconcile else None
+        await self._save_token(self.feed.resume_token, force=True)
         log_event(log, logging.INFO, "planner started", event="planner.started",
-                  database=self.db.name, resumed=not reconcile)
+                  database=self.db.name, resumed=token is not None,
+                  leader_token=self.leader_token)
         try:
-            await self._loop()
+            await _run_together([self._loop(), self.scans.run(), self.time.run(),
+                                 self._watch_requests()])
         finally:
-            for task in [reconciler, *self._reconcilers]:
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, PyMongoError):
-                        await task
             await self.feed.close()
 
     async def _loop(self) -> None:
@@ -101,7 +140,8 @@ class DatabasePlanner:
                 log_event(log, logging.ERROR, "change-stream history lost; reconciling",
                           event="planner.history_lost", database=self.db.name, error=str(exc))
                 await self.feed.open(None)
-                self._reconcilers.add(asyncio.create_task(self.reconcile()))
+                await self.scans.register(self._all(ScanReason.HISTORY_LOST), restart=True)
+                await self._save_token(self.feed.resume_token, force=True)
                 continue
             except PyMongoError as exc:
                 raise_if_cancelled()
@@ -138,19 +178,31 @@ class DatabasePlanner:
         loop_time = asyncio.get_running_loop().time()
         if not force and loop_time - self._last_save < 1.0:
             return
-        # Fenced by the leadership token: a deposed leader cannot move the position back.
-        # One upsert: when a newer leader owns the document the filter does not match and the
-        # upsert's insert collides on _id, which is exactly "refused".
-        with contextlib.suppress(DuplicateKeyError):
-            await self.meta.update_one(
-                {"_id": planner_id(self.db.name),
-                 "$or": [{"leaderToken": {"$lte": self.leader_token}},
-                         {"leaderToken": {"$exists": False}}]},
-                {"$set": {"resumeToken": token, "leaderToken": self.leader_token},
-                 "$currentDate": {"updatedAt": True}},
-                upsert=True)
+        await self.meta.save_position(self.db.name, token, self.leader_token)
         self._saved_token = token
         self._last_save = loop_time
+
+    async def _watch_requests(self) -> None:
+        """Pick up explicit scan requests (``reconciliation.request_scan``)."""
+        ids = [reactor_id(r.name) for r in self.reactors]
+        by_name = {r.name: r for r in self.reactors}
+        while True:
+            try:
+                cursor = self.meta.collection.find(
+                    {"_id": {"$in": ids}, "scanRequest": {"$exists": True}})
+                async for doc in cursor:
+                    name = str(doc["_id"]).split(":", 1)[1]
+                    request = doc.get("scanRequest") or {}
+                    reason = f"{ScanReason.REQUESTED}: {request.get('reason', '')}".rstrip(": ")
+                    await self.scans.register({by_name[name].collection: {name: reason}},
+                                              restart=True)
+                    await self.meta.clear_scan_request(name, request.get("at"),
+                                                       self.leader_token)
+            except PyMongoError as exc:
+                raise_if_cancelled()
+                log_event(log, logging.WARNING, "reading scan requests failed",
+                          event="planner.error", database=self.db.name, error=str(exc))
+            await asyncio.sleep(REQUEST_POLL_S)
 
     async def plan_events(self, events: list[dict[str, Any]]) -> None:
         """Plan one batch of change events."""
@@ -172,23 +224,26 @@ class DatabasePlanner:
         for coll, ids in touched.items():
             await self.plan_ids(coll, list(ids.values()))
 
-    async def plan_ids(self, collection: str, ids: list[Any]) -> None:
-        """Re-read ``ids`` of one source collection and upsert their tasks."""
-        reactors = self.by_collection[collection]
+    async def plan_ids(self, collection: str, ids: list[Any],
+                       reactors: list[ReactorSpec] | None = None) -> None:
+        """Re-read ``ids`` of one source collection and upsert the tasks of ``reactors``
+        (default: every reactor of the collection)."""
+        reactors = reactors if reactors is not None else self.by_collection[collection]
         try:
             found = await self._evaluate(collection, reactors, ids)
         except OperationFailure as exc:
+            if not _is_poison(exc):
+                raise
             if len(ids) == 1:
-                log_event(log, logging.ERROR, "cannot evaluate document; skipped",
-                          event="planner.poison_document", collection=collection,
-                          source_id=ids[0], error=str(exc))
+                await self._plan_poison(collection, reactors, ids[0])
                 return
             middle = len(ids) // 2
-            await self.plan_ids(collection, ids[:middle])
-            await self.plan_ids(collection, ids[middle:])
+            await self.plan_ids(collection, ids[:middle], reactors)
+            await self.plan_ids(collection, ids[middle:], reactors)
             return
         ops: dict[str, list[UpdateOne]] = {}
         planned: set[str] = set()
+        token = self.leader_token
         for source_id in ids:
             verdicts = found.get(_id_key(source_id))
             for reactor in reactors:
@@ -196,20 +251,75 @@ class DatabasePlanner:
                 snapshot = verdicts.get(reactor.name) if verdicts is not None else None
                 cleanup = reactor.policies.cleanup.when
                 if verdicts is not None and reactor.name in verdicts:
-                    target.append(plan_update(reactor, source_id, snapshot))
+                    target.append(plan_update(reactor, source_id, snapshot, token))
                     planned.add(reactor.name)
                 elif (verdicts is None and cleanup != "never") or (
                         verdicts is not None and cleanup == "sourceDeletedOrUnmatched"):
-                    target.append(source_gone_update(reactor, source_id))
-        for tasks_collection, updates in ops.items():
-            if updates:
-                await self.db[tasks_collection].bulk_write(updates, ordered=False)
+                    target.append(source_gone_update(reactor, source_id, token))
+        await self._write(ops)
         # Hints only after the write: a worker woken earlier would find nothing and park the
         # reactor until the idle poll. A debounced task's exact due time also reaches every
         # instance through the wake-up stream; this local hint is never earlier than it.
         for reactor in reactors:
             if reactor.name in planned:
                 self.due_hint(reactor.name, reactor.policies.debounce.delay_ms)
+
+    async def _write(self, ops: dict[str, list[UpdateOne]]) -> None:
+        """Unordered bulk writes of task updates, one per tasks collection (fenced)."""
+        for tasks_collection, updates in ops.items():
+            for attempt in range(3):
+                if not updates:
+                    break
+                log_event(log, logging.DEBUG, "writing task updates", event="planner.writing",
+                          collection=tasks_collection, updates=len(updates),
+                          leader_token=self.leader_token)
+                try:
+                    await self.db[tasks_collection].bulk_write(updates, ordered=False)
+                    break
+                except BulkWriteError as exc:
+                    errors = exc.details.get("writeErrors", [])
+                    if not errors or any(e.get("code") != DUPLICATE_KEY for e in errors):
+                        raise
+                    updates = [updates[int(e["index"])] for e in errors]
+                    await self._check_fence(tasks_collection, updates)
+                    if attempt == 2:
+                        raise
+
+    async def _check_fence(self, tasks_collection: str, updates: list[UpdateOne]) -> None:
+        """After upserts collided on the task key: a newer leader's mark means we are deposed;
+        otherwise two plannings of this leader raced to insert and a retry will match."""
+        keys = [{"reactor": u._filter["reactor"], "sourceId": u._filter["sourceId"]}
+                for u in updates]
+        newer = await self.db[tasks_collection].find_one(
+            {"$or": keys, "plannerToken": {"$gt": self.leader_token}}, {"_id": 1})
+        if newer is not None:
+            raise Deposed(f"tasks in {tasks_collection} were planned by a newer leader")
+
+    async def _plan_poison(self, collection: str, reactors: list[ReactorSpec],
+                           source_id: Any) -> None:
+        """One document failed to evaluate: find the reactors it fails for, record a failed
+        task for each of them, and plan the others normally."""
+        healthy: list[ReactorSpec] = []
+        poisoned: dict[str, list[UpdateOne]] = {}
+        for reactor in reactors:
+            try:
+                await self._evaluate(collection, [reactor], [source_id])
+            except OperationFailure as exc:
+                if not _is_poison(exc):
+                    raise
+                error = str(exc.details.get("errmsg") if exc.details else exc) or str(exc)
+                poisoned.setdefault(reactor.tasks_collection, []).append(
+                    poison_update(reactor, source_id, error, self.leader_token))
+                PLANNING_FAILURES.labels(reactor=reactor.name).inc()
+                log_event(log, logging.ERROR,
+                          "cannot plan document; its task is marked failed",
+                          event="planner.poison_document", reactor=reactor.name,
+                          collection=collection, source_id=source_id, error=error)
+            else:
+                healthy.append(reactor)
+        await self._write(poisoned)
+        if healthy:
+            await self.plan_ids(collection, [source_id], healthy)
 
     async def _evaluate(self, collection: str, reactors: list[ReactorSpec],
                         ids: list[Any]) -> dict[bytes, dict[str, Any]]:
@@ -240,58 +350,102 @@ class DatabasePlanner:
             result[key] = verdict
         return result
 
+    async def sweep_orphans(self, reactor: ReactorSpec, source_ids: list[Any]) -> int:
+        """Apply the cleanup policy to the tasks of ``source_ids`` whose source is gone;
+        returns how many were orphans."""
+        present = {_id_key(doc["_id"]) async for doc in self.db[reactor.collection].find(
+            {"_id": {"$in": source_ids}}, {"_id": 1})}
+        gone = [sid for sid in source_ids if _id_key(sid) not in present]
+        if gone:
+            await self._write({reactor.tasks_collection: [
+                source_gone_update(reactor, sid, self.leader_token) for sid in gone]})
+        return len(gone)
+
     async def _collection_gone(self, collection: str) -> None:
         for reactor in self.by_collection[collection]:
             if reactor.policies.cleanup.when == "never":
                 continue
             await self.db[reactor.tasks_collection].update_many(
-                {"reactor": reactor.name}, source_gone_pipeline(reactor))
+                {"reactor": reactor.name, "plannerToken": {"$not": {"$gt": self.leader_token}}},
+                source_gone_pipeline(reactor, self.leader_token))
 
-    async def reconcile(self) -> None:
-        """Plan every existing source document (first start, or after history loss)."""
-        for collection in self.by_collection:
-            last: Any = None
-            count = 0
-            while True:
-                query = {"_id": {"$gt": last}} if last is not None else {}
-                cursor = self.db[collection].find(query, {"_id": 1}).sort("_id", 1).limit(
-                    RECONCILE_BATCH)
-                ids = [d["_id"] async for d in cursor]
-                if not ids:
-                    break
-                await self.plan_ids(collection, ids)
-                count += len(ids)
-                last = ids[-1]
-            log_event(log, logging.INFO, "reconciled collection", event="planner.reconciled",
-                      database=self.db.name, collection=collection, documents=count)
+
+async def _run_together(coroutines: list[Coroutine[Any, Any, None]]) -> None:
+    """Run ``coroutines`` side by side until one fails (or all end); the first failure
+    cancels the others and is raised.
+
+    Not ``asyncio.TaskGroup``: on Python 3.11 a child failing while the group waits leaves a
+    cancellation request on the parent task, which the supervisor would take for a stop.
+    """
+    tasks = [asyncio.create_task(c) for c in coroutines]
+    try:
+        pending: set[asyncio.Task[None]] = set(tasks)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                error = None if task.cancelled() else task.exception()
+                if error is not None:
+                    raise error
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _merge(a: dict[str, dict[str, str]], b: dict[str, dict[str, str]]
+           ) -> dict[str, dict[str, str]]:
+    """Scan needs of ``a`` and ``b`` (a reason in ``a`` wins)."""
+    merged = {coll: dict(reactors) for coll, reactors in a.items()}
+    for coll, reactors in b.items():
+        for name, reason in reactors.items():
+            merged.setdefault(coll, {}).setdefault(name, reason)
+    return merged
+
+
+LeaderJob = Callable[[int], Awaitable[None]]
 
 
 class Planner:
-    """Runs one :class:`DatabasePlanner` per database while this instance leads."""
+    """Runs one :class:`DatabasePlanner` per database, and the leader's one-off jobs, while
+    this instance leads."""
 
-    def __init__(self, factories: list[Callable[[int], DatabasePlanner]]) -> None:
+    def __init__(self, factories: list[Callable[[int], DatabasePlanner]],
+                 jobs: list[LeaderJob] | None = None,
+                 on_deposed: Callable[[], None] | None = None) -> None:
         self.factories = factories
+        self.jobs = jobs or []
+        self.on_deposed = on_deposed
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self, leader_token: int) -> None:
         """Start planning (called when leadership is gained)."""
         await self.stop()
-        self._tasks = [asyncio.create_task(self._supervise(f, leader_token))
+        self._tasks = [asyncio.create_task(self._supervise(_runner(f, leader_token)))
                        for f in self.factories]
+        self._tasks += [asyncio.create_task(self._supervise(_job(job, leader_token)))
+                        for job in self.jobs]
 
-    async def _supervise(self, factory: Callable[[int], DatabasePlanner], token: int) -> None:
+    async def _supervise(self, run: Callable[[], Awaitable[None]]) -> None:
         delay = 0.2
         while True:
             try:
-                await factory(token).run()
-            except asyncio.CancelledError:
-                raise
+                await run()
+                return
             except Exception as exc:
                 raise_if_cancelled()
+                errors = [exc]
+                deposed = [e for e in errors if isinstance(e, Deposed)]
+                if deposed:
+                    log_event(log, logging.WARNING,
+                              "a newer leader took over; this planner stops",
+                              event="planner.deposed", error=str(deposed[0]))
+                    if self.on_deposed is not None:
+                        self.on_deposed()
+                    return
                 log_event(log, logging.ERROR, "planner crashed; restarting",
-                          event="planner.crashed", error=repr(exc))
-                await asyncio.sleep(delay)
-                delay = min(MAX_BACKOFF_S, delay * 2)
+                          event="planner.crashed", error="; ".join(repr(e) for e in errors))
+            await asyncio.sleep(delay)
+            delay = min(MAX_BACKOFF_S, delay * 2)
 
     async def stop(self) -> None:
         """Stop planning (leadership lost or shutdown)."""
@@ -305,3 +459,16 @@ class Planner:
             _, stuck = await asyncio.wait(tasks, timeout=STOP_WAIT_S)
             for task in stuck:
                 task.add_done_callback(consume_outcome)
+
+
+def _runner(factory: Callable[[int], DatabasePlanner],
+            token: int) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        await factory(token).run()
+    return run
+
+
+def _job(job: LeaderJob, token: int) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        await job(token)
+    return run

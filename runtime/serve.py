@@ -14,9 +14,10 @@ from pymongo.errors import PyMongoError
 from runtime.app_loader import LoadedApp
 from runtime.cancellation import consume_outcome, raise_if_cancelled
 from runtime.command_stats import CommandCounter
+from runtime.evolution import retire_removed
 from runtime.hooks import Hooks
 from runtime.leader import LeaderElector
-from runtime.meta import META_COLLECTION, throttle_id
+from runtime.meta import MetaStore
 from runtime.planner import DatabasePlanner, Planner
 from runtime.reactor import ReactorSpec
 from runtime.scheduler import Scheduler
@@ -42,10 +43,16 @@ class Runtime:
         self.app = app
         self.hooks = hooks or Hooks()
         self.command_counter = CommandCounter() if settings.command_stats_file else None
+        listeners = [self.command_counter] if self.command_counter else []
         self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             settings.mongodb_uri, appname=f"reactgen-{settings.instance_id}",
-            tz_aware=False,
-            event_listeners=[self.command_counter] if self.command_counter else [])
+            tz_aware=False, event_listeners=listeners)
+        # The leader's planning has a pool of its own: its long change-stream reads and bulk
+        # writes never queue behind the workers' claims, and the server (currentOp, logs,
+        # fail points) can tell planning from execution by the application name.
+        self.planner_client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            settings.mongodb_uri, appname=f"reactgen-{settings.instance_id}-planner",
+            tz_aware=False, event_listeners=listeners)
         self.clock = ServerClock()
         self._background: list[asyncio.Task[None]] = []
         runnable = [r for r in app.reactors if self.hooks.task_filter(r)]
@@ -66,24 +73,29 @@ class Runtime:
             await db[collection].create_index(keys, **options)
 
     def _due_hint(self, reactor: str, delay_ms: int) -> None:
+        # The local planner's latest hint per reactor (it replaces the previous one): each
+        # task's exact due time also reaches every instance through the wake-up stream.
         self.scheduler.note_due(reactor, self.clock.now() + datetime.timedelta(
-            milliseconds=delay_ms))
+            milliseconds=delay_ms), key="planner")
 
-    def _on_due(self, reactor: str, at: datetime.datetime | None) -> None:
-        self.scheduler.note_due(reactor, at or self.clock.now())
+    def _on_due(self, reactor: str, at: datetime.datetime | None, task_id: Any = None) -> None:
+        self.scheduler.note_due(reactor, at or self.clock.now(), key=task_id)
 
     async def _throttle(self, reactor: ReactorSpec, duration_ms: int) -> None:
         until = self.clock.now() + datetime.timedelta(milliseconds=duration_ms)
         self.scheduler.throttle(reactor.name, until)
-        await self.database()[META_COLLECTION].update_one(
-            {"_id": throttle_id(reactor.name)},
-            {"$max": {"until": until}, "$set": {"by": self.settings.instance_id}}, upsert=True)
+        await MetaStore(self.database()).throttle(reactor.name, until, self.settings.instance_id)
 
     async def _load_throttles(self) -> None:
-        cursor = self.database()[META_COLLECTION].find({"_id": {"$regex": "^throttle:"}})
-        async for doc in cursor:
-            if isinstance(doc.get("until"), datetime.datetime):
-                self.scheduler.throttle(str(doc["_id"]).split(":", 1)[1], doc["until"])
+        for name, until in (await MetaStore(self.database()).throttles()).items():
+            self.scheduler.throttle(name, until)
+
+    async def _retire_removed(self, leader_token: int) -> None:
+        """Leader job: retire reactors recorded in the database but no longer defined."""
+        await retire_removed(self.planner_client, self.settings.database,
+                             {r.name for r in self.app.reactors},
+                             MetaStore(self.planner_client[self.settings.database]),
+                             leader_token, self.clock.now())
 
     def _planner_factories(self) -> list[Any]:
         by_db: dict[str | None, list[ReactorSpec]] = {}
@@ -94,12 +106,14 @@ class Runtime:
             pipeline = self.app.pipelines.get(database)
             if pipeline is None:
                 pipeline = [{"$match": {"$or": [r.pipeline[0]["$match"] for r in reactors]}}]
-            db = self.client[database or self.settings.database]
+            db = self.planner_client[database or self.settings.database]
 
             def factory(token: int, db: Any = db, reactors: list[ReactorSpec] = reactors,
                         pipeline: list[dict[str, Any]] = pipeline) -> DatabasePlanner:
-                return DatabasePlanner(db, self.database(), reactors, pipeline,
-                                       self.settings.batch_max, token, self._due_hint)
+                return DatabasePlanner(db, self.planner_client[self.settings.database],
+                                       reactors, pipeline,
+                                       self.settings.batch_max, token, self._due_hint,
+                                       self.clock.now)
 
             factories.append(factory)
         return factories
@@ -113,7 +127,8 @@ class Runtime:
         stores = {r.name: TaskStore(self.database(r)[r.tasks_collection], settings.task_lease_ms,
                                     settings.instance_id) for r in self.app.reactors}
         sources = {r.name: self.database(r)[r.collection] for r in self.app.reactors}
-        self.planner = Planner(self._planner_factories())
+        self.planner = Planner(self._planner_factories(), [self._retire_removed],
+                               on_deposed=self._deposed)
         self.elector = LeaderElector(self.database(), settings.instance_id,
                                      settings.leader_ttl_ms, settings.leader_renew_ms,
                                      self.planner.start, self._stop_planning, self.clock.now)
@@ -128,9 +143,13 @@ class Runtime:
         for db_name, collections in tasks_by_db.items():
             listener = WakeupListener(self.client[db_name], collections,
                                       db_name == settings.database, self._on_due,
-                                      self.scheduler.throttle, elector.observe)
+                                      self.scheduler.throttle, elector.observe,
+                                      instance_id=settings.instance_id,
+                                      on_lease=self.scheduler.note_lease,
+                                      on_finished=self.scheduler.forget)
             self._background.append(asyncio.create_task(listener.run()))
         self.scheduler.start(self.clock.now())
+        await self._learn_next_due(stores)
         self.workers = WorkerPool(
             {r.name: r for r in self.app.reactors}, self.app.handlers, stores, sources,
             self.scheduler, self.clock, self.hooks, settings.concurrency,
@@ -144,6 +163,16 @@ class Runtime:
                   clock_offset_ms=round(self.clock.offset.total_seconds() * 1000, 1),
                   clock_uncertainty_ms=round(self.clock.uncertainty.total_seconds() * 1000, 1))
 
+    async def _learn_next_due(self, stores: dict[str, TaskStore]) -> None:
+        """At start-up, the wake-up stream has reported nothing yet: learn each reactor's next
+        scheduled time (a retry, a defer, a lease expiry) so it is not left to the idle poll."""
+        now = self.clock.now()
+        for name, store in stores.items():
+            found = await store.next_due(name, now)
+            if found is not None:
+                task_id, due = found
+                self.scheduler.note_due(name, due, key=task_id)
+
     async def _resync_clock(self) -> None:
         while True:
             await asyncio.sleep(CLOCK_SYNC_S)
@@ -151,6 +180,11 @@ class Runtime:
                 await self.clock.sync(self.database())
             except PyMongoError:
                 raise_if_cancelled()
+
+    def _deposed(self) -> None:
+        """A planner found a newer leader's mark: check the lease at once (and step down)."""
+        if self.elector is not None:
+            self.elector.nudge()
 
     async def _stop_planning(self) -> None:
         if self.planner is None:
@@ -200,8 +234,9 @@ class Runtime:
             task.cancel()
         # Bounded: with the server unreachable, the driver finishes a cancelled server
         # selection, and the end-sessions of close(), only at its server selection timeout.
-        closing = asyncio.create_task(self.client.close())
-        await asyncio.wait([*self._background, closing], timeout=CLOSE_STEP_S)
+        closing = [asyncio.create_task(self.client.close()),
+                   asyncio.create_task(self.planner_client.close())]
+        await asyncio.wait([*self._background, *closing], timeout=CLOSE_STEP_S)
         if self.command_counter is not None and self.settings.command_stats_file:
             self.command_counter.write(self.settings.command_stats_file)
         log_event(log, logging.INFO, "runtime stopped", event="runtime.stopped",

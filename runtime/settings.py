@@ -24,7 +24,7 @@ class RuntimeSettings:
     database: str = DEFAULT_DATABASE
     concurrency: int = 10
     instance_id: str = field(default_factory=default_instance_id)
-    leader_ttl_ms: int = 10_000
+    leader_ttl_ms: int = 3_000
     task_lease_ms: int = 30_000
     shutdown_timeout_ms: int = 30_000
     data_dir: str = ".reactgen"

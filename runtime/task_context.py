@@ -84,11 +84,12 @@ class RuntimeTaskContext(TaskContext[Any, Any]):
     # The late-binding check.
 
     def _document_pipeline(self, projection: dict[str, Any] | None) -> list[dict[str, Any]]:
-        pipeline: list[dict[str, Any]] = [
-            {"$match": {"$and": [{"_id": self.doc_id}, self.reactor.filter]}
-             if self.reactor.filter else {"_id": self.doc_id}},
-            {"$addFields": {SNAPSHOT_FIELD: watch_expression(self.reactor)}},
-        ]
+        # Two stages rather than one $and: the filter stays a top-level query, exactly as the
+        # planner evaluates it (the embedded server loses $$NOW inside $and, issue 12).
+        pipeline: list[dict[str, Any]] = [{"$match": {"_id": self.doc_id}}]
+        if self.reactor.filter:
+            pipeline.append({"$match": self.reactor.filter})
+        pipeline.append({"$addFields": {SNAPSHOT_FIELD: watch_expression(self.reactor)}})
         if projection:
             included = any(v not in (0, False) for k, v in projection.items() if k != "_id")
             pipeline.append({"$project": {**projection, SNAPSHOT_FIELD: 1} if included

@@ -50,11 +50,24 @@ def debounce_expression(reactor: ReactorSpec) -> Any:
     return _debounced(reactor, {"$ifNull": ["$firstChangeAt", "$$NOW"]})
 
 
-def plan_update(reactor: ReactorSpec, source_id: Any, snapshot: Any) -> UpdateOne:
+def task_key(reactor: ReactorSpec, source_id: Any, leader_token: int) -> dict[str, Any]:
+    """The planner's filter for one task: its key, fenced by the leadership token.
+
+    ``plannerToken`` records the token of the leader that planned the task last. A deposed
+    planner's filter does not match a task a newer leader planned; as an upsert it then tries
+    to insert, collides with the unique task key and is refused (``DuplicateKeyError``).
+    """
+    return {"reactor": reactor.name, "sourceId": source_id,
+            "plannerToken": {"$not": {"$gt": leader_token}}}
+
+
+def plan_update(reactor: ReactorSpec, source_id: Any, snapshot: Any,
+                leader_token: int) -> UpdateOne:
     """Upsert of one task after its source changed: a no-op unless the snapshot changed.
 
     Changed: a pending/completed/failed/skipped task becomes pending (debounced); a running one
-    becomes ``processing_dirty`` and keeps its lease. Unchanged: nothing is written at all.
+    becomes ``processing_dirty`` and keeps its lease. Unchanged: nothing is written at all,
+    except the leadership token the first time a new leader plans the task (fencing).
     """
     digest = snapshot_hash(snapshot)
     status = {"$ifNull": ["$status", "none"]}
@@ -93,13 +106,42 @@ def plan_update(reactor: ReactorSpec, source_id: Any, snapshot: Any) -> UpdateOn
             "createdAt": {"$ifNull": ["$createdAt", "$$NOW"]},
             "updatedAt": {"$cond": ["$_changed", "$$NOW", "$updatedAt"]},
             "skipReason": {"$cond": ["$_changed", None, "$skipReason"]},
+            "planningError": {"$cond": ["$_changed", "$$REMOVE", "$planningError"]},
+            "plannerToken": leader_token,
         }},
         {"$unset": ["_changed", "_anchor", "expiresAt"]},
     ]
-    return UpdateOne({"reactor": reactor.name, "sourceId": source_id}, pipeline, upsert=True)
+    return UpdateOne(task_key(reactor, source_id, leader_token), pipeline, upsert=True)
 
 
-def source_gone_update(reactor: ReactorSpec, source_id: Any) -> UpdateOne:
+def poison_update(reactor: ReactorSpec, source_id: Any, error: str,
+                  leader_token: int) -> UpdateOne:
+    """Record that a source document could not be planned (a poison document).
+
+    The task becomes ``failed`` with the error in ``lastError`` and ``planningError`` and is
+    not due; its snapshot hash is cleared, so the next change of the document that plans
+    cleanly makes it pending again. A running task keeps running (its late-binding check
+    decides), but carries the error.
+    """
+    running = {"$in": [{"$ifNull": ["$status", "none"]}, RUNNING]}
+    message = f"planning failed: {error}"
+    return UpdateOne(task_key(reactor, source_id, leader_token), [{"$set": {
+        "reactor": reactor.name,
+        "sourceId": {"$literal": source_id},
+        "status": {"$cond": [running, "$status", FAILED]},
+        "nextRunAt": {"$cond": [running, "$nextRunAt", None]},
+        "snapshotHash": None,
+        "lastError": {"$literal": message},
+        "planningError": {"at": "$$NOW", "error": {"$literal": error}},
+        "firstErrorAt": {"$ifNull": ["$firstErrorAt", "$$NOW"]},
+        "attempts": {"$ifNull": ["$attempts", 0]},
+        "createdAt": {"$ifNull": ["$createdAt", "$$NOW"]},
+        "updatedAt": "$$NOW",
+        "plannerToken": leader_token,
+    }}], upsert=True)
+
+
+def source_gone_update(reactor: ReactorSpec, source_id: Any, leader_token: int) -> UpdateOne:
     """Apply the cleanup policy to the task of a deleted (or no longer matching) source.
 
     A pending task stops being due (``skipped``); every task gets ``expiresAt`` (now +
@@ -108,11 +150,11 @@ def source_gone_update(reactor: ReactorSpec, source_id: Any) -> UpdateOne:
     renewals extend. Applying it again changes nothing, so ``expiresAt`` is not pushed back by
     later changes of a document that no longer matches.
     """
-    return UpdateOne({"reactor": reactor.name, "sourceId": source_id},
-                     source_gone_pipeline(reactor))
+    return UpdateOne(task_key(reactor, source_id, leader_token),
+                     source_gone_pipeline(reactor, leader_token))
 
 
-def source_gone_pipeline(reactor: ReactorSpec) -> list[dict[str, Any]]:
+def source_gone_pipeline(reactor: ReactorSpec, leader_token: int) -> list[dict[str, Any]]:
     """The update applied to tasks whose source is gone (see :func:`source_gone_update`)."""
     running = {"$in": ["$status", RUNNING]}
     pending = {"$eq": ["$status", PENDING]}
@@ -124,6 +166,7 @@ def source_gone_pipeline(reactor: ReactorSpec) -> list[dict[str, Any]]:
                                  "$skipReason"]},
         "expiresAt": {"$ifNull": ["$expiresAt", {"$cond": [
             running, {"$max": [expires, "$lease.expiresAt"]}, expires]}]},
+        "plannerToken": leader_token,
     }}]
 
 
@@ -181,6 +224,14 @@ class TaskStore:
             return_document=ReturnDocument.AFTER,
         )
         return Claimed(doc, claim) if doc is not None else None
+
+    async def next_due(self, reactor: str, after: datetime.datetime) -> tuple[Any, Any] | None:
+        """``(_id, nextRunAt)`` of the task of ``reactor`` due next after ``after`` (pending
+        or running: a lease expiry), from the claim index; None if nothing is scheduled."""
+        doc = await self.collection.find_one(
+            {"reactor": reactor, "nextRunAt": {"$gt": after}}, {"nextRunAt": 1},
+            sort=[("nextRunAt", 1)])
+        return (doc["_id"], doc["nextRunAt"]) if doc is not None else None
 
     async def renew(self, held: Claimed) -> bool:
         """Extend the lease; False if this claim no longer holds the task."""

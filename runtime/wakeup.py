@@ -2,8 +2,10 @@
 
 One stream per database with tasks collections reports tasks that become pending (with their
 due time), so idle workers on every instance wake within milliseconds instead of waiting for a
-polling back-off. The meta collection's stream reports changes of the leader lease (followers
-take over a released lease at once) and cluster-wide throttles.
+polling back-off. It also reports tasks running on *other* instances (claims and lease
+renewals, with the lease expiry: if that instance dies, the task is due again then) and tasks
+that finish (a tracked lease no longer applies). The meta collection's stream reports changes
+of the leader lease (followers take over a released lease at once) and cluster-wide throttles.
 """
 
 from __future__ import annotations
@@ -21,37 +23,50 @@ from runtime.cancellation import raise_if_cancelled
 from runtime.change_feed import ChangeFeed, HistoryLost
 from runtime.meta import LEADER_ID, META_COLLECTION
 from runtime.structured_logging import log_event
+from runtime.task_store import COMPLETED, FAILED, PENDING, RUNNING, SKIPPED
 
 log = logging.getLogger("runtime.wakeup")
+FINISHED = [COMPLETED, FAILED, SKIPPED]
 
 
 class WakeupListener:
-    """Feeds due-work hints, throttles and lease changes from change streams."""
+    """Feeds due-work hints, lease expiries, throttles and leader changes from change streams."""
 
     def __init__(self, db: AsyncDatabase[Any], tasks_collections: list[str], watch_meta: bool,
-                 on_due: Callable[[str, datetime.datetime | None], None],
+                 on_due: Callable[[str, datetime.datetime | None, Any], None],
                  on_throttle: Callable[[str, datetime.datetime], None],
-                 on_leader_change: Callable[[Any, Any], None]) -> None:
+                 on_leader_change: Callable[[Any, Any], None], *, instance_id: str,
+                 on_lease: Callable[[str, Any, datetime.datetime], None],
+                 on_finished: Callable[[str, Any], None]) -> None:
         self.db = db
-        # Filtered on the server: only tasks that are pending (not claims, finalizes or
-        # renewals) and meta documents other than the planners' resume positions.
-        wanted: list[dict[str, Any]] = [{"ns.coll": {"$in": list(tasks_collections)},
-                                         "fullDocument.status": "pending"}]
+        self.instance_id = instance_id
+        # Filtered on the server (this stream runs on every instance): tasks that are pending
+        # or finished, tasks running under another instance's lease (not this instance's own
+        # claims and renewals), and meta documents other than the planners' resume positions.
+        tasks = {"$in": list(tasks_collections)}
+        wanted: list[dict[str, Any]] = [
+            {"ns.coll": tasks, "fullDocument.status": {"$in": [PENDING, *FINISHED]}},
+            {"ns.coll": tasks, "fullDocument.status": {"$in": RUNNING},
+             "fullDocument.lease.owner": {"$ne": instance_id}},
+        ]
         if watch_meta:
             wanted.append({"ns.coll": META_COLLECTION,
                            "documentKey._id": {"$not": {"$regex": "^planner:"}}})
         pipeline: list[dict[str, Any]] = [
             {"$match": {"operationType": {"$in": ["insert", "update", "replace"]},
                         "$or": wanted}},
-            {"$project": {"ns": 1, "documentKey": 1, "fullDocument.reactor": 1,
+            # Only what _handle reads (while running, nextRunAt is the lease expiry).
+            {"$project": {"ns.coll": 1, "documentKey": 1, "fullDocument.reactor": 1,
                           "fullDocument.status": 1, "fullDocument.nextRunAt": 1,
-                          "fullDocument.until": 1, "fullDocument.owner": 1,
-                          "fullDocument.expiresAt": 1}},
+                          "fullDocument.lease.owner": 1, "fullDocument.until": 1,
+                          "fullDocument.owner": 1, "fullDocument.expiresAt": 1}},
         ]
         self.feed = ChangeFeed(db, pipeline, full_document="updateLookup", max_await_ms=1000)
         self.on_due = on_due
         self.on_throttle = on_throttle
         self.on_leader_change = on_leader_change
+        self.on_lease = on_lease
+        self.on_finished = on_finished
 
     def _handle(self, event: dict[str, Any]) -> None:
         doc = event.get("fullDocument") or {}
@@ -63,9 +78,19 @@ class WakeupListener:
                     doc.get("until"), datetime.datetime):
                 self.on_throttle(key.split(":", 1)[1], doc["until"])
             return
-        if doc.get("status") == "pending" and isinstance(doc.get("reactor"), str):
-            due = doc.get("nextRunAt")
-            self.on_due(doc["reactor"], due if isinstance(due, datetime.datetime) else None)
+        reactor, status, due = doc.get("reactor"), doc.get("status"), doc.get("nextRunAt")
+        if not isinstance(reactor, str) or key is None:
+            return
+        if status == PENDING:
+            self.on_due(reactor, due if isinstance(due, datetime.datetime) else None, key)
+        elif status in RUNNING:
+            owner = (doc.get("lease") or {}).get("owner")
+            if owner != self.instance_id and isinstance(due, datetime.datetime):
+                self.on_lease(reactor, key, due)
+            else:
+                self.on_finished(reactor, key)  # ours: nothing to watch for here
+        elif status in FINISHED:
+            self.on_finished(reactor, key)
 
     async def run(self) -> None:
         """Listen until cancelled (reopening on errors; missed hints are covered by polling)."""

@@ -103,7 +103,7 @@ class WorkerPool:
             now = self.clock.now()
             name = scheduler.next_reactor(now)
             if name is None:
-                await scheduler.wait(scheduler.seconds_until_next(now))
+                await scheduler.sleep(now)
                 continue
             reactor = self.reactors[name]
             scheduler.running[name] += 1

@@ -40,6 +40,8 @@ def build_app(tmp_path: Path, definitions: dict[str, str], handlers: dict[str, s
     (reactor module -> Python source, dedented) over the generated stubs."""
     package = f"app_{uuid.uuid4().hex[:8]}"
     root = tmp_path / "appdir"
+    if root.exists():  # a second application in the same test (a new version, say)
+        root = tmp_path / f"appdir-{package}"
     defs = root / "defs"
     defs.mkdir(parents=True)
     for stem, text in definitions.items():

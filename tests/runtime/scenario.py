@@ -28,7 +28,7 @@ from runtime_harness import App, RuntimeProcess
 
 Doc = dict[str, Any]
 
-SCHEMA = """
+SCHEMA_HEAD = """
     collection: things
     schema:
       type: object
@@ -39,9 +39,11 @@ SCHEMA = """
         block: {type: boolean}
         hold_ms: {type: integer}
         note: {type: string}
-    trigger:
-      watch: [n]
+        dueAt: {type: string, format: date-time}
+        items: {type: array, items: {type: integer}}
 """
+WATCH_N = "    trigger:\n      watch: [n]\n"
+SCHEMA = SCHEMA_HEAD + WATCH_N
 
 HANDLER = """
     import asyncio
@@ -60,6 +62,7 @@ HANDLER = """
         await runs.update_one(
             {"_id": run_id},
             {"$set": {"source": thing.id, "n": thing.n, "attempt": ctx.attempt,
+                      "reactor": "REACTOR_NAME",
                       "instance": os.environ.get("TEST_INSTANCE", "?"),
                       "localTime": datetime.datetime.now(datetime.UTC).replace(tzinfo=None)},
              "$currentDate": {"startedAt": True}},
@@ -75,18 +78,33 @@ HANDLER = """
 """
 
 
-def definition(policies: str = "") -> str:
+def definition(policies: str = "", trigger: str = WATCH_N) -> str:
     """The ``record`` reactor definition, with an optional ``policies:`` block (YAML lines
-    indented by four spaces, like the rest of the definition)."""
-    return SCHEMA + (f"    policies:\n{policies}" if policies else "")
+    indented by six spaces, under ``policies:``) and ``trigger:`` block (a whole block,
+    indented by four spaces like the rest of the definition)."""
+    return SCHEMA_HEAD + trigger + (f"    policies:\n{policies}" if policies else "")
+
+
+def handler(name: str = "record", mark_completed_early: bool = False) -> str:
+    """The recording handler of reactor ``name`` (its ``runs`` documents carry the name)."""
+    return HANDLER.replace(
+        "MARK_COMPLETED_EARLY",
+        "await ctx.mark_completed()" if mark_completed_early else "pass").replace(
+        "reactors.record", f"reactors.{name}").replace("REACTOR_NAME", name)
 
 
 def build(make_app: AppBuilder, policies: str = "", mark_completed_early: bool = False) -> App:
     """Build the ``record`` application."""
-    handler = HANDLER.replace(
-        "MARK_COMPLETED_EARLY",
-        "await ctx.mark_completed()" if mark_completed_early else "pass")
-    return make_app({"record": definition(policies)}, {"record": handler})
+    return make_app({"record": definition(policies)},
+                    {"record": handler("record", mark_completed_early)})
+
+
+def build_many(make_app: AppBuilder, reactors: dict[str, tuple[str, str]]) -> App:
+    """Build an application of several recording reactors on ``things``:
+    name -> (trigger block, policies block) as for :func:`definition`."""
+    return make_app({name: definition(policies, trigger or WATCH_N)
+                     for name, (trigger, policies) in reactors.items()},
+                    {name: handler(name) for name in reactors})
 
 
 def start(start_runtime: RuntimeFactory, app: App, name: str, *args: str,

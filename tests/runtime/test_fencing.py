@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import datetime
 import signal
+import time
+import uuid
 from typing import Any
 
+import pytest
 from conftest import AppBuilder, RuntimeFactory
+from pymongo import MongoClient
 from pymongo.database import Database
+from pymongo.errors import OperationFailure
 from scenario import (
     build,
+    count,
     lease_expired,
     release,
     runs_of,
@@ -26,7 +32,10 @@ from scenario import (
 )
 from support import wait_until
 
+Doc = dict[str, Any]
 LEASE_MS = 1000
+BLOCK_MS = 7000
+COMMAND_NOT_FOUND = 59
 
 
 def test_paused_worker_cannot_overwrite_the_new_holder(
@@ -94,3 +103,48 @@ def test_renewal_cannot_revive_a_finished_task(
     a.wait_for_log(r"task completed .*source_id=x")
     assert task_of(db, "x") == completed
     assert len(runs_of(db, "x")) == 1
+
+
+def test_deposed_planner_cannot_overwrite_the_new_leaders_tasks(
+        make_app: AppBuilder, start_runtime: RuntimeFactory, client: MongoClient[Doc],
+        db: Database[Doc]) -> None:
+    # A leads and is frozen (SIGSTOP) while its task upsert is on its way: the server holds
+    # A's update commands for BLOCK_MS (a fail point), so the write lands long after B took
+    # over and planned newer data. The fence (``plannerToken``) refuses it.
+    app = build(make_app, policies="      debounce: 1h\n")
+    a_id = f"fa-{uuid.uuid4().hex[:8]}"
+    a = start(start_runtime, app, a_id)
+    a.wait_for_log(r"event=planner\.started")
+    b = start(start_runtime, app, "b")
+    db.things.insert_one({"_id": "x", "n": 1})
+    wait_until(lambda: (task_of(db, "x") or {}).get("snapshot") == {"n": 1})
+    assert task_of(db, "x")["plannerToken"] == 1
+    writes = count(a, r"event=planner\.writing")
+    try:
+        client.admin.command({"configureFailPoint": "failCommand", "mode": "alwaysOn", "data": {
+            "failCommands": ["update"], "appName": f"reactgen-{a_id}-planner",
+            "blockConnection": True, "blockTimeMS": BLOCK_MS}})
+    except OperationFailure as exc:
+        if exc.code == COMMAND_NOT_FOUND:
+            pytest.skip("configureFailPoint is not enabled on this server")
+        raise
+    try:
+        db.things.update_one({"_id": "x"}, {"$set": {"n": 2}})
+        a.wait_for_log(r"(?s)" + r"event=planner\.writing.*" * (writes + 1), timeout=15)
+        sent = time.monotonic()
+        a.signal(signal.SIGSTOP)
+        b.wait_for_log(r"event=planner\.started .*leader_token=2\b", timeout=15)
+    finally:
+        client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+    db.things.update_one({"_id": "x"}, {"$set": {"n": 3}})
+    wait_until(lambda: (task_of(db, "x") or {}).get("snapshot") == {"n": 3}, timeout=10)
+    # A's held write lands BLOCK_MS after it was sent; it must change nothing.
+    remaining = BLOCK_MS / 1000 + 1.0 - (time.monotonic() - sent)
+    assert remaining > 0.5, "B took too long to show anything"
+    stays(lambda: (task_of(db, "x") or {}).get("snapshot") == {"n": 3}
+          and task_of(db, "x")["plannerToken"] == 2, remaining,
+          "the deposed planner's write overwrote the new leader's task")
+    a.signal(signal.SIGCONT)
+    a.wait_for_log(r"event=(planner\.deposed|leader\.lost)", timeout=10)
+    final = task_of(db, "x")
+    assert final is not None and final["snapshot"] == {"n": 3} and final["plannerToken"] == 2

@@ -16,7 +16,7 @@ from typing import Any
 from conftest import AppBuilder, RuntimeFactory
 from pymongo.database import Database
 from runtime_harness import RuntimeProcess
-from scenario import build, count, leader, ms, runs_of, start
+from scenario import build, count, leader, ms, runs_of, server_now, start, stays
 from support import wait_until
 
 TTL_MS = 1500
@@ -106,13 +106,13 @@ def test_renewal_is_not_blocked_by_a_long_reconciliation(
         a = start(start_runtime, app, "a", *ttl)
         a.wait_for_log(r"event=leader\.gained instance=a token=1\b")
         b = start(start_runtime, app, "b", *ttl)
-        while not count(a, r"event=planner\.reconciled"):
+        while not count(a, r"event=scan\.finished"):
             change = stream.try_next()
             if change is not None and change.get("fullDocument"):
                 renewals.append(change["fullDocument"])
             assert count(a, r"event=leader\.lost") == 0, a.log()[-3000:]
             assert count(b, r"event=leader\.gained") == 0, b.log()[-3000:]
-    a.wait_for_log(rf"event=planner\.reconciled collection=things .*documents={documents}\b")
+    a.wait_for_log(rf"event=scan\.finished collection=things .*documents={documents}\b")
     assert db.things_tasks.count_documents({}) == documents
     final = leader(db)
     assert final is not None and final["owner"] == "a" and final["token"] == 1
@@ -120,7 +120,7 @@ def test_renewal_is_not_blocked_by_a_long_reconciliation(
     # Renewal blocked behind the reconciliation would show as one gap as long as the whole
     # reconciliation: meaningful only if that lasts longer than the TTL.
     started = _logged_at(a, r"event=planner\.started")
-    finished = _logged_at(a, r"event=planner\.reconciled")
+    finished = _logged_at(a, r"event=scan\.finished")
     duration_ms = ms(finished - started)
     assert duration_ms > ttl_ms, f"reconciliation too short to show anything ({duration_ms} ms)"
     times = sorted(r["renewedAt"] for r in renewals)
@@ -158,3 +158,25 @@ def test_a_paused_leader_is_replaced_and_steps_down_when_it_resumes(
     for source in ("while-paused", "after"):
         wait_until(lambda s=source: "finishedAt" in runs_of(db, s)[0])
         assert len(runs_of(db, source)) == 1
+
+
+def test_sigkill_failover_with_the_default_lease_is_within_five_seconds(
+        make_app: AppBuilder, start_runtime: RuntimeFactory,
+        db: Database[dict[str, Any]]) -> None:
+    app = build(make_app)
+    a = start(start_runtime, app, "a")
+    a.wait_for_log(r"event=leader\.gained instance=a token=1\b")
+    b = start(start_runtime, app, "b")
+    wait_until(lambda: (leader(db) or {}).get("renewedAt") != (leader(db) or {}).get(
+        "acquiredAt"), message="A renews its lease")
+    killed_at = server_now(db)
+    a.kill()
+    b.wait_for_log(r"event=planner\.started", timeout=15)
+    taken = leader(db)
+    assert taken is not None and taken["owner"] == "b" and taken["token"] == 2
+    failover_ms = ms(taken["acquiredAt"] - killed_at)
+    assert failover_ms <= 5000, failover_ms
+    db.things.insert_one({"_id": "after", "n": 1})
+    wait_until(lambda: runs_of(db, "after"), timeout=10)
+    # No flapping: the new leader keeps its lease under the test's load.
+    stays(lambda: (leader(db) or {}).get("token") == 2, 2.0, "leadership changed again")

@@ -98,7 +98,7 @@ def test_changes_made_while_the_runtime_was_down_are_planned_after_a_restart(
         wait_until(lambda s=source: (task_of(db, s) or {}).get("status") == "completed")
     assert [r["n"] for r in runs_of(db, "before")] == [1, 2]
     assert len(runs_of(db, "while-down")) == 1 and len(runs_of(db, "quiet")) == 1
-    assert count(second, r"event=planner\.reconciled") == 0, "resumed, not reconciled"
+    assert count(second, r"event=scan\.finished") == 0, "resumed, not reconciled"
     assert (_token(db) or "") > saved
 
 
@@ -111,7 +111,7 @@ def test_token_never_moves_past_a_batch_that_failed_to_plan(
     db.things.insert_one({"_id": "ok", "n": 1})
     wait_until(lambda: (task_of(db, "ok") or {}).get("status") == "completed")
     wait_until(lambda: _token(db))
-    with _fail_point(client, {"failCommands": ["update"], "appName": f"reactgen-{instance}",
+    with _fail_point(client, {"failCommands": ["update"], "appName": f"reactgen-{instance}-planner",
                               "errorCode": BAD_VALUE}):
         saved = _token(db)
         assert saved is not None
@@ -171,7 +171,7 @@ def test_history_loss_is_reconciled(make_app: AppBuilder, fresh_server: ServerFa
 
         with _runtime_on(server.uri, db.name, app, "second") as second:
             second.wait_for_log(r"event=planner\.history_lost")
-            second.wait_for_log(r"event=planner\.reconciled collection=things")
+            second.wait_for_log(r"event=scan\.finished collection=things")
             wait_until(lambda: db.things_tasks.count_documents({"status": "completed"})
                        == documents + 1, timeout=120, message="every missed document ran")
         runs = list(db.runs.find())
