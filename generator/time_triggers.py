@@ -274,6 +274,11 @@ def _term(expr: Any, pointer: str) -> _Term:
 
 
 def _string_term(expr: str, pointer: str) -> _Term:
+    if expr == "$$CLUSTER_TIME":
+        raise FilterError(pointer, "$$CLUSTER_TIME is a BSON Timestamp: the runtime plans "
+                          "time-driven triggers with date windows, which never select it",
+                          "compare a date field with $$NOW instead, e.g. "
+                          "{$lte: ['$dueAt', '$$NOW']}")
     if expr in CLOCK_VARIABLES:
         return _Term("now", clock=expr)
     if expr.startswith("$$"):

@@ -227,6 +227,10 @@ CASES = [
         "schemas/broken.reactor.yaml:5: /trigger/filter/$lt/1:",
         ["unknown system variable $$TODAY", "fix: supported: $$NOW"]),
     # --- time-driven triggers ($$NOW whose moment of change cannot be planned) -----------------
+    Case("time-cluster-time", {"schemas/broken.reactor.yaml": definition(
+        "trigger:\n  filter: {$lte: ['$dueAt', '$$CLUSTER_TIME']}\n")},
+        "schemas/broken.reactor.yaml:5: /trigger/filter/$lte/1:",
+        ["$$CLUSTER_TIME is a BSON Timestamp", "fix: compare a date field with $$NOW"]),
     *[Case(f"time-{id_}", {"schemas/broken.reactor.yaml": definition(
         f"trigger:\n  filter: {flt}\n")},
         f"schemas/broken.reactor.yaml:5: /trigger/filter{pointer}:",
@@ -238,8 +242,8 @@ CASES = [
         ("date-diff", "{$gt: [{$dateDiff: {startDate: '$createdAt', endDate: '$$NOW', "
          "unit: day}}, 3]}", "/$gt/0/$dateDiff", "$$NOW is used in $dateDiff"),
         ("hour", "{$eq: [{$hour: '$$NOW'}, 9]}", "/$eq/0/$hour", "$$NOW is used in $hour"),
-        ("day-of-week", "{$in: [{$dayOfWeek: '$$CLUSTER_TIME'}, [1, 7]]}", "/$in/0/$dayOfWeek",
-         "$$CLUSTER_TIME is used in $dayOfWeek"),
+        ("day-of-week", "{$in: [{$dayOfWeek: '$$NOW'}, [1, 7]]}", "/$in/0/$dayOfWeek",
+         "$$NOW is used in $dayOfWeek"),
         ("month-unit", "{$lte: ['$dueAt', {$dateSubtract: {startDate: '$$NOW', unit: month, "
          "amount: 1}}]}", "/$lte/1/$dateSubtract/unit",
          "$$NOW is used in $dateSubtract with unit 'month' (months have no fixed length)"),

@@ -38,7 +38,6 @@ SUPPORTED: list[tuple[str, Any, tuple[TimeTrigger, ...]]] = [
     ("eq", {"$eq": ["$dueAt", "$$NOW"]}, (trigger("dueAt"),)),
     ("ne", {"$ne": ["$$NOW", "$dueAt"]}, (trigger("dueAt"),)),
     ("cmp", {"$cmp": ["$dueAt", "$$NOW"]}, (trigger("dueAt"),)),
-    ("cluster-time", {"$lte": ["$dueAt", "$$CLUSTER_TIME"]}, (trigger("dueAt"),)),
     ("dotted-path", {"$lt": ["$sla.breachAt", "$$NOW"]}, (trigger("sla.breachAt"),)),
     ("current-prefix", {"$lt": ["$$CURRENT.dueAt", "$$NOW"]}, (trigger("dueAt"),)),
     # constant shifts with $add / $subtract

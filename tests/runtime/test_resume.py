@@ -82,6 +82,7 @@ def test_changes_made_while_the_runtime_was_down_are_planned_after_a_restart(
     db.things.insert_one({"_id": "before", "n": 1})
     wait_until(lambda: (task_of(db, "before") or {}).get("status") == "completed")
     saved = wait_until(lambda: _token(db), message="a position is saved")
+    first.wait_for_log(r"event=scan\.finished")  # the first start's scan (else resumed below)
     assert first.stop() == 0
 
     # While nothing runs: a new document, a watched change, an unwatched change.

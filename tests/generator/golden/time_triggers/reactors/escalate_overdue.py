@@ -47,7 +47,7 @@ Context: TypeAlias = TaskContext[Ticket, EscalateOverdueWatched]
 
 FILTER: dict[str, Any] = json.loads(
     '{"$expr": {"$and": [{"$ne": ["$status", "closed"]}, {"$or": [{"$lte": ["$dueAt", "'
-    '$$NOW"]}, {"$lte": [{"$add": ["$sla.breachAt", 3600000]}, "$$CLUSTER_TIME"]}]}]}}'
+    '$$NOW"]}, {"$lte": [{"$add": ["$sla.breachAt", 3600000]}, "$$NOW"]}]}]}}'
 )
 WATCH: dict[str, Any] | None = {'status': '$status'}
 PIPELINE: list[dict[str, Any]] = json.loads(
@@ -111,7 +111,7 @@ REACTOR = ReactorSpec(
         ),
     ),
     handler='app.handlers.escalate_overdue:handle',
-    trigger_fingerprint='062c02a869ced524',
+    trigger_fingerprint='3f88bf1a92adf90a',
     source='schemas/escalate_overdue.reactor.yaml',
     time_triggers=(
         TimeTrigger(
