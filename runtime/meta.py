@@ -24,6 +24,7 @@ META_COLLECTION = "reactgen_meta"
 LEADER_ID = "leader"
 REACTOR_PREFIX = "reactor:"
 SCAN_PREFIX = "scan:"
+INSTANCE_PREFIX = "instance:"
 
 
 class Deposed(Exception):
@@ -43,6 +44,11 @@ def throttle_id(reactor: str) -> str:
 def reactor_id(reactor: str) -> str:
     """Per-reactor state: trigger fingerprint, handler version, time-trigger pass."""
     return f"{REACTOR_PREFIX}{reactor}"
+
+
+def instance_id(instance: str) -> str:
+    """Heartbeat of one runtime instance."""
+    return f"{INSTANCE_PREFIX}{instance}"
 
 
 def scan_id(database: str, collection: str) -> str:
@@ -142,6 +148,32 @@ class MetaStore:
     async def scans(self, database: str) -> list[dict[str, Any]]:
         """The scan documents of one database's source collections."""
         return await self.with_prefix(f"{SCAN_PREFIX}{database}.")
+
+    async def clear_position_reset(self, database: str, requested_at: Any,
+                                   leader_token: int) -> None:
+        """Forget a handled stream-position reset request (only the one that was read)."""
+        await self.collection.update_one(
+            {"_id": planner_id(database), "resetRequest.at": requested_at,
+             "leaderToken": not_newer_than(leader_token)}, {"$unset": {"resetRequest": ""}})
+
+    # ------------------------------------------------------------------ instances
+
+    async def heartbeat(self, instance: str, fields: Mapping[str, Any]) -> None:
+        """Record that ``instance`` is alive (``heartbeatAt`` by the server's clock)."""
+        await self.collection.update_one(
+            {"_id": instance_id(instance)},
+            {"$set": {"instance": instance, **fields}, "$currentDate": {"heartbeatAt": True},
+             "$setOnInsert": {"startedAt": datetime.datetime.now(datetime.UTC)
+                              .replace(tzinfo=None)}},
+            upsert=True)
+
+    async def remove_instance(self, instance: str) -> None:
+        """Forget an instance that stopped gracefully."""
+        await self.collection.delete_one({"_id": instance_id(instance)})
+
+    async def paused_reactors(self) -> set[str]:
+        """Reactors paused cluster-wide (``paused`` set on ``reactor:<name>``)."""
+        return {name for name, doc in (await self.reactors()).items() if doc.get("paused")}
 
     # ------------------------------------------------------------------ throttles
 

@@ -31,7 +31,7 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 from runtime import evolution
 from runtime.cancellation import consume_outcome, raise_if_cancelled
 from runtime.change_feed import ChangeFeed, HistoryLost, is_resumable
-from runtime.meta import Deposed, MetaStore, reactor_id
+from runtime.meta import Deposed, MetaStore, planner_id, reactor_id
 from runtime.metrics import PLANNING_FAILURES
 from runtime.reactor import ReactorSpec
 from runtime.reconciliation import ScanReason, ScanRunner
@@ -92,6 +92,7 @@ class DatabasePlanner:
                                        leader_token)
         self._saved_token: dict[str, Any] | None = None
         self._last_save = 0.0
+        self._reset_requested: dict[str, Any] | None = None
 
     def _all(self, reason: str) -> dict[str, dict[str, str]]:
         return {coll: {r.name: reason for r in reactors}
@@ -134,6 +135,8 @@ class DatabasePlanner:
     async def _loop(self) -> None:
         backoff = 0.1
         while True:
+            if self._reset_requested is not None:
+                await self._reset_position()
             try:
                 batch = await self.feed.next_batch()
             except HistoryLost as exc:
@@ -182,12 +185,26 @@ class DatabasePlanner:
         self._saved_token = token
         self._last_save = loop_time
 
+    async def _reset_position(self) -> None:
+        """An operator reset the stream position: restart at now and scan everything."""
+        requested, self._reset_requested = self._reset_requested or {}, None
+        log_event(log, logging.WARNING, "stream position reset; reconciling",
+                  event="planner.position_reset", database=self.db.name)
+        await self.feed.open(None)
+        await self.scans.register(self._all(ScanReason.POSITION_RESET), restart=True)
+        await self._save_token(self.feed.resume_token, force=True)
+        await self.meta.clear_position_reset(self.db.name, requested.get("at"),
+                                             self.leader_token)
+
     async def _watch_requests(self) -> None:
         """Pick up explicit scan requests (``reconciliation.request_scan``)."""
         ids = [reactor_id(r.name) for r in self.reactors]
         by_name = {r.name: r for r in self.reactors}
         while True:
             try:
+                state = await self.meta.get(planner_id(self.db.name)) or {}
+                if isinstance(state.get("resetRequest"), dict) and self._reset_requested is None:
+                    self._reset_requested = state["resetRequest"]
                 cursor = self.meta.collection.find(
                     {"_id": {"$in": ids}, "scanRequest": {"$exists": True}})
                 async for doc in cursor:

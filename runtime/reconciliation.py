@@ -91,6 +91,7 @@ class ScanReason:
     TRIGGER_CHANGED = "trigger changed"
     HISTORY_LOST = "change-stream history lost"
     NO_POSITION = "no saved stream position"
+    POSITION_RESET = "stream position reset"
     REQUESTED = "requested"
 
 

@@ -66,6 +66,7 @@ class Scheduler:
         self.idle_poll = datetime.timedelta(milliseconds=idle_poll_ms)
         self.max_due_times = max_due_times
         self.throttled_until: dict[str, datetime.datetime] = {}
+        self.paused: set[str] = set()
         self.running: Counter[str] = Counter()
         self.stopping = False
         self._state = {name: _Reactor() for name in self.reactors}
@@ -135,6 +136,18 @@ class Scheduler:
         self.throttled_until[reactor] = until
         self.note_due(reactor, until, fresh=False)
 
+    def pause(self, reactor: str, paused: bool) -> None:
+        """Pause or resume a reactor cluster-wide (``runtime pause``; every instance learns it
+        from the meta collection): a paused reactor is never claimed."""
+        if reactor not in self._state:
+            return
+        if paused:
+            self.paused.add(reactor)
+        elif reactor in self.paused:
+            self.paused.discard(reactor)
+            self._state[reactor].poll_at = None
+            self.note_due(reactor, datetime.datetime.min, fresh=False)
+
     def due_times(self, reactor: str) -> list[datetime.datetime]:
         """The known due times of ``reactor``, earliest first (not the poll time)."""
         state = self._state.get(reactor)
@@ -163,6 +176,8 @@ class Scheduler:
         return limit is not None and self.running[name] >= limit
 
     def _available(self, name: str, now: datetime.datetime) -> bool:
+        if name in self.paused:
+            return False
         until = self.throttled_until.get(name)
         if until is not None and until > now:
             return False
@@ -245,8 +260,8 @@ class Scheduler:
         run then (the end of a throttle counts), at most the idle poll away."""
         horizon = now + self.idle_poll
         for name, state in self._state.items():
-            if self._limited(name):
-                continue  # a worker that finishes one of its executions looks again
+            if self._limited(name) or name in self.paused:
+                continue  # a finished execution, or the resume, makes a worker look again
             due = self._earliest(state)
             if due is None:
                 continue

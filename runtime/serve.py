@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 from typing import Any
@@ -12,9 +13,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from runtime.app_loader import LoadedApp
-from runtime.cancellation import consume_outcome, raise_if_cancelled
+from runtime.cancellation import consume_outcome, raise_if_cancelled, within
 from runtime.command_stats import CommandCounter
 from runtime.evolution import retire_removed
+from runtime.heartbeat import Heartbeat
 from runtime.hooks import Hooks
 from runtime.leader import LeaderElector
 from runtime.meta import MetaStore
@@ -60,6 +62,7 @@ class Runtime:
         self.elector: LeaderElector | None = None
         self.planner: Planner | None = None
         self.workers: WorkerPool | None = None
+        self.heartbeat: Heartbeat | None = None
 
     def database(self, reactor: ReactorSpec | None = None) -> AsyncDatabase[dict[str, Any]]:
         """The database of a reactor (or the default one)."""
@@ -124,6 +127,8 @@ class Runtime:
         await self.clock.sync(self.database())
         await self.ensure_indexes()
         await self._load_throttles()
+        for name in await MetaStore(self.database()).paused_reactors():
+            self.scheduler.pause(name, True)
         stores = {r.name: TaskStore(self.database(r)[r.tasks_collection], settings.task_lease_ms,
                                     settings.instance_id) for r in self.app.reactors}
         sources = {r.name: self.database(r)[r.collection] for r in self.app.reactors}
@@ -146,7 +151,8 @@ class Runtime:
                                       self.scheduler.throttle, elector.observe,
                                       instance_id=settings.instance_id,
                                       on_lease=self.scheduler.note_lease,
-                                      on_finished=self.scheduler.forget)
+                                      on_finished=self.scheduler.forget,
+                                      on_pause=self.scheduler.pause)
             self._background.append(asyncio.create_task(listener.run()))
         self.scheduler.start(self.clock.now())
         await self._learn_next_due(stores)
@@ -157,11 +163,23 @@ class Runtime:
         self.workers.start()
         elector.start()
         self._background.append(asyncio.create_task(self._resync_clock()))
+        self.heartbeat = Heartbeat(MetaStore(self.database()), settings.instance_id,
+                                   [r.name for r in self.app.reactors], settings.concurrency,
+                                   self._status)
+        self._background.append(asyncio.create_task(self.heartbeat.run()))
         log_event(log, logging.INFO, "runtime started", event="runtime.started",
                   instance=settings.instance_id, reactors=len(self.app.reactors),
                   concurrency=settings.concurrency,
                   clock_offset_ms=round(self.clock.offset.total_seconds() * 1000, 1),
                   clock_uncertainty_ms=round(self.clock.uncertainty.total_seconds() * 1000, 1))
+
+    def _status(self) -> dict[str, Any]:
+        """What the heartbeat reports beyond the static facts."""
+        elector = self.elector
+        return {"leader": bool(elector and elector.is_leader),
+                "leaderToken": elector.token if elector and elector.is_leader else None,
+                "running": sum(self.scheduler.running.values()),
+                "paused": sorted(self.scheduler.paused)}
 
     async def _learn_next_due(self, stores: dict[str, TaskStore]) -> None:
         """At start-up, the wake-up stream has reported nothing yet: learn each reactor's next
@@ -232,6 +250,9 @@ class Runtime:
                           instance=self.settings.instance_id)
         for task in self._background:
             task.cancel()
+        with contextlib.suppress(PyMongoError, TimeoutError):
+            await within(MetaStore(self.database()).remove_instance(self.settings.instance_id),
+                         CLOSE_STEP_S)
         # Bounded: with the server unreachable, the driver finishes a cancelled server
         # selection, and the end-sessions of close(), only at its server selection timeout.
         closing = [asyncio.create_task(self.client.close()),

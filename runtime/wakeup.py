@@ -21,7 +21,7 @@ from pymongo.errors import PyMongoError
 
 from runtime.cancellation import raise_if_cancelled
 from runtime.change_feed import ChangeFeed, HistoryLost
-from runtime.meta import LEADER_ID, META_COLLECTION
+from runtime.meta import LEADER_ID, META_COLLECTION, REACTOR_PREFIX
 from runtime.structured_logging import log_event
 from runtime.task_store import COMPLETED, FAILED, PENDING, RUNNING, SKIPPED
 
@@ -37,7 +37,8 @@ class WakeupListener:
                  on_throttle: Callable[[str, datetime.datetime], None],
                  on_leader_change: Callable[[Any, Any], None], *, instance_id: str,
                  on_lease: Callable[[str, Any, datetime.datetime], None],
-                 on_finished: Callable[[str, Any], None]) -> None:
+                 on_finished: Callable[[str, Any], None],
+                 on_pause: Callable[[str, bool], None] | None = None) -> None:
         self.db = db
         self.instance_id = instance_id
         # Filtered on the server (this stream runs on every instance): tasks that are pending
@@ -50,8 +51,11 @@ class WakeupListener:
              "fullDocument.lease.owner": {"$ne": instance_id}},
         ]
         if watch_meta:
-            wanted.append({"ns.coll": META_COLLECTION,
-                           "documentKey._id": {"$not": {"$regex": "^planner:"}}})
+            # The lease, throttles and reactor states (pauses); not the planners' positions,
+            # scan checkpoints or instance heartbeats, which change all the time.
+            wanted += [{"ns.coll": META_COLLECTION, "documentKey._id": LEADER_ID},
+                       {"ns.coll": META_COLLECTION,
+                        "documentKey._id": {"$regex": f"^(throttle|{REACTOR_PREFIX[:-1]}):"}}]
         pipeline: list[dict[str, Any]] = [
             {"$match": {"operationType": {"$in": ["insert", "update", "replace"]},
                         "$or": wanted}},
@@ -59,7 +63,8 @@ class WakeupListener:
             {"$project": {"ns.coll": 1, "documentKey": 1, "fullDocument.reactor": 1,
                           "fullDocument.status": 1, "fullDocument.nextRunAt": 1,
                           "fullDocument.lease.owner": 1, "fullDocument.until": 1,
-                          "fullDocument.owner": 1, "fullDocument.expiresAt": 1}},
+                          "fullDocument.owner": 1, "fullDocument.expiresAt": 1,
+                          "fullDocument.paused": 1}},
         ]
         self.feed = ChangeFeed(db, pipeline, full_document="updateLookup", max_await_ms=1000)
         self.on_due = on_due
@@ -67,6 +72,7 @@ class WakeupListener:
         self.on_leader_change = on_leader_change
         self.on_lease = on_lease
         self.on_finished = on_finished
+        self.on_pause = on_pause
 
     def _handle(self, event: dict[str, Any]) -> None:
         doc = event.get("fullDocument") or {}
@@ -77,6 +83,8 @@ class WakeupListener:
             elif isinstance(key, str) and key.startswith("throttle:") and isinstance(
                     doc.get("until"), datetime.datetime):
                 self.on_throttle(key.split(":", 1)[1], doc["until"])
+            elif isinstance(key, str) and key.startswith(REACTOR_PREFIX) and self.on_pause:
+                self.on_pause(key[len(REACTOR_PREFIX):], bool(doc.get("paused")))
             return
         reactor, status, due = doc.get("reactor"), doc.get("status"), doc.get("nextRunAt")
         if not isinstance(reactor, str) or key is None:

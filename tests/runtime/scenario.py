@@ -19,11 +19,15 @@ from __future__ import annotations
 import datetime
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from conftest import AppBuilder, RuntimeFactory
+from pymongo import MongoClient
 from pymongo.database import Database
+from pymongo.errors import OperationFailure
 from runtime_harness import App, RuntimeProcess
 
 Doc = dict[str, Any]
@@ -169,3 +173,23 @@ def stays(predicate: Callable[[], object], seconds: float, message: str) -> None
 def ms(delta: datetime.timedelta) -> float:
     """A duration in milliseconds."""
     return delta.total_seconds() * 1000
+
+
+COMMAND_NOT_FOUND = 59
+
+
+@contextmanager
+def fail_point(client: MongoClient[Doc], data: Doc, mode: Any = "alwaysOn") -> Iterator[None]:
+    """``failCommand`` with ``data`` while the block runs (skips the test where the server
+    has no test commands). The runtime's planner uses the application name
+    ``reactgen-<instance>-planner``, its workers and listeners ``reactgen-<instance>``."""
+    try:
+        client.admin.command({"configureFailPoint": "failCommand", "mode": mode, "data": data})
+    except OperationFailure as exc:
+        if exc.code == COMMAND_NOT_FOUND:
+            pytest.skip("configureFailPoint is not enabled on this server")
+        raise
+    try:
+        yield
+    finally:
+        client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})

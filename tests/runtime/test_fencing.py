@@ -14,14 +14,13 @@ import time
 import uuid
 from typing import Any
 
-import pytest
 from conftest import AppBuilder, RuntimeFactory
 from pymongo import MongoClient
 from pymongo.database import Database
-from pymongo.errors import OperationFailure
 from scenario import (
     build,
     count,
+    fail_point,
     lease_expired,
     release,
     runs_of,
@@ -35,7 +34,6 @@ from support import wait_until
 Doc = dict[str, Any]
 LEASE_MS = 1000
 BLOCK_MS = 7000
-COMMAND_NOT_FOUND = 59
 
 
 def test_paused_worker_cannot_overwrite_the_new_holder(
@@ -120,22 +118,13 @@ def test_deposed_planner_cannot_overwrite_the_new_leaders_tasks(
     wait_until(lambda: (task_of(db, "x") or {}).get("snapshot") == {"n": 1})
     assert task_of(db, "x")["plannerToken"] == 1
     writes = count(a, r"event=planner\.writing")
-    try:
-        client.admin.command({"configureFailPoint": "failCommand", "mode": "alwaysOn", "data": {
-            "failCommands": ["update"], "appName": f"reactgen-{a_id}-planner",
-            "blockConnection": True, "blockTimeMS": BLOCK_MS}})
-    except OperationFailure as exc:
-        if exc.code == COMMAND_NOT_FOUND:
-            pytest.skip("configureFailPoint is not enabled on this server")
-        raise
-    try:
+    with fail_point(client, {"failCommands": ["update"], "appName": f"reactgen-{a_id}-planner",
+                             "blockConnection": True, "blockTimeMS": BLOCK_MS}):
         db.things.update_one({"_id": "x"}, {"$set": {"n": 2}})
         a.wait_for_log(r"(?s)" + r"event=planner\.writing.*" * (writes + 1), timeout=15)
         sent = time.monotonic()
         a.signal(signal.SIGSTOP)
         b.wait_for_log(r"event=planner\.started .*leader_token=2\b", timeout=15)
-    finally:
-        client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
     db.things.update_one({"_id": "x"}, {"$set": {"n": 3}})
     wait_until(lambda: (task_of(db, "x") or {}).get("snapshot") == {"n": 3}, timeout=10)
     # A's held write lands BLOCK_MS after it was sent; it must change nothing.

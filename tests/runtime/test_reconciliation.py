@@ -4,25 +4,23 @@ cleanup, removed reactors and explicit requests, all through real ``runtime serv
 
 from __future__ import annotations
 
+import datetime
 import json
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from bson import ObjectId
 from conftest import AppBuilder, RuntimeFactory
 from pymongo import MongoClient
 from pymongo.database import Database
-from pymongo.errors import OperationFailure
 from runtime_harness import App
-from scenario import build, build_many, count, runs_of, start, stays
+from scenario import build, build_many, count, fail_point, runs_of, start, stays
 from support import wait_until
 
 from runtime.reconciliation import request_scan_sync
 
 Doc = dict[str, Any]
-COMMAND_NOT_FOUND = 59
 HOUR = "      debounce: 1h\n"
 """Keeps workers out of the way: tasks are planned but not due for an hour."""
 
@@ -48,20 +46,6 @@ def _finished(db: Database[Doc]) -> Doc | None:
     return scan.get("lastFinished") if scan and not scan.get("passes") else None
 
 
-@contextmanager
-def _fail_point(client: MongoClient[Doc], data: Doc, mode: Any = "alwaysOn") -> Iterator[None]:
-    try:
-        client.admin.command({"configureFailPoint": "failCommand", "mode": mode, "data": data})
-    except OperationFailure as exc:
-        if exc.code == COMMAND_NOT_FOUND:
-            pytest.skip("configureFailPoint is not enabled on this server")
-        raise
-    try:
-        yield
-    finally:
-        client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
-
-
 def test_first_start_plans_existing_documents_and_records_the_scan(
         make_app: AppBuilder, start_runtime: RuntimeFactory, db: Database[Doc]) -> None:
     db.things.insert_many([{"_id": f"d{i:03}", "n": i} for i in range(300)])
@@ -80,9 +64,6 @@ def test_first_start_plans_existing_documents_and_records_the_scan(
 def test_ids_of_every_type_are_scanned_in_bson_order(
         make_app: AppBuilder, start_runtime: RuntimeFactory, db: Database[Doc]) -> None:
     # $gt does not cross BSON type brackets: a scan walking only one type would skip the rest.
-    import datetime
-
-    from bson import ObjectId
     ids: list[Any] = [None, -3, 2.5, 7, "a", "b", {"k": 1}, ObjectId(), True,
                       datetime.datetime(2020, 1, 1)]
     db.things.insert_many([{"_id": i, "n": 1} for i in ids])
@@ -204,7 +185,7 @@ def test_each_history_loss_code_starts_a_scan(
     b = start(start_runtime, app, b_id)
     # The planner has a client of its own (application name ``...-planner``), idle until B
     # leads: its first aggregate or getMore is the planner's open or first read.
-    with _fail_point(client, {"failCommands": [command], "appName": f"reactgen-{b_id}-planner",
+    with fail_point(client, {"failCommands": [command], "appName": f"reactgen-{b_id}-planner",
                               "errorCode": code}, mode={"times": 1}):
         a.kill()
         # Written while nobody leads: only the stream (whose history is "lost") or a
@@ -231,7 +212,7 @@ def test_orphaned_tasks_are_cleaned_up_and_never_claimed(
     b_id = f"or-{uuid.uuid4().hex[:8]}"
     b = start(start_runtime, app, b_id)
     deleted = [f"d{i:02}" for i in range(20)]
-    with _fail_point(client, {"failCommands": ["aggregate"],
+    with fail_point(client, {"failCommands": ["aggregate"],
                               "appName": f"reactgen-{b_id}-planner", "errorCode": 286},
                      mode={"times": 1}):
         a.kill()

@@ -16,10 +16,9 @@ from pymongo import MongoClient
 from pymongo.database import Database
 from pymongo.errors import OperationFailure
 from runtime_harness import RuntimeProcess
-from scenario import build, count, runs_of, start, stays, task_of
+from scenario import build, count, fail_point, runs_of, start, stays, task_of
 from support import ServerFactory, wait_until
 
-COMMAND_NOT_FOUND = 59
 BAD_VALUE = 2
 
 
@@ -35,21 +34,6 @@ def _event_token(db: Database[dict[str, Any]], write: Any) -> str:
         write()
         event = wait_until(stream.try_next, message="the write's change event")
         return str(event["_id"]["_data"])
-
-
-@contextmanager
-def _fail_point(client: MongoClient[dict[str, Any]], data: dict[str, Any]) -> Iterator[None]:
-    try:
-        client.admin.command({"configureFailPoint": "failCommand", "mode": "alwaysOn",
-                              "data": data})
-    except OperationFailure as exc:
-        if exc.code == COMMAND_NOT_FOUND:
-            pytest.skip("configureFailPoint is not enabled on this server")
-        raise
-    try:
-        yield
-    finally:
-        client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
 
 
 def test_token_is_saved_after_every_batch_and_while_idle(
@@ -112,7 +96,7 @@ def test_token_never_moves_past_a_batch_that_failed_to_plan(
     db.things.insert_one({"_id": "ok", "n": 1})
     wait_until(lambda: (task_of(db, "ok") or {}).get("status") == "completed")
     wait_until(lambda: _token(db))
-    with _fail_point(client, {"failCommands": ["update"], "appName": f"reactgen-{instance}-planner",
+    with fail_point(client, {"failCommands": ["update"], "appName": f"reactgen-{instance}-planner",
                               "errorCode": BAD_VALUE}):
         saved = _token(db)
         assert saved is not None
