@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.hooks import Hooks
+from runtime.middleware import Middleware
 from runtime.reactor import ReactorSpec
 
 
@@ -53,6 +54,34 @@ def load_app(package: str) -> LoadedApp:
     pipelines = dict(getattr(registry, "PIPELINES", {}))
     indexes = list(getattr(registry, "INDEXES", []))
     return LoadedApp(reactors, handlers, pipelines, indexes)
+
+
+def _attribute(reference: str, flag: str, example: str) -> Any:
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise AppLoadError(f"{flag} {reference!r}: write it as MODULE:ATTRIBUTE, e.g. "
+                           f"{example}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise AppLoadError(f"{flag}: cannot import {module_name} ({exc})") from exc
+    if not hasattr(module, attribute):
+        raise AppLoadError(f"{flag}: {module_name} has no attribute {attribute!r}")
+    return getattr(module, attribute)
+
+
+def load_middleware(reference: str) -> list[Middleware]:
+    """The middleware named by ``module:attribute`` (``--middleware``): a
+    :class:`~runtime.middleware.Middleware` instance or subclass, a list of them, or a function
+    of no arguments returning either."""
+    value = _attribute(reference, "--middleware", "myapp.observability:MIDDLEWARE")
+    if callable(value) and not isinstance(value, Middleware):
+        value = value()  # a Middleware subclass, or a factory
+    items = value if isinstance(value, list | tuple) else [value]
+    if not items or not all(isinstance(item, Middleware) for item in items):
+        raise AppLoadError(f"--middleware: {reference} is not a runtime.middleware.Middleware "
+                           "(or a list of them, or a function returning one)")
+    return list(items)
 
 
 def load_hooks(reference: str) -> Hooks:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -32,7 +33,7 @@ from runtime import evolution
 from runtime.cancellation import consume_outcome, raise_if_cancelled
 from runtime.change_feed import ChangeFeed, HistoryLost, is_resumable
 from runtime.meta import Deposed, MetaStore, planner_id, reactor_id
-from runtime.metrics import PLANNING_FAILURES
+from runtime.middleware import Middleware
 from runtime.reactor import ReactorSpec
 from runtime.reconciliation import ScanReason, ScanRunner
 from runtime.structured_logging import log_event
@@ -73,7 +74,7 @@ class DatabasePlanner:
     def __init__(self, db: AsyncDatabase[Any], meta_db: AsyncDatabase[Any],
                  reactors: list[ReactorSpec], pipeline: list[dict[str, Any]],
                  batch_max: int, leader_token: int, due_hint: DueHint,
-                 now: Clock) -> None:
+                 now: Clock, middleware: Middleware | None = None) -> None:
         self.db = db
         self.meta = MetaStore(meta_db)
         self.reactors = reactors
@@ -85,6 +86,7 @@ class DatabasePlanner:
         self.leader_token = leader_token
         self.due_hint = due_hint
         self.now = now
+        self.middleware = middleware or Middleware()
         self.feed = ChangeFeed(db, pipeline, batch_size=batch_max, max_await_ms=500)
         self.scans = ScanRunner(db, self.meta, self.by_collection, self.plan_ids,
                                 self.sweep_orphans, leader_token)
@@ -165,7 +167,8 @@ class DatabasePlanner:
         delay = 0.1
         while True:
             try:
-                await self.plan_events(events)
+                await self.middleware.around_planning(
+                    self.db.name, len(events), lambda: self.plan_events(events))
                 return
             except PyMongoError as exc:
                 raise_if_cancelled()
@@ -259,7 +262,7 @@ class DatabasePlanner:
             await self.plan_ids(collection, ids[middle:], reactors)
             return
         ops: dict[str, list[UpdateOne]] = {}
-        planned: set[str] = set()
+        planned: Counter[str] = Counter()
         token = self.leader_token
         for source_id in ids:
             verdicts = found.get(_id_key(source_id))
@@ -269,7 +272,7 @@ class DatabasePlanner:
                 cleanup = reactor.policies.cleanup.when
                 if verdicts is not None and reactor.name in verdicts:
                     target.append(plan_update(reactor, source_id, snapshot, token))
-                    planned.add(reactor.name)
+                    planned[reactor.name] += 1
                 elif (verdicts is None and cleanup != "never") or (
                         verdicts is not None and cleanup == "sourceDeletedOrUnmatched"):
                     target.append(source_gone_update(reactor, source_id, token))
@@ -279,6 +282,7 @@ class DatabasePlanner:
         # instance through the wake-up stream; this local hint is never earlier than it.
         for reactor in reactors:
             if reactor.name in planned:
+                self.middleware.on_planned(reactor.name, planned[reactor.name])
                 self.due_hint(reactor.name, reactor.policies.debounce.delay_ms)
 
     async def _write(self, ops: dict[str, list[UpdateOne]]) -> None:
@@ -327,7 +331,7 @@ class DatabasePlanner:
                 error = str(exc.details.get("errmsg") if exc.details else exc) or str(exc)
                 poisoned.setdefault(reactor.tasks_collection, []).append(
                     poison_update(reactor, source_id, error, self.leader_token))
-                PLANNING_FAILURES.labels(reactor=reactor.name).inc()
+                self.middleware.on_poison(reactor.name, source_id, error)
                 log_event(log, logging.ERROR,
                           "cannot plan document; its task is marked failed",
                           event="planner.poison_document", reactor=reactor.name,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import importlib.util
 import logging
 from typing import Any
 
@@ -19,7 +20,9 @@ from runtime.evolution import retire_removed
 from runtime.heartbeat import Heartbeat
 from runtime.hooks import Hooks
 from runtime.leader import LeaderElector
+from runtime.logging_middleware import LoggingMiddleware
 from runtime.meta import MetaStore
+from runtime.middleware import HooksMiddleware, Middleware, MiddlewareStack
 from runtime.planner import DatabasePlanner, Planner
 from runtime.reactor import ReactorSpec
 from runtime.scheduler import Scheduler
@@ -40,10 +43,20 @@ class Runtime:
     """Owns the client, the elector, the planner, the wake-up listeners and the workers."""
 
     def __init__(self, settings: RuntimeSettings, app: LoadedApp,
-                 hooks: Hooks | None = None) -> None:
+                 hooks: Hooks | None = None,
+                 middleware: list[Middleware] | None = None) -> None:
         self.settings = settings
         self.app = app
-        self.hooks = hooks or Hooks()
+        items: list[Middleware] = []
+        if importlib.util.find_spec("opentelemetry") is not None:
+            from runtime.tracing import TracingMiddleware
+
+            items.append(TracingMiddleware())  # outermost: the handler's spans are children
+        if hooks is not None:
+            items.append(HooksMiddleware(hooks))
+        items += middleware or []
+        items.append(LoggingMiddleware(settings.instance_id))
+        self.middleware = MiddlewareStack(items)
         self.command_counter = CommandCounter() if settings.command_stats_file else None
         listeners = [self.command_counter] if self.command_counter else []
         self.client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
@@ -57,7 +70,7 @@ class Runtime:
             tz_aware=False, event_listeners=listeners)
         self.clock = ServerClock()
         self._background: list[asyncio.Task[None]] = []
-        runnable = [r for r in app.reactors if self.hooks.task_filter(r)]
+        runnable = [r for r in app.reactors if self.middleware.accepts(r)]
         self.scheduler = Scheduler(runnable, settings.idle_poll_ms)
         self.elector: LeaderElector | None = None
         self.planner: Planner | None = None
@@ -116,7 +129,7 @@ class Runtime:
                 return DatabasePlanner(db, self.planner_client[self.settings.database],
                                        reactors, pipeline,
                                        self.settings.batch_max, token, self._due_hint,
-                                       self.clock.now)
+                                       self.clock.now, self.middleware)
 
             factories.append(factory)
         return factories
@@ -136,7 +149,7 @@ class Runtime:
                                on_deposed=self._deposed)
         self.elector = LeaderElector(self.database(), settings.instance_id,
                                      settings.leader_ttl_ms, settings.leader_renew_ms,
-                                     self.planner.start, self._stop_planning, self.clock.now)
+                                     self._start_planning, self._stop_planning, self.clock.now)
         tasks_by_db: dict[str, list[str]] = {}
         for reactor in self.app.reactors:
             db_name = reactor.database or settings.database
@@ -158,7 +171,7 @@ class Runtime:
         await self._learn_next_due(stores)
         self.workers = WorkerPool(
             {r.name: r for r in self.app.reactors}, self.app.handlers, stores, sources,
-            self.scheduler, self.clock, self.hooks, settings.concurrency,
+            self.scheduler, self.clock, self.middleware, settings.concurrency,
             settings.task_renew_ms, settings.instance_id, self._throttle)
         self.workers.start()
         elector.start()
@@ -204,7 +217,13 @@ class Runtime:
         if self.elector is not None:
             self.elector.nudge()
 
+    async def _start_planning(self, leader_token: int) -> None:
+        self.middleware.on_leadership(True, leader_token)
+        if self.planner is not None:
+            await self.planner.start(leader_token)
+
     async def _stop_planning(self) -> None:
+        self.middleware.on_leadership(False, self.elector.token if self.elector else 0)
         if self.planner is None:
             return
         # Not wait_for: it would wait for the stop to honour its cancellation. Left running,

@@ -25,6 +25,8 @@ from runtime.structured_logging import configure, log_event
 
 log = logging.getLogger("runtime")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+METRICS_SCOPES = ("local", "cluster")
+LOG_FORMATS = ("text", "json")
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 STRAGGLER_WAIT_S = 1.0
@@ -67,6 +69,20 @@ def _log_level(value: str) -> str:
     return level
 
 
+def _log_format(value: str) -> str:
+    form = value.strip().lower()
+    if form not in LOG_FORMATS:
+        raise ValueError(f"must be one of {', '.join(LOG_FORMATS)}, got {value!r}")
+    return form
+
+
+def _metrics_scope(value: str) -> str:
+    scope = value.strip().lower()
+    if scope not in METRICS_SCOPES:
+        raise ValueError(f"must be one of {', '.join(METRICS_SCOPES)}, got {value!r}")
+    return scope
+
+
 @dataclass(frozen=True)
 class Flag:
     """One setting: its flag, how its text is parsed, and its help."""
@@ -106,8 +122,17 @@ FLAGS = (
     Flag("metrics_port", "--metrics-port", _positive_int, "serve Prometheus metrics on this "
          "port (off by default)", "PORT"),
     Flag("metrics_host", "--metrics-host", _text, "address of the metrics endpoint", "HOST"),
+    Flag("metrics_scope", "--metrics-scope", _metrics_scope, "local: only this instance's "
+         "metrics; cluster: also the cluster-wide gauges read from the database, exported by "
+         "the leader only", "SCOPE"),
+    Flag("metrics_refresh_ms", "--metrics-refresh-ms", _positive_int, "how often the leader "
+         "reads the cluster-wide gauges from the database", "MS"),
     Flag("hooks", "--hooks", _text, "MODULE:ATTR naming a runtime.hooks.Hooks instance (or a "
          "function returning one): task filter and execution wrapper", "MODULE:ATTR"),
+    Flag("middleware", "--middleware", _text, "MODULE:ATTR naming your runtime.middleware."
+         "Middleware (an instance, class, list, or factory)", "MODULE:ATTR"),
+    Flag("log_format", "--log-format", _log_format, "log line format: text (key=value) or "
+         "json (one object per line, for log shippers)", "FORMAT"),
 )
 
 
@@ -143,7 +168,7 @@ def settings_from(args: argparse.Namespace) -> RuntimeSettings:
 
 async def serve(settings: RuntimeSettings) -> int:
     """Run until a signal; returns the exit code."""
-    from runtime.app_loader import AppLoadError, load_app, load_hooks
+    from runtime.app_loader import AppLoadError, load_app, load_hooks, load_middleware
     from runtime.serve import Runtime
 
     stop = asyncio.Event()
@@ -154,6 +179,7 @@ async def serve(settings: RuntimeSettings) -> int:
     try:
         app = load_app(settings.app)
         hooks = load_hooks(settings.hooks) if settings.hooks else None
+        middleware = load_middleware(settings.middleware) if settings.middleware else []
     except AppLoadError as exc:
         print(f"runtime serve: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -174,7 +200,7 @@ async def serve(settings: RuntimeSettings) -> int:
                   event="embedded.started", uri=settings.mongodb_uri)
     try:
         try:
-            runtime = Runtime(settings, app, hooks)
+            runtime = Runtime(settings, app, hooks, middleware)
             if settings.metrics_port:
                 from runtime.metrics import serve_metrics
 
@@ -227,7 +253,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"runtime serve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    configure(settings.log_level)
+    configure(settings.log_level, settings.log_format)
     # The driver's own DEBUG output (every command, connection and server selection) would
     # drown the runtime's; it is shown from INFO up.
     logging.getLogger("pymongo").setLevel(max(logging.INFO, logging.getLevelName(

@@ -33,8 +33,13 @@ class RuntimeSettings:
     log_level: str = "INFO"
     command_stats_file: str | None = None
     hooks: str | None = None
+    middleware: str | None = None
+    log_format: str = "text"
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    metrics_scope: str = "cluster"
+    """``local`` (this instance's metrics) or ``cluster`` (also the cluster-wide gauges)."""
+    metrics_refresh_ms: int = 5_000
 
     @property
     def leader_renew_ms(self) -> int:
@@ -61,6 +66,10 @@ ENVIRONMENT = {
     "log_level": "REACTGEN_LOG_LEVEL",
     "command_stats_file": "REACTGEN_COMMAND_STATS",
     "hooks": "REACTGEN_HOOKS",
+    "middleware": "REACTGEN_MIDDLEWARE",
+    "log_format": "REACTGEN_LOG_FORMAT",
     "metrics_port": "REACTGEN_METRICS_PORT",
     "metrics_host": "REACTGEN_METRICS_HOST",
+    "metrics_scope": "REACTGEN_METRICS_SCOPE",
+    "metrics_refresh_ms": "REACTGEN_METRICS_REFRESH_MS",
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import sys
 from typing import Any
@@ -28,10 +30,29 @@ def _render(value: Any) -> str:
     return repr(text) if (" " in text or "=" in text or not text) else text
 
 
-def configure(level: str) -> None:
-    """Send runtime logs to stderr in the key=value format."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time``, ``level``, ``logger``, ``message`` and the fields
+    (values that JSON cannot hold are written as text)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        extras = getattr(record, "fields", None)
+        if isinstance(extras, dict):
+            for key, value in extras.items():
+                entry.setdefault(key, value)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure(level: str, log_format: str = "text") -> None:
+    """Send runtime logs to stderr, as ``key=value`` text or as JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else
+                         KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

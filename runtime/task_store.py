@@ -214,6 +214,7 @@ class TaskStore:
              "$expr": {"$lte": ["$nextRunAt", "$$NOW"]}},
             [{"$set": {
                 "status": PROCESSING,
+                "claimedDue": "$nextRunAt",
                 "attempts": {"$add": [{"$ifNull": ["$attempts", 0]}, 1]},
                 "nextRunAt": {"$add": ["$$NOW", self.lease_ms]},
                 "startedAt": "$$NOW",
@@ -247,6 +248,7 @@ class TaskStore:
         return result.matched_count == 1
 
     def finalize_update(self, held: Claimed, outcome: str, *, error: str | None,
+                        traceback: str | None = None,
                         retry_in_ms: int | None = None,
                         retry_at: datetime.datetime | None = None, history_limit: int,
                         duration_ms: float, debounce: Any, reset_on_data_change: bool = True,
@@ -266,11 +268,14 @@ class TaskStore:
                                  "durationMs": round(duration_ms, 3)}
         if error is not None:
             entry["error"] = {"$literal": error}
+        if traceback is not None:
+            entry["traceback"] = {"$literal": traceback}
         if outcome == COMPLETED:
-            errors: dict[str, Any] = {"lastError": None, "firstErrorAt": None,
-                                      "completedAt": "$$NOW"}
+            errors: dict[str, Any] = {"lastError": None, "lastTraceback": None,
+                                      "firstErrorAt": None, "completedAt": "$$NOW"}
         elif failed:
             errors = {"lastError": {"$literal": error},
+                      "lastTraceback": {"$literal": traceback},
                       "firstErrorAt": {"$ifNull": ["$firstErrorAt", "$$NOW"]}}
         else:
             errors = {"skipReason": "late-binding check failed"}
@@ -293,7 +298,8 @@ class TaskStore:
         return {"_id": held.task_id, "lease.claim": held.claim}, update
 
     async def finalize(self, held: Claimed, outcome: str, *, error: str | None,
-                       retry_in_ms: int | None = None, retry_at: datetime.datetime | None = None,
+                       traceback: str | None = None, retry_in_ms: int | None = None,
+                       retry_at: datetime.datetime | None = None,
                        history_limit: int, duration_ms: float, debounce: Any,
                        reset_on_data_change: bool = True,
                        session: AsyncClientSession | None = None) -> bool:
@@ -306,7 +312,8 @@ class TaskStore:
         :meth:`finalized_by` can tell "already finalized by this execution" from "lost".
         """
         query, update = self.finalize_update(
-            held, outcome, error=error, retry_in_ms=retry_in_ms, retry_at=retry_at,
+            held, outcome, error=error, traceback=traceback, retry_in_ms=retry_in_ms,
+            retry_at=retry_at,
             history_limit=history_limit, duration_ms=duration_ms, debounce=debounce,
             reset_on_data_change=reset_on_data_change)
         result = await self.collection.update_one(query, update, session=session)

@@ -13,21 +13,23 @@ import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from runtime.cancellation import consume_outcome, raise_if_cancelled
-from runtime.hooks import Hooks
-from runtime.metrics import record_execution
+from runtime.middleware import Middleware
+from runtime.outcome import Outcome, OutcomeKind
 from runtime.reactor import ReactorSpec
 from runtime.retry_policies import cron_next, gives_up, retry_delay_ms
 from runtime.scheduler import Scheduler
 from runtime.server_time import ServerClock
 from runtime.structured_logging import log_event
 from runtime.task_context import RuntimeTaskContext, TaskSkipped
-from runtime.task_store import COMPLETED, FAILED, SKIPPED, Claimed, TaskStore, debounce_expression
+from runtime.task_store import FAILED, Claimed, TaskStore, debounce_expression
+from runtime.tracebacks import user_traceback
 
 log = logging.getLogger("runtime.worker")
 LOOP_STOP_S = 2.0
@@ -76,7 +78,7 @@ class WorkerPool:
 
     def __init__(self, reactors: dict[str, ReactorSpec], handlers: dict[str, Handler],
                  stores: dict[str, TaskStore], sources: dict[str, Any], scheduler: Scheduler,
-                 clock: ServerClock, hooks: Hooks, concurrency: int, renew_ms: int,
+                 clock: ServerClock, middleware: Middleware, concurrency: int, renew_ms: int,
                  instance_id: str, throttle_sink: ThrottleSink) -> None:
         self.reactors = reactors
         self.handlers = handlers
@@ -84,7 +86,7 @@ class WorkerPool:
         self.sources = sources
         self.scheduler = scheduler
         self.clock = clock
-        self.hooks = hooks
+        self.middleware = middleware
         self.concurrency = concurrency
         self.renew_ms = renew_ms
         self.instance_id = instance_id
@@ -108,6 +110,7 @@ class WorkerPool:
             reactor = self.reactors[name]
             scheduler.running[name] += 1
             try:
+                asked = time.perf_counter()
                 try:
                     held = await self.stores[name].claim(name, now)
                 except PyMongoError as exc:
@@ -116,6 +119,7 @@ class WorkerPool:
                     scheduler.missed(name, now)
                     await scheduler.wait(0.5)
                     continue
+                self.middleware.on_claim(name, held is not None, time.perf_counter() - asked)
                 if held is None:
                     scheduler.missed(name, now)
                     continue
@@ -129,13 +133,17 @@ class WorkerPool:
             finally:
                 scheduler.running[name] -= 1
 
-    async def _renew(self, store: TaskStore, held: Claimed, ctx: RuntimeTaskContext) -> None:
+    async def _renew(self, store: TaskStore, held: Claimed, ctx: RuntimeTaskContext,
+                     reactor: str) -> None:
         while not ctx.finalized:
             await asyncio.sleep(self.renew_ms / 1000)
             if ctx.finalized:
                 return  # completed inside the handler's transaction: nothing left to hold
             try:
-                if not await store.renew(held):
+                if await store.renew(held):
+                    self.middleware.on_lease_renewed(reactor)
+                else:
+                    self.middleware.on_lease_lost(reactor)
                     if not ctx.finalized:
                         ctx.logger.warning("lease lost; this execution's results will be "
                                            "discarded")
@@ -155,97 +163,106 @@ class WorkerPool:
                 if inspect.isawaitable(result):
                     await result
 
-        await self.hooks.execution_wrapper(reactor, ctx, call_next)
+        await self.middleware.around_execution(reactor, ctx, call_next)
 
     async def _execute(self, reactor: ReactorSpec, held: Claimed) -> None:
+        """Run the handler, decide the outcome, apply it, tell the middleware."""
         store = self.stores[reactor.name]
-        policies = reactor.policies
         debounce = debounce_expression(reactor)
         ctx = RuntimeTaskContext(reactor, held, store, self.sources[reactor.name], log,
                                  debounce, asyncio.get_running_loop())
-        renewal = asyncio.create_task(self._renew(store, held, ctx))
+        self.middleware.before_execution(reactor, held.doc)
+        self._report_start_delay(reactor, held)
+        renewal = asyncio.create_task(self._renew(store, held, ctx, reactor.name))
         started = time.perf_counter()
-        outcome, error = COMPLETED, None
-        timeout = policies.timeout_ms
+        failure: BaseException | None = None
+        timed_out = False
+        timeout = reactor.policies.timeout_ms
         deadline = asyncio.timeout(timeout / 1000 if timeout is not None else None)
         try:
             async with deadline:
                 await self._call_handler(reactor, ctx)
-        except TaskSkipped as exc:
-            outcome, error = SKIPPED, str(exc)
-        except TimeoutError as exc:
-            outcome = FAILED
-            error = (f"handler timed out after {timeout} ms" if deadline.expired()
-                     else _describe(exc))
-        except ValidationError as exc:
-            outcome = FAILED
-            error = (f"source document failed validation: {exc}" if ctx.invalid_document
-                     else _describe(exc))
         except Exception as exc:  # the handler's failure is the task's, never the worker's
-            outcome, error = FAILED, _describe(exc)
+            failure = exc
+            timed_out = isinstance(exc, TimeoutError) and deadline.expired()
         finally:
             renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewal
-        duration_ms = (time.perf_counter() - started) * 1000
-        recorded = True
-        retry_in_ms: int | None = None
-        retry_at: datetime.datetime | None = None
+        outcome = self._decide(reactor, held, ctx, failure, timed_out,
+                               time.perf_counter() - started)
+        outcome = await self._apply(reactor, store, held, ctx, debounce, outcome)
+        self.middleware.after_execution(reactor, held.doc, outcome)
+
+    def _report_start_delay(self, reactor: ReactorSpec, held: Claimed) -> None:
+        due, started = held.doc.get("claimedDue"), held.doc.get("startedAt")
+        if isinstance(due, datetime.datetime) and isinstance(started, datetime.datetime):
+            self.middleware.on_start_delay(reactor.name,
+                                           max(0.0, (started - due).total_seconds()))
+
+    def _decide(self, reactor: ReactorSpec, held: Claimed, ctx: RuntimeTaskContext,
+                failure: BaseException | None, timed_out: bool, duration_s: float) -> Outcome:
+        """The outcome of an execution (pure: the retry policy decides, nothing is written)."""
+        policies = reactor.policies
+        if failure is None:
+            if ctx.deferred_ms is not None and not ctx.finalized:
+                return Outcome(OutcomeKind.DEFERRED, duration_s, defer_ms=ctx.deferred_ms)
+            return Outcome(OutcomeKind.COMPLETED, duration_s)
+        if isinstance(failure, TaskSkipped):
+            return Outcome(OutcomeKind.SKIPPED, duration_s, error=str(failure))
+        if timed_out:
+            error = f"handler timed out after {policies.timeout_ms} ms"
+        elif isinstance(failure, ValidationError) and ctx.invalid_document:
+            error = f"source document failed validation: {failure}"
+        else:
+            error = _describe(failure)
+        trace = user_traceback(failure)
+        attempts = int(held.doc.get("attempts", 1))
+        now = self.clock.now()
+        first_error = held.doc.get("firstErrorAt") or now
+        if gives_up(policies.retry, attempts, first_error, now):
+            return Outcome(OutcomeKind.FAILED, duration_s, error=error, traceback=trace)
+        if policies.retry.strategy == "cron":
+            return Outcome(OutcomeKind.RETRY, duration_s, error=error, traceback=trace,
+                           retry_at=cron_next(policies.retry, now))
+        return Outcome(OutcomeKind.RETRY, duration_s, error=error, traceback=trace,
+                       retry_in_ms=retry_delay_ms(policies.retry, attempts, now))
+
+    async def _apply(self, reactor: ReactorSpec, store: TaskStore, held: Claimed,
+                     ctx: RuntimeTaskContext, debounce: Any, outcome: Outcome) -> Outcome:
+        """Record ``outcome`` on the task (fenced): the one place an execution's end is
+        written. Returns the outcome as recorded (``LEASE_LOST`` if it could not be)."""
+        policies = reactor.policies
+        kind = outcome.kind
+        duration_ms = outcome.duration_s * 1000
         try:
-            if ctx.completed and outcome == COMPLETED:
-                pass  # mark_completed() already wrote it, outside any transaction
-            elif ctx.deferred_ms is not None and outcome == COMPLETED and not ctx.finalized:
+            if ctx.completed and kind is OutcomeKind.COMPLETED:
+                recorded = True  # mark_completed() already wrote it
+            elif kind is OutcomeKind.DEFERRED:
                 recorded = await store.defer(
-                    held, ctx.deferred_ms, debounce, history_limit=policies.history_limit,
+                    held, outcome.defer_ms or 0, debounce, history_limit=policies.history_limit,
                     duration_ms=duration_ms,
                     reset_on_data_change=policies.retry.reset_on_data_change)
-                outcome = "deferred"
             else:
-                if outcome == FAILED:
-                    attempts = int(held.doc.get("attempts", 1))
-                    now = self.clock.now()
-                    first_error = held.doc.get("firstErrorAt") or now
-                    if not gives_up(policies.retry, attempts, first_error, now):
-                        if policies.retry.strategy == "cron":
-                            retry_at = cron_next(policies.retry, now)
-                        else:
-                            retry_in_ms = retry_delay_ms(policies.retry, attempts, now)
-                # Fenced: if mark_completed()'s transaction committed, this matches nothing.
+                status = FAILED if kind in (OutcomeKind.RETRY, OutcomeKind.FAILED) else kind.value
                 recorded = await store.finalize(
-                    held, outcome, error=error, retry_in_ms=retry_in_ms, retry_at=retry_at,
+                    held, status, error=outcome.error, traceback=outcome.traceback,
+                    retry_in_ms=outcome.retry_in_ms, retry_at=outcome.retry_at,
                     history_limit=policies.history_limit, duration_ms=duration_ms,
                     debounce=debounce,
                     reset_on_data_change=policies.retry.reset_on_data_change)
                 if not recorded and ctx.finalized and await store.finalized_by(held):
+                    # mark_completed(session) committed: the execution completed, whatever
+                    # happened after it.
                     recorded = True
-                    if outcome != COMPLETED:
-                        error = f"after mark_completed(): {error}"
-                        outcome = COMPLETED
+                    if kind is not OutcomeKind.COMPLETED:
+                        outcome = replace(outcome, kind=OutcomeKind.COMPLETED,
+                                          error=f"after mark_completed(): {outcome.error}")
             if ctx.throttle_ms is not None:
                 await self.throttle_sink(reactor, ctx.throttle_ms)
         except PyMongoError as exc:
-            recorded = False
-            error = f"{error or ''} (finalize failed: {exc})"
-        fields: dict[str, Any] = {}
-        if error and outcome == SKIPPED:
-            fields["reason"] = error
-        elif error:
-            fields["error"] = error
-        if outcome == FAILED and recorded:
-            if retry_in_ms is not None:
-                fields["retry_in_ms"] = retry_in_ms
-            elif retry_at is not None:
-                fields["retry_at"] = retry_at.isoformat()
-            else:
-                fields["final"] = True
-        record_execution(reactor.name, outcome if recorded else "lease_lost", duration_ms / 1000)
-        quiet = recorded and outcome in (COMPLETED, SKIPPED, "deferred") and "error" not in fields
-        log_event(log, logging.INFO if quiet else logging.WARNING,
-                  f"task {outcome}" if recorded else "task result discarded (lease lost)",
-                  event="task.finished", reactor=reactor.name, task_id=held.task_id,
-                  source_id=held.doc.get("sourceId"), attempt=held.doc.get("attempts"),
-                  outcome=outcome if recorded else "lease_lost",
-                  duration_ms=round(duration_ms, 1), instance=self.instance_id, **fields)
+            return outcome.lost(f"finalize failed: {exc}")
+        return outcome if recorded else outcome.lost()
 
     async def drain(self, timeout_s: float) -> list[tuple[ReactorSpec, Claimed]]:
         """Stop claiming and wait for running handlers; returns the ones that did not finish."""
