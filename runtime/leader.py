@@ -24,13 +24,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from runtime.cancellation import raise_if_cancelled, within
-from runtime.meta import LEADER_ID, META_COLLECTION
-from runtime.server_time import EPOCH, utcnow
+from runtime.meta import MetaStore
+from runtime.server_time import utcnow
 from runtime.structured_logging import log_event
 
 log = logging.getLogger("runtime.leader")
@@ -53,7 +52,7 @@ class LeaderElector:
                  on_gain: Callable[[int], Awaitable[None]],
                  on_loss: Callable[[], Awaitable[None]],
                  now: Callable[[], datetime.datetime] = utcnow) -> None:
-        self.meta = db[META_COLLECTION]
+        self.meta = MetaStore(db)
         self.instance_id = instance_id
         self.ttl_ms = ttl_ms
         self.renew_ms = renew_ms
@@ -72,30 +71,10 @@ class LeaderElector:
     async def try_acquire(self) -> bool:
         """One acquisition or renewal attempt; returns whether we now hold the lease."""
         me = self.instance_id
-        take = {"$or": [{"$eq": ["$owner", me]},
-                        {"$lte": [{"$ifNull": ["$expiresAt", EPOCH]}, "$$NOW"]}]}
-        changes_owner = {"$and": ["$_take", {"$ne": ["$owner", me]}]}
         sent = asyncio.get_running_loop().time()
         try:
-            doc = await within(self.meta.find_one_and_update(
-                {"_id": LEADER_ID},
-                [
-                    {"$set": {"_take": take}},
-                    {"$set": {
-                        "token": {"$cond": [changes_owner,
-                                            {"$add": [{"$ifNull": ["$token", 0]}, 1]},
-                                            "$token"]},
-                        "acquiredAt": {"$cond": [changes_owner, "$$NOW", "$acquiredAt"]},
-                        "renewedAt": {"$cond": ["$_take", "$$NOW", "$renewedAt"]},
-                        "owner": {"$cond": ["$_take", me, "$owner"]},
-                        "expiresAt": {"$cond": ["$_take", {"$add": ["$$NOW", self.ttl_ms]},
-                                                "$expiresAt"]},
-                    }},
-                    {"$unset": "_take"},
-                ],
-                upsert=True,
-                return_document=ReturnDocument.AFTER,
-            ), self._attempt_timeout(sent))
+            doc = await within(self.meta.acquire_lease(me, self.ttl_ms),
+                               self._attempt_timeout(sent))
         except DuplicateKeyError:
             return False  # two first-time upserts raced; the next attempt reads the winner
         if doc is None:
@@ -209,12 +188,8 @@ class LeaderElector:
         # lease without this instance acting as leader.
         released = False
         with contextlib.suppress(PyMongoError, TimeoutError):
-            result = await within(
-                self.meta.update_one({"_id": LEADER_ID, "owner": self.instance_id},
-                                     {"$set": {"expiresAt": EPOCH},
-                                      "$currentDate": {"releasedAt": True}}),
-                RELEASE_TIMEOUT_S)
-            released = result.modified_count == 1
+            released = await within(self.meta.release_lease(self.instance_id),
+                                    RELEASE_TIMEOUT_S)
         if released:
             log_event(log, logging.INFO, "released leadership", event="leader.released",
                       instance=self.instance_id, token=self.token)

@@ -1,9 +1,9 @@
 """The ``reactgen_meta`` collection: one small document per concern, addressed by ``_id``.
 
 :class:`MetaStore` is the one place that reads and writes the planner's documents in it
-(stream positions, per-reactor state, scan checkpoints, throttles, scan requests); the leader
-lease is read and written by ``runtime/leader.py``, which owns leadership. Document shapes are
-listed in docs/architecture.md.
+(the leader lease, stream positions, per-reactor state, scan checkpoints, throttles, pauses,
+requests, heartbeats); ``runtime/leader.py`` decides *when* to take or give up the lease.
+Document shapes are listed in docs/architecture.md.
 
 Planner documents are *fenced* by the leadership token: every write matches only while the
 stored ``leaderToken`` is not newer than the writer's, and is an upsert, so a write of a
@@ -17,8 +17,11 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
+from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
+
+from runtime.server_time import EPOCH
 
 META_COLLECTION = "reactgen_meta"
 LEADER_ID = "leader"
@@ -98,6 +101,42 @@ class MetaStore:
                 {"_id": doc_id, "leaderToken": not_newer_than(leader_token)}, body, upsert=True)
         except DuplicateKeyError:
             raise Deposed(f"{doc_id} is owned by a newer leader") from None
+
+    # ------------------------------------------------------------------ leader lease
+
+    async def acquire_lease(self, instance: str, ttl_ms: int) -> dict[str, Any] | None:
+        """One acquisition or renewal of the leader lease, decided on the server with its
+        ``$$NOW``: taken if free, expired or already ours; ``token`` increases when the owner
+        changes. Returns the lease document after the attempt (ours or not).
+
+        Raises ``DuplicateKeyError`` when two first-time upserts raced (try again)."""
+        take = {"$or": [{"$eq": ["$owner", instance]},
+                        {"$lte": [{"$ifNull": ["$expiresAt", EPOCH]}, "$$NOW"]}]}
+        changes_owner = {"$and": ["$_take", {"$ne": ["$owner", instance]}]}
+        doc: dict[str, Any] | None = await self.collection.find_one_and_update(
+            {"_id": LEADER_ID},
+            [
+                {"$set": {"_take": take}},
+                {"$set": {
+                    "token": {"$cond": [changes_owner,
+                                        {"$add": [{"$ifNull": ["$token", 0]}, 1]}, "$token"]},
+                    "acquiredAt": {"$cond": [changes_owner, "$$NOW", "$acquiredAt"]},
+                    "renewedAt": {"$cond": ["$_take", "$$NOW", "$renewedAt"]},
+                    "owner": {"$cond": ["$_take", instance, "$owner"]},
+                    "expiresAt": {"$cond": ["$_take", {"$add": ["$$NOW", ttl_ms]},
+                                            "$expiresAt"]},
+                }},
+                {"$unset": "_take"},
+            ],
+            upsert=True, return_document=ReturnDocument.AFTER)
+        return doc
+
+    async def release_lease(self, instance: str) -> bool:
+        """Hand the lease over at once (fenced by owner); whether we held it."""
+        result = await self.collection.update_one(
+            {"_id": LEADER_ID, "owner": instance},
+            {"$set": {"expiresAt": EPOCH}, "$currentDate": {"releasedAt": True}})
+        return result.modified_count == 1
 
     # ------------------------------------------------------------------ stream positions
 
