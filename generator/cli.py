@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 from generator.errors import BuildError
@@ -84,12 +85,20 @@ def cmd_new(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _version() -> str:
+    try:
+        return metadata.version("reactgen")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``reactgen``."""
     parser = argparse.ArgumentParser(
         prog="reactgen",
         description="Compile reactor definitions (schemas/**/*.reactor.yaml) into a typed "
         "Python package. Exit codes: 0 ok, 1 invalid definitions, 2 usage, 3 stale output.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="generate models, reactors, pipelines, indexes")
     build.add_argument("schemas", help="folder with *.reactor.yaml files (or one file)")

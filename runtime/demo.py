@@ -9,6 +9,7 @@ application would, and waits until every reactor has visibly fired. Run it with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
@@ -23,6 +24,8 @@ from typing import Any
 from pymongo import MongoClient
 
 URI_PATTERN = re.compile(r"uri=(mongodb://\S+)")
+DEMO_TOKEN = "demo-token"
+"""The demo's dashboard token (the dashboard binds 127.0.0.1 only)."""
 
 
 def _echo_logs(stream: Any, found_uri: list[str], ready: threading.Event) -> None:
@@ -90,10 +93,26 @@ def write_and_verify(uri: str, timeout: float) -> None:
         raise SystemExit(f"demo: expected exactly 2 ERP pushes, saw {erp.get('pushes')}")
 
 
+def explore(uri: str, dashboard: str | None, keep: bool) -> None:
+    """Where to look next: the dashboard and the operator's commands."""
+    cli = ".venv/bin/runtime"
+    flags = f"--mongodb-uri {uri} --app generated"
+    print("\nExplore it" + ("" if keep else " (run `python3 dev.py start --keep` to keep it "
+                                            "running)") + ":")
+    if dashboard:
+        print(f"  dashboard:  {dashboard}   (actions need the token: {DEMO_TOKEN})")
+    for command in ("reactors", "tasks list --status completed", "explain sync_paid_orders o1",
+                    "instances", "tasks retry --reactor send_welcome_message --all"):
+        print(f"  {cli} {command} {flags}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Build, serve, write, verify, stop."""
+    """Build, serve, write, verify, stop (or keep serving with ``--keep``)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--keep", action="store_true",
+                        help="keep runtime serve (with the dashboard) running until Ctrl-C")
+    parser.add_argument("--dashboard-port", type=int, default=8700)
     args = parser.parse_args(argv)
     print("$ reactgen build schemas/", flush=True)
     built = subprocess.run([sys.executable, "-m", "generator", "build", "schemas/"], check=False)
@@ -103,9 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n$ runtime serve --data-dir {data_dir}   (no MONGODB_URI: embedded server)",
               flush=True)
         env = {k: v for k, v in os.environ.items() if k != "MONGODB_URI"}
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "runtime", "serve", "--data-dir", data_dir],
-            stderr=subprocess.PIPE, text=True, env=env)
+        command = [sys.executable, "-m", "runtime", "serve", "--data-dir", data_dir]
+        if args.keep:
+            command += ["--dashboard-port", str(args.dashboard_port),
+                        "--dashboard-token", DEMO_TOKEN]
+        serve = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
         found_uri: list[str] = []
         ready = threading.Event()
         echo = threading.Thread(target=_echo_logs, args=(serve.stderr, found_uri, ready),
@@ -115,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
             if not ready.wait(args.timeout) or not found_uri:
                 raise SystemExit("demo: runtime serve did not start; see its log above")
             write_and_verify(found_uri[0], args.timeout)
+            dashboard = f"http://127.0.0.1:{args.dashboard_port}/" if args.keep else None
+            explore(found_uri[0], dashboard, args.keep)
+            if args.keep:
+                print("\nServing until Ctrl-C.", flush=True)
+                with contextlib.suppress(KeyboardInterrupt):
+                    serve.wait()
         finally:
             serve.send_signal(signal.SIGTERM)
             code = serve.wait(timeout=60)

@@ -131,6 +131,11 @@ FLAGS = (
          "function returning one): task filter and execution wrapper", "MODULE:ATTR"),
     Flag("middleware", "--middleware", _text, "MODULE:ATTR naming your runtime.middleware."
          "Middleware (an instance, class, list, or factory)", "MODULE:ATTR"),
+    Flag("dashboard_port", "--dashboard-port", _positive_int, "serve the web dashboard on "
+         "this port (off by default)", "PORT"),
+    Flag("dashboard_host", "--dashboard-host", _text, "address of the web dashboard", "HOST"),
+    Flag("dashboard_token", "--dashboard-token", _text, "token the dashboard's actions "
+         "(retry, pause, scan) require; without it the dashboard is read-only", "TOKEN"),
     Flag("log_format", "--log-format", _log_format, "log line format: text (key=value) or "
          "json (one object per line, for log shippers)", "FORMAT"),
 )
@@ -209,15 +214,30 @@ async def serve(settings: RuntimeSettings) -> int:
             print(f"runtime serve: error: --mongodb-uri (or MONGODB_URI) is not usable: {exc}",
                   file=sys.stderr)
             return EXIT_USAGE
+        dashboard = None
         try:
             if not stop.is_set():
                 await runtime.start()
+                if settings.dashboard_port:
+                    from runtime.dashboard.server import serve_dashboard
+
+                    dashboard = await serve_dashboard(
+                        app.reactors, runtime.database(), settings.dashboard_host,
+                        settings.dashboard_port, settings.dashboard_token,
+                        actor=f"dashboard@{settings.instance_id}")
                 await stop.wait()
         except PyMongoError as exc:
             log_event(log, logging.ERROR, f"cannot start: {exc}", event="runtime.failed",
                       instance=settings.instance_id, error=str(exc))
             return EXIT_FAILURE
+        except OSError as exc:
+            log_event(log, logging.ERROR, f"cannot serve the dashboard on "
+                      f"{settings.dashboard_host}:{settings.dashboard_port}: {exc}",
+                      event="runtime.failed", instance=settings.instance_id, error=str(exc))
+            return EXIT_FAILURE
         finally:
+            if dashboard is not None:
+                await dashboard.stop()
             await runtime.shutdown()
     finally:
         if embedded is not None:

@@ -34,6 +34,9 @@ class RuntimeSettings:
     command_stats_file: str | None = None
     hooks: str | None = None
     middleware: str | None = None
+    dashboard_port: int | None = None
+    dashboard_host: str = "127.0.0.1"
+    dashboard_token: str | None = None
     log_format: str = "text"
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
@@ -67,6 +70,9 @@ ENVIRONMENT = {
     "command_stats_file": "REACTGEN_COMMAND_STATS",
     "hooks": "REACTGEN_HOOKS",
     "middleware": "REACTGEN_MIDDLEWARE",
+    "dashboard_port": "REACTGEN_DASHBOARD_PORT",
+    "dashboard_host": "REACTGEN_DASHBOARD_HOST",
+    "dashboard_token": "REACTGEN_DASHBOARD_TOKEN",
     "log_format": "REACTGEN_LOG_FORMAT",
     "metrics_port": "REACTGEN_METRICS_PORT",
     "metrics_host": "REACTGEN_METRICS_HOST",
