@@ -22,6 +22,7 @@ from runtime.hooks import Hooks
 from runtime.leader import LeaderElector
 from runtime.logging_middleware import LoggingMiddleware
 from runtime.meta import MetaStore
+from runtime.metrics_middleware import MetricsMiddleware
 from runtime.middleware import HooksMiddleware, Middleware, MiddlewareStack
 from runtime.planner import DatabasePlanner, Planner
 from runtime.reactor import ReactorSpec
@@ -55,7 +56,8 @@ class Runtime:
         if hooks is not None:
             items.append(HooksMiddleware(hooks))
         items += middleware or []
-        items.append(LoggingMiddleware(settings.instance_id))
+        self.metrics = MetricsMiddleware(app.reactors, settings.database)
+        items += [self.metrics, LoggingMiddleware(settings.instance_id)]
         self.middleware = MiddlewareStack(items)
         self.command_counter = CommandCounter() if settings.command_stats_file else None
         listeners = [self.command_counter] if self.command_counter else []
@@ -185,6 +187,10 @@ class Runtime:
                   concurrency=settings.concurrency,
                   clock_offset_ms=round(self.clock.offset.total_seconds() * 1000, 1),
                   clock_uncertainty_ms=round(self.clock.uncertainty.total_seconds() * 1000, 1))
+
+    def is_leader(self) -> bool:
+        """Whether this instance currently leads (and plans)."""
+        return bool(self.elector is not None and self.elector.is_leader)
 
     def _status(self) -> dict[str, Any]:
         """What the heartbeat reports beyond the static facts."""

@@ -206,14 +206,19 @@ async def serve(settings: RuntimeSettings) -> int:
     try:
         try:
             runtime = Runtime(settings, app, hooks, middleware)
-            if settings.metrics_port:
-                from runtime.metrics import serve_metrics
-
-                serve_metrics(settings.metrics_port, settings.metrics_host)
         except ConfigurationError as exc:
             print(f"runtime serve: error: --mongodb-uri (or MONGODB_URI) is not usable: {exc}",
                   file=sys.stderr)
             return EXIT_USAGE
+        try:
+            from runtime.metrics import start_metrics
+
+            metrics = start_metrics(settings, runtime.client, app.reactors, runtime.is_leader,
+                                    runtime.metrics, runtime.clock.now)
+        except OSError as exc:
+            print(f"runtime serve: error: {exc}", file=sys.stderr)
+            await runtime.shutdown()
+            return EXIT_FAILURE
         dashboard = None
         try:
             if not stop.is_set():
@@ -238,6 +243,7 @@ async def serve(settings: RuntimeSettings) -> int:
         finally:
             if dashboard is not None:
                 await dashboard.stop()
+            await metrics.stop()
             await runtime.shutdown()
     finally:
         if embedded is not None:
