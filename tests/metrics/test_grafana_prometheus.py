@@ -189,14 +189,21 @@ def test_every_panel_query_returns_data_from_prometheus(
     # Until Prometheus holds the final counts, from the instance and from the database.
     completed = COMPLETED + 1
 
-    def scraped() -> bool:
-        executions = prometheus.query(
-            'sum(reactgen_task_executions_total{outcome="completed"})')
-        tasks = prometheus.query('sum(reactgen_tasks{status="completed"})')
-        return bool(executions and tasks and float(executions[0]["value"][1]) == completed
-                    and float(tasks[0]["value"][1]) == completed)
+    seen: dict[str, float | None] = {}
 
-    wait_until(scraped, timeout=30, interval=0.2, message="prometheus has the final counts")
+    def scraped() -> bool:
+        for name, expr in (("executions", 'sum(reactgen_task_executions_total'
+                                          '{outcome="completed"})'),
+                           ("tasks", 'sum(reactgen_tasks{status="completed"})')):
+            result = prometheus.query(expr)
+            seen[name] = float(result[0]["value"][1]) if result else None
+        return seen == {"executions": completed, "tasks": completed}
+
+    try:
+        wait_until(scraped, timeout=30, interval=0.2)
+    except AssertionError:
+        raise AssertionError(f"prometheus never had {completed} completions from both the "
+                             f"instance and the database; last seen: {seen}") from None
     time.sleep(2)  # a couple more scrapes, so that every rate has samples after the activity
     empty: list[str] = []
     for panel in panels(dashboard()):
