@@ -182,6 +182,32 @@ class MetaStore:
         """Ask the leader to reconcile a reactor (not fenced: anyone may ask)."""
         await self.collection.update_one(*scan_request(reactor, reason, by), upsert=True)
 
+    async def pause(self, reactor: str, by: str, reason: str | None) -> dict[str, Any] | None:
+        """Pause a reactor on every instance (they learn it from their wake-up stream);
+        returns the reactor document after the write."""
+        doc: dict[str, Any] | None = await self.collection.find_one_and_update(
+            {"_id": reactor_id(reactor)},
+            [{"$set": {"paused": {"at": "$$NOW", "by": {"$literal": by},
+                                  "reason": {"$literal": reason}}}}],
+            upsert=True, return_document=ReturnDocument.AFTER)
+        return doc
+
+    async def resume(self, reactor: str) -> dict[str, Any] | None:
+        """Lift a pause; returns the reactor document as it was (None: it was not paused)."""
+        doc: dict[str, Any] | None = await self.collection.find_one_and_update(
+            {"_id": reactor_id(reactor), "paused": {"$exists": True}},
+            {"$unset": {"paused": ""}}, return_document=ReturnDocument.BEFORE)
+        return doc
+
+    async def request_position_reset(self, database: str, by: str) -> dict[str, Any] | None:
+        """Ask the leader to restart a database's stream at now and scan it (None: no planner
+        state exists for that database)."""
+        doc: dict[str, Any] | None = await self.collection.find_one_and_update(
+            {"_id": planner_id(database)},
+            [{"$set": {"resetRequest": {"at": "$$NOW", "by": {"$literal": by}}}}],
+            return_document=ReturnDocument.AFTER)
+        return doc
+
     # ------------------------------------------------------------------ scans
 
     async def scans(self, database: str) -> list[dict[str, Any]]:

@@ -12,11 +12,9 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymongo import ReturnDocument
-
 from runtime.management.scope import Doc, Scope, naive_utc
 from runtime.management.status import TaskStatus
-from runtime.meta import reactor_id, scan_id, throttle_id
+from runtime.meta import MetaStore, reactor_id, scan_id, throttle_id
 from runtime.reactor import ReactorSpec
 from runtime.reconciliation import request_scan
 
@@ -182,11 +180,7 @@ async def pause(scope: Scope, name: str, reason: str | None = None,
     """Pause a reactor on every instance: no execution of it starts until :func:`resume`
     (running ones finish; tasks are still planned). Pausing again replaces the reason."""
     scope.reactor(name)
-    doc = await scope.meta.find_one_and_update(
-        {"_id": reactor_id(name)},
-        [{"$set": {"paused": {"at": "$$NOW", "by": {"$literal": by or scope.actor},
-                              "reason": {"$literal": reason}}}}],
-        upsert=True, return_document=ReturnDocument.AFTER)
+    doc = await MetaStore(scope.db).pause(name, by or scope.actor, reason)
     state = PauseState.from_document((doc or {}).get("paused"))
     assert state is not None
     return state
@@ -195,9 +189,7 @@ async def pause(scope: Scope, name: str, reason: str | None = None,
 async def resume(scope: Scope, name: str) -> PauseState | None:
     """Lift a pause; returns the pause that was lifted, or None if it was not paused."""
     scope.reactor(name)
-    doc = await scope.meta.find_one_and_update(
-        {"_id": reactor_id(name), "paused": {"$exists": True}}, {"$unset": {"paused": ""}},
-        return_document=ReturnDocument.BEFORE)
+    doc = await MetaStore(scope.db).resume(name)
     return PauseState.from_document((doc or {}).get("paused"))
 
 

@@ -14,11 +14,9 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo import ReturnDocument
-
 from runtime.management.errors import NotFound
 from runtime.management.scope import Scope, naive_utc
-from runtime.meta import planner_id
+from runtime.meta import MetaStore, planner_id
 
 
 def _date(value: Any) -> datetime.datetime | None:
@@ -70,10 +68,7 @@ async def reset_stream(scope: Scope, database: str | None = None,
     :class:`NotFound` if no planner ever ran on that database (nothing to reset).
     """
     name = database or scope.db.name
-    doc = await scope.meta.find_one_and_update(
-        {"_id": planner_id(name)},
-        [{"$set": {"resetRequest": {"at": "$$NOW", "by": {"$literal": by or scope.actor}}}}],
-        return_document=ReturnDocument.AFTER)
+    doc = await MetaStore(scope.db).request_position_reset(name, by or scope.actor)
     if doc is None:
         raise NotFound(f"no planner state for database {name!r} (planner:{name} is missing in "
                        f"{scope.db.name}.reactgen_meta): no leader has planned it yet, so "
