@@ -178,6 +178,15 @@ class MetaStore:
                 {"_id": reactor_id(name), "leaderToken": {"$gt": leader_token}}, limit=1):
             raise Deposed(f"{reactor_id(name)} is owned by a newer leader")
 
+    async def requests(self, position_id: str, reactors: list[str]) -> list[dict[str, Any]]:
+        """Pending operator requests in one read: the planner document ``position_id`` when it
+        carries a ``resetRequest``, and the ``reactor:`` documents with a ``scanRequest``."""
+        cursor = self.collection.find({"$or": [
+            {"_id": position_id, "resetRequest": {"$type": "object"}},
+            {"_id": {"$in": [reactor_id(name) for name in reactors]},
+             "scanRequest": {"$exists": True}}]})
+        return [doc async for doc in cursor]
+
     async def request_scan(self, reactor: str, reason: str, by: str) -> None:
         """Ask the leader to reconcile a reactor (not fenced: anyone may ask)."""
         await self.collection.update_one(*scan_request(reactor, reason, by), upsert=True)

@@ -32,7 +32,7 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 from runtime import evolution
 from runtime.cancellation import consume_outcome, raise_if_cancelled
 from runtime.change_feed import ChangeFeed, HistoryLost, is_resumable
-from runtime.meta import Deposed, MetaStore, planner_id, reactor_id
+from runtime.meta import Deposed, MetaStore, planner_id
 from runtime.middleware import Middleware
 from runtime.reactor import ReactorSpec
 from runtime.reconciliation import ScanReason, ScanRunner
@@ -200,17 +200,17 @@ class DatabasePlanner:
                                              self.leader_token)
 
     async def _watch_requests(self) -> None:
-        """Pick up explicit scan requests (``reconciliation.request_scan``)."""
-        ids = [reactor_id(r.name) for r in self.reactors]
+        """Pick up operators' requests: scans (``reconciliation.request_scan``) and stream
+        position resets, with one read per second."""
         by_name = {r.name: r for r in self.reactors}
+        position = planner_id(self.db.name)
         while True:
             try:
-                state = await self.meta.get(planner_id(self.db.name)) or {}
-                if isinstance(state.get("resetRequest"), dict) and self._reset_requested is None:
-                    self._reset_requested = state["resetRequest"]
-                cursor = self.meta.collection.find(
-                    {"_id": {"$in": ids}, "scanRequest": {"$exists": True}})
-                async for doc in cursor:
+                for doc in await self.meta.requests(position, list(by_name)):
+                    if doc["_id"] == position:
+                        if self._reset_requested is None:
+                            self._reset_requested = doc["resetRequest"]
+                        continue
                     name = str(doc["_id"]).split(":", 1)[1]
                     request = doc.get("scanRequest") or {}
                     reason = f"{ScanReason.REQUESTED}: {request.get('reason', '')}".rstrip(": ")
