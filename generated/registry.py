@@ -6,17 +6,24 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from generated.crons import daily_sales_report
 from generated.reactors import (
     recalculate_product_rating,
     send_welcome_message,
     sync_paid_orders,
 )
+from runtime.cron_spec import CronSpec
 from runtime.reactor import ReactorSpec
 
 REACTORS: tuple[ReactorSpec, ...] = (
     recalculate_product_rating.REACTOR,
     send_welcome_message.REACTOR,
     sync_paid_orders.REACTOR,
+)
+
+# Cron jobs (docs/cron.md): planned by the leader, run by every instance's workers.
+CRONS: tuple[CronSpec, ...] = (
+    daily_sales_report.CRON,
 )
 
 # The change-stream pipeline of each database's planner (None = the runtime's --database).
@@ -130,5 +137,29 @@ INDEXES: list[tuple[str | None, str, list[tuple[str, int]], dict[str, Any]]] = (
             {'name': 'reactgen_expiry', 'expireAfterSeconds': 0},
         ),
         (None, 'orders', [('status', 1)], {'name': 'reactgen_filter_sync_paid_orders'}),
+        (
+            None,
+            'reactgen_cron_tasks',
+            [('reactor', 1), ('sourceId', 1)],
+            {'name': 'reactgen_task_key', 'unique': True},
+        ),
+        (
+            None,
+            'reactgen_cron_tasks',
+            [('reactor', 1), ('nextRunAt', 1)],
+            {'name': 'reactgen_claim'},
+        ),
+        (
+            None,
+            'reactgen_cron_tasks',
+            [('reactor', 1), ('status', 1)],
+            {'name': 'reactgen_status'},
+        ),
+        (
+            None,
+            'reactgen_cron_tasks',
+            [('expiresAt', 1)],
+            {'name': 'reactgen_expiry', 'expireAfterSeconds': 0},
+        ),
     ]
 )

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from generator import pipelines
+from generator import cron, flow_control, pipelines
 from generator.definitions import (
     CompiledReactor,
     check_unique_names,
@@ -138,7 +138,7 @@ def generate_files(root: Path, out: Path, project: Path,
     """All generated files (relative path -> content) and the stubs to create if missing."""
     package = out.name
     check_package_name(out)
-    reactors = load_and_compile(root)
+    reactors, crons = cron.load_all(root)
     files: dict[str, str] = {}
     stubs: dict[str, str] = {}
     files["__init__.py"] = HEADER + '"""Generated reactgen application package."""\n'
@@ -167,7 +167,11 @@ def generate_files(root: Path, out: Path, project: Path,
                                            len("WATCH: dict[str, Any] | None = "))
         pipeline_code, pipeline_module = py_data(reactor.pipeline,
                                                  len("PIPELINE: list[dict[str, Any]] = "))
-        data_modules = {filter_module, watch_module, pipeline_module}
+        policies, constants = flow_control.expression_constants(reactor.policies)
+        constant_code = [(name, *py_data(value, len(f"{name}: Any = ")), doc)
+                         for name, value, doc in constants]
+        data_modules = {filter_module, watch_module, pipeline_module,
+                        *(module for _, _, module, _ in constant_code)}
         stdlib = ["from typing import Any, TypeAlias"]
         stdlib += ["import datetime"] if needs_datetime else []
         stdlib += ["import json"] if "json" in data_modules else []
@@ -182,13 +186,16 @@ def generate_files(root: Path, out: Path, project: Path,
             _from_import("runtime.reactor", ["CleanupPolicy", "DebouncePolicy",
                                              "EvolutionPolicy", "Policies", "ReactorSpec",
                                              "RetryPolicy"]
-                         + ["TimeTrigger"] * bool(reactor.time_triggers)),
+                         + ["TimeTrigger"] * bool(reactor.time_triggers)
+                         + flow_control.runtime_imports(reactor.policies)),
         ]
         files[f"reactors/{reactor.module}.py"] = render(
             "reactor_module.py.j2", reactor=reactor, package=package, source=source,
             docstring=docstring, watched_class=watched_class,
             imports=import_block(stdlib, third_party, first_party),
             filter_code=filter_code, watch_code=watch_code, pipeline_code=pipeline_code,
+            policies=policies,
+            constants=[(name, code, doc) for name, code, _, doc in constant_code],
             exports=_sorted_exports(["FILTER", "PIPELINE", "REACTOR", "WATCH", "Context",
                                      reactor.model_class, watched_class]),
             handler_path=f"{package}.handlers.{reactor.module}:handle")
@@ -199,10 +206,11 @@ def generate_files(root: Path, out: Path, project: Path,
             "handler_stub.py.j2", reactor=reactor, package=package,
             docstring=f"Handler of reactor {reactor.name!r} (collection {reactor.collection!r}).\n"
                       "\nCreated once by `reactgen build`; this file is yours to edit.\n")
+    cron.generate(crons, package, lambda path: _relative(path, project), files, stubs)
     for database, clauses in _database_clauses(reactors).items():
         files[database_pipeline_file(database)] = _json_file(
             {"database": database, "pipeline": pipelines.pipeline_for(clauses, True)})
-    index_plans = plan_indexes(reactors)
+    index_plans = plan_indexes(reactors) + cron.index_plans(crons)
     files["indexes/__init__.py"] = HEADER + '"""Index setup scripts."""\n'
     files["indexes/setup_indexes.py"] = render("setup_indexes.py.j2", indexes=index_plans)
     files["indexes/setup_indexes.mongosh.js"] = render(
@@ -216,9 +224,10 @@ def generate_files(root: Path, out: Path, project: Path,
         needs_json = needs_json or loads_with == "json"
         pipeline_entries.append((repr(database), code.replace("\n", "\n    ")))
     files["registry.py"] = render(
-        "registry.py.j2", reactors=reactors,
+        "registry.py.j2", reactors=reactors, crons=crons,
         imports=import_block(["import json"] * needs_json + ["from typing import Any"], [], [
-            _from_import(f"{package}.reactors", [r.module for r in reactors]),
+            *[_from_import(f"{package}.reactors", [r.module for r in reactors])] * bool(reactors),
+            *cron.registry_imports(crons, package),
             "from runtime.reactor import ReactorSpec"]),
         pipeline_entries=pipeline_entries,
         indexes=[(p.database, p.collection, p.keys, p.options) for p in index_plans])
@@ -231,6 +240,7 @@ def generate_files(root: Path, out: Path, project: Path,
                      "handlerVersion": r.policies.evolution.handler_version,
                      **_time_triggers_entry(r)}
             for r in reactors},
+        **cron.manifest_entry(crons, lambda path: _relative(path, project)),
         "inputs": input_digests(root, reactors, project),
         "outputs": {path: _sha(text) for path, text in sorted(files.items())},
     }
@@ -348,7 +358,7 @@ def _sha(text: str) -> str:
 def input_digests(root: Path, reactors: list[CompiledReactor] | None,
                   project: Path) -> dict[str, str]:
     """sha256 of every input file (definitions and referenced schemas) plus the generator."""
-    files = set(find_definitions(root))
+    files = set(find_definitions(root)) | set(cron.find_cron_definitions(root))
     for reactor in reactors or []:
         if reactor.schema_source is not None:
             files.add(reactor.schema_source)
@@ -388,7 +398,8 @@ def is_up_to_date(root: Path, out: Path, project: Path) -> bool:
         return False
     schema_files = {project / p for p in recorded_inputs if p != "(generator)"}
     current = {_relative(p, project): hashlib.sha256(p.read_bytes()).hexdigest()
-               for p in sorted(set(definitions) | schema_files) if p.is_file()}
+               for p in sorted(set(definitions) | schema_files
+                               | set(cron.find_cron_definitions(root))) if p.is_file()}
     current["(generator)"] = GENERATOR_VERSION + ":" + _generator_digest()
     if current != recorded_inputs:
         return False
@@ -397,6 +408,7 @@ def is_up_to_date(root: Path, out: Path, project: Path) -> bool:
         if not target.is_file() or _sha(target.read_text(encoding="utf-8")) != digest:
             return False
     stubs = ["__init__"] + [r.get("module", "") for r in manifest.get("reactors", {}).values()]
+    stubs += [c.get("module", "") for c in manifest.get("crons", {}).values()]
     return all((out / "handlers" / f"{stub}.py").exists() for stub in stubs)
 
 
@@ -480,6 +492,8 @@ def check_stubs(out: Path, result: BuildResult) -> list[str]:
             continue
         name = stub.stem
         shown = f"{package}/handlers/{stub.name}"
+        if name in cron.cron_modules(result.files):
+            continue  # a cron job's handler (its context has no document to check)
         if name not in modules:
             warnings.append(f"{shown}: no reactor named like this module any more; delete the "
                             "stub or restore its definition")

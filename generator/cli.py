@@ -69,10 +69,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """``reactgen validate schemas/``: only validate."""
-    from generator.build import load_and_compile
+    from generator.cron import load_all
 
-    reactors = load_and_compile(Path(args.schemas))
-    print(f"reactgen: {len(reactors)} definition(s) valid")
+    reactors, crons = load_all(Path(args.schemas))
+    print(f"reactgen: {len(reactors) + len(crons)} definition(s) valid")
     return EXIT_OK
 
 

@@ -16,6 +16,7 @@ from bson import json_util
 from generator import filters, pipelines, time_triggers
 from generator.durations import parse_duration
 from generator.errors import BuildError, Problem
+from generator.flow_control import FlowControl, parse_flow_control
 from generator.identifiers import RESERVED, class_name, field_name, module_name
 from generator.loader import RawDefinition, definition_stem, pointer_join
 from generator.schemas import python_type, resolve_schema, schema_at_path
@@ -91,7 +92,7 @@ def _ms(raw: RawDefinition, pointer: str, value: Any) -> int:
         raise BuildError([raw.problem(pointer, str(exc))]) from exc
 
 
-def _policies(raw: RawDefinition) -> Policies:
+def _policies(raw: RawDefinition, flow: FlowControl) -> Policies:
     spec = raw.data.get("policies") or {}
     base = "/policies"
     debounce = DebouncePolicy()
@@ -155,7 +156,11 @@ def _policies(raw: RawDefinition) -> Policies:
         retry=retry,
         timeout_ms=_ms(raw, f"{base}/timeout", spec["timeout"]) if "timeout" in spec else None,
         cleanup=cleanup,
-        concurrency=spec.get("concurrency"),
+        concurrency=flow.concurrency,
+        cluster_concurrency=flow.cluster_concurrency,
+        key_concurrency=flow.key_concurrency,
+        rate_limit=flow.rate_limit,
+        priority=flow.priority,
         history_limit=int(spec.get("history", 5)),
         evolution=evolution,
     )
@@ -256,7 +261,9 @@ def compile_definition(raw: RawDefinition) -> CompiledReactor:
     except filters.FilterError as exc:
         raise BuildError([raw.problem(exc.pointer, exc.message, exc.hint)]) from exc
     query = _extended_json(raw, "/trigger/filter", query)
-    policies = _policies(raw)
+    schema_label = (relative_to_file(schema_source, raw.path) if schema_source is not None
+                    else "inline in the definition")
+    policies = _policies(raw, parse_flow_control(raw, schema, schema_label))
     fingerprint_source = json_util.dumps({"filter": query, "watch": projection},
                                          json_options=json_util.CANONICAL_JSON_OPTIONS,
                                          sort_keys=True)

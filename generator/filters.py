@@ -210,24 +210,33 @@ def _check_condition(value: Any, pointer: str, paths: set[str], path: str) -> No
             _check_literal(operand, here)
 
 
-def check_expression(expr: Any, pointer: str, paths: set[str]) -> None:
-    """Validate an aggregation expression and collect the field paths it reads."""
+def check_expression(expr: Any, pointer: str, paths: set[str],
+                     where: dict[str, str] | None = None) -> None:
+    """Validate an aggregation expression and collect the field paths it reads.
+
+    ``where``, if given, receives the JSON pointer of the first place each path is read.
+    """
     if isinstance(expr, str):
+        path: str | None = None
         if expr.startswith("$$"):
             variable = expr[2:].split(".", 1)[0]
             if variable in ("ROOT", "CURRENT"):
                 rest = expr[2:].split(".", 1)
-                paths.add(rest[1] if len(rest) > 1 else WHOLE_DOCUMENT)
+                path = rest[1] if len(rest) > 1 else WHOLE_DOCUMENT
             elif variable not in ALLOWED_VARIABLES and not variable[:1].islower():
                 raise FilterError(pointer, f"unknown system variable $${variable}",
                                   "supported: $$NOW, $$ROOT, $$CURRENT, $$REMOVE and your own "
                                   "$let / $map / $filter variables")
         elif expr.startswith("$"):
-            paths.add(expr[1:])
+            path = expr[1:]
+        if path is not None:
+            paths.add(path)
+            if where is not None:
+                where.setdefault(path, pointer)
         return
     if isinstance(expr, list):
         for index, item in enumerate(expr):
-            check_expression(item, _join(pointer, index), paths)
+            check_expression(item, _join(pointer, index), paths, where)
         return
     if not isinstance(expr, dict) or is_extended_json(expr):
         return
@@ -239,10 +248,10 @@ def check_expression(expr: Any, pointer: str, paths: set[str]) -> None:
             if key == "$literal":
                 continue
             if key == "$let" and isinstance(value, dict):
-                check_expression(value.get("vars", {}), _join(here, "vars"), paths)
-                check_expression(value.get("in"), _join(here, "in"), paths)
+                check_expression(value.get("vars", {}), _join(here, "vars"), paths, where)
+                check_expression(value.get("in"), _join(here, "in"), paths, where)
                 continue
-        check_expression(value, here, paths)
+        check_expression(value, here, paths, where)
 
 
 def check_watch_projection(watch: dict[str, Any], pointer: str, paths: set[str]) -> None:

@@ -38,6 +38,31 @@ def task_indexes(database: str | None, tasks_collection: str) -> list[IndexPlan]
     ]
 
 
+def flow_control_indexes(reactor: CompiledReactor) -> list[IndexPlan]:
+    """The task-collection indexes a reactor's flow-control policies need.
+
+    A priority (static or per task) needs the claim index in priority order; cluster-wide and
+    per-key concurrency need a unique index over the slot a running task holds (only tasks
+    holding one are indexed, so uniqueness is over held slots).
+    """
+    tasks = f"{reactor.collection}_tasks"
+    policies = reactor.policies
+    plans: list[IndexPlan] = []
+    if policies.priority.static != 0 or policies.priority.expression is not None:
+        plans.append(IndexPlan(reactor.database, tasks,
+                               [("reactor", 1), ("priority", -1), ("nextRunAt", 1)],
+                               {"name": "reactgen_priority_claim"}))
+    if policies.cluster_concurrency is not None:
+        plans.append(IndexPlan(reactor.database, tasks, [("slot", 1)], {
+            "name": "reactgen_slot", "unique": True,
+            "partialFilterExpression": {"slot": {"$exists": True}}}))
+    if policies.key_concurrency is not None:
+        plans.append(IndexPlan(reactor.database, tasks, [("keySlot", 1)], {
+            "name": "reactgen_key_slot", "unique": True,
+            "partialFilterExpression": {"keySlot": {"$exists": True}}}))
+    return plans
+
+
 def filter_index(reactor: CompiledReactor) -> IndexPlan | None:
     """An index over the filter's top-level fields, for reconciliation scans of the source."""
     fields = [k for k in reactor.filter if not k.startswith("$") and k != "_id"]
@@ -78,6 +103,7 @@ def plan_indexes(reactors: list[CompiledReactor]) -> list[IndexPlan]:
     plans: dict[tuple[Any, ...], IndexPlan] = {}
     for reactor in ordered:
         candidates = task_indexes(reactor.database, f"{reactor.collection}_tasks")
+        candidates += flow_control_indexes(reactor)
         extra = filter_index(reactor)
         if extra is not None:
             candidates.append(timed.get(_key(extra), extra))

@@ -207,16 +207,69 @@ def _describe(error: jsonschema.ValidationError) -> tuple[str, str, list[str | i
         durations = [e for e in error.context if _is_duration(e.schema)]
         if durations and isinstance(error.instance, str | int | float):
             return f"invalid duration {error.instance!r}", DURATION_HINT, path
-        best = max(error.context, key=lambda e: len(list(e.absolute_path)))
-        if list(best.absolute_path) != list(error.absolute_path):
-            message, hint, extra = _describe(best)
-            return message, hint, [*list(best.absolute_path)[len(error.absolute_path):],
-                                   *extra]
-        return f"{error.message[:120]}: {best.message}", "", path
+        # Errors of the branches whose type fits the value (a branch of another type only
+        # says so); with none, no branch has the value's type.
+        depth = len(list(error.absolute_path))
+        fitting = [e for e in error.context
+                   if not (e.validator == "type" and len(list(e.absolute_path)) == depth)]
+        if not fitting:
+            kinds = [_TYPE_NAMES.get(str(e.validator_value), str(e.validator_value))
+                     for e in error.context]
+            return (f"expected {_either(list(dict.fromkeys(kinds)))}, not "
+                    f"{_kind_of(error.instance)} {_short(error.instance)}",
+                    str(schema.get("x-hint") or ""), path)
+        best = max(fitting, key=lambda e: len(list(e.absolute_path)))
+        message, hint, extra = _describe(best)
+        return (message, hint or str(schema.get("x-hint") or ""),
+                [*list(best.absolute_path)[depth:], *extra])
     if error.validator == "pattern":
         hint = schema.get("x-hint") or schema.get("description") or ""
         return f"{error.instance!r} does not match the required form", str(hint), path
-    return error.message, "", path
+    if error.validator == "minProperties" and error.instance == {}:
+        return "an empty mapping is not allowed here", str(schema.get("x-hint") or ""), path
+    if error.validator == "type":
+        return _type_message(error), str(schema.get("x-hint") or ""), path
+    return error.message, str(schema.get("x-hint") or ""), path
+
+
+def _type_message(error: jsonschema.ValidationError) -> str:
+    """``expected an integer, not a string '4'``."""
+    value = error.validator_value
+    kinds: list[Any] = value if isinstance(value, list) else [value]
+    names = [_TYPE_NAMES.get(str(k), str(k)) for k in kinds]
+    return f"expected {_either(names)}, not {_kind_of(error.instance)} {_short(error.instance)}"
+
+
+_TYPE_NAMES = {"integer": "an integer", "number": "a number", "string": "a string",
+               "object": "a mapping", "array": "a list", "boolean": "true or false",
+               "null": "null"}
+
+
+def _either(names: list[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _kind_of(value: Any) -> str:
+    """How an error message names the JSON type of a YAML/JSON value."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return "null" if value is None else type(value).__name__
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def validate_definition(raw: RawDefinition) -> list[Problem]:

@@ -110,9 +110,26 @@ def is_plain_json(value: Any) -> bool:
     return value is None or isinstance(value, str | bool | int | float)
 
 
+class ConstantName:
+    """A module-level constant of the generated module, rendered by :func:`py_literal` as its
+    bare name (so data from a definition is rendered once, as a literal, by ``py_data``)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        if not (name.isascii() and name.isidentifier() and name.isupper()):
+            raise ValueError(f"not a constant name: {name!r}")
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"ConstantName({self.name!r})"
+
+
 def py_literal(value: Any, indent: int = 0) -> str:
     """A Python expression for a policy dataclass tree (one argument per line)."""
     pad = " " * indent
+    if isinstance(value, ConstantName):
+        return value.name
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         parts = [f"{pad}    {f.name}={py_literal(getattr(value, f.name), indent + 4)},"
                  for f in dataclasses.fields(value)]

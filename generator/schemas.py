@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +146,100 @@ def schema_at_path(root: dict[str, Any], path: str) -> tuple[dict[str, Any] | No
         current = _deref(properties[part], root)
         position += 1
     return current, crossed
+
+
+@dataclass(frozen=True)
+class UndeclaredPath:
+    """Where a dotted path leaves what a document schema allows."""
+
+    parent: str
+    """The declared part of the path before the offending field ("" at the top level)."""
+    field: str
+    """The field the schema rules out."""
+    known: tuple[str, ...]
+    """The field names the schema declares next to it (sorted)."""
+    scalar: str | None = None
+    """When the parent holds a scalar (so has no fields at all): its JSON Schema type."""
+
+    def suggestion(self) -> str | None:
+        """The closest declared path, as a dotted path, or None."""
+        close = difflib.get_close_matches(self.field, self.known, n=1, cutoff=0.6)
+        if not close:
+            lowered = {name.lower(): name for name in self.known}
+            if self.field.lower() not in lowered:
+                return None
+            close = [lowered[self.field.lower()]]
+        return f"{self.parent}.{close[0]}" if self.parent else close[0]
+
+
+# Keywords that make a subschema's fields depend on more than its own ``properties``.
+_UNDECIDABLE = ("allOf", "anyOf", "oneOf", "if", "then", "else", "$ref", "$dynamicRef",
+                "dependentSchemas", "unevaluatedProperties")
+_SCALAR_TYPES = frozenset({"string", "number", "integer", "boolean", "null"})
+
+
+def undeclared_path(root: dict[str, Any], path: str) -> UndeclaredPath | None:
+    """Why the document schema ``root`` rules out the dotted ``path``, or None if it allows it.
+
+    Stricter than JSON Schema on purpose: an object schema that lists ``properties`` is taken
+    as the whole list of its fields unless it opens itself explicitly
+    (``additionalProperties: true`` or a schema, or a matching ``patternProperties``).
+    Objects without ``properties``, composed schemas (``allOf``, ``anyOf``, ...) and array items
+    without a schema allow anything below them; ``_id`` is always allowed at the top level;
+    numeric segments index arrays.
+    """
+    current: Any = _deref(root, root)
+    parts = path.split(".")
+    done: list[str] = []
+    position = 0
+    while position < len(parts):
+        part = parts[position]
+        if not isinstance(current, dict) or not current or any(
+                key in current for key in _UNDECIDABLE):
+            return None
+        if _is_array(current):
+            items = current.get("items")
+            if not isinstance(items, dict):
+                return None
+            current = _deref(items, root)
+            if part.isdigit():
+                done.append(part)
+                position += 1
+            continue
+        kind = current.get("type")
+        kinds = {kind} if isinstance(kind, str) else set(kind) if isinstance(kind, list) else set()
+        if kinds and kinds <= _SCALAR_TYPES:
+            return UndeclaredPath(".".join(done), part, (), " or ".join(sorted(kinds)))
+        properties = current.get("properties")
+        if isinstance(properties, dict) and part in properties:
+            nested = properties[part]
+            current = _deref(nested, root) if isinstance(nested, dict) else None
+            done.append(part)
+            position += 1
+            continue
+        if part == "_id" and not done:
+            return None
+        patterns = current.get("patternProperties")
+        if isinstance(patterns, dict) and any(_search(pattern, part) for pattern in patterns):
+            return None
+        additional = current.get("additionalProperties")
+        if isinstance(additional, dict):
+            current = _deref(additional, root)
+            done.append(part)
+            position += 1
+            continue
+        if additional is True or (not isinstance(properties, dict) and additional is None):
+            return None
+        return UndeclaredPath(".".join(done), part,
+                              tuple(sorted(properties)) if isinstance(properties, dict) else ())
+    return None
+
+
+def _search(pattern: str, text: str) -> bool:
+    try:
+        return re.search(pattern, text) is not None
+    except re.error:
+        return True  # an ECMA-only pattern: assume it may match
 
 
 _SCALARS = {"string": "str", "integer": "int", "number": "float", "boolean": "bool",

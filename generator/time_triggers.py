@@ -114,6 +114,13 @@ def check_watch_clock(watch: Any, pointer: str) -> None:
                           WATCH_HINT)
 
 
+def clock_reference(expr: Any, pointer: str) -> tuple[str, str] | None:
+    """The first ``$$NOW`` / ``$$CLUSTER_TIME`` that ``expr`` reads, as (variable, pointer),
+    or None (``$literal`` values and Extended JSON wrappers do not count)."""
+    where = _clock_location(expr, pointer)
+    return None if where is None else (where.variable, where.pointer)
+
+
 # --- queries and boolean structure ------------------------------------------------------------
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from runtime.cron_spec import CronSpec
 from runtime.hooks import Hooks
 from runtime.middleware import Middleware
 from runtime.reactor import ReactorSpec
@@ -18,12 +19,14 @@ class AppLoadError(Exception):
 
 @dataclass
 class LoadedApp:
-    """Reactors, their handlers, the per-database pipelines and the indexes to ensure."""
+    """Reactors, their handlers, the per-database pipelines and the indexes to ensure; cron
+    jobs (their handlers are in ``handlers`` too, by job name)."""
 
     reactors: list[ReactorSpec]
     handlers: dict[str, Callable[[Any], Any]]
     pipelines: dict[str | None, list[dict[str, Any]]]
     indexes: list[tuple[str | None, str, list[tuple[str, int]], dict[str, Any]]]
+    crons: list[CronSpec] = field(default_factory=list)
 
 
 def load_app(package: str) -> LoadedApp:
@@ -36,10 +39,11 @@ def load_app(package: str) -> LoadedApp:
                            "in the current directory, or pass --app (or REACTGEN_APP) naming "
                            "the generated package") from exc
     reactors: list[ReactorSpec] = list(getattr(registry, "REACTORS", ()))
-    if not reactors:
-        raise AppLoadError(f"{package}.registry defines no REACTORS")
+    crons: list[CronSpec] = list(getattr(registry, "CRONS", ()))
+    if not reactors and not crons:
+        raise AppLoadError(f"{package}.registry defines no REACTORS (and no CRONS)")
     handlers: dict[str, Callable[[Any], Any]] = {}
-    for reactor in reactors:
+    for reactor in [*reactors, *crons]:
         module_name, _, function = reactor.handler.partition(":")
         try:
             module = importlib.import_module(module_name)
@@ -53,7 +57,7 @@ def load_app(package: str) -> LoadedApp:
         handlers[reactor.name] = handler
     pipelines = dict(getattr(registry, "PIPELINES", {}))
     indexes = list(getattr(registry, "INDEXES", []))
-    return LoadedApp(reactors, handlers, pipelines, indexes)
+    return LoadedApp(reactors, handlers, pipelines, indexes, crons)
 
 
 def _attribute(reference: str, flag: str, example: str) -> Any:

@@ -82,15 +82,30 @@ def write_and_verify(uri: str, timeout: float) -> None:
     product = db.products.find_one({"_id": "p1"}) or {}
     print(f"  products.p1 = {product}")
 
+    print("\n— the daily sales report is a cron job (06:00 Berlin time); run it now",
+          flush=True)
+    run_cron_now(uri, "daily_sales_report")
+    _wait("sales report written by the cron job",
+          lambda: db.sales_reports.count_documents({"trigger": "manual"}) == 1, timeout)
+
     print("\nTasks now:")
-    for collection in ("users_tasks", "orders_tasks", "reviews_tasks"):
+    for collection in ("users_tasks", "orders_tasks", "reviews_tasks", "reactgen_cron_tasks"):
         for task in db[collection].find({}, {"reactor": 1, "sourceId": 1, "status": 1,
                                              "attempts": 1}).sort("reactor", 1):
-            print(f"  {collection:14} {task['reactor']:28} {task['sourceId']!s:4} "
+            print(f"  {collection:19} {task['reactor']:28} {task['sourceId']!s:4} "
                   f"{task['status']:10} attempts={task.get('attempts')}")
     erp = db.erp_outbox.find_one({"_id": "o1"}) or {}
     if erp.get("pushes") != 2:
         raise SystemExit(f"demo: expected exactly 2 ERP pushes, saw {erp.get('pushes')}")
+
+
+def run_cron_now(uri: str, job: str) -> None:
+    """``runtime cron run-now JOB`` through the management API."""
+    from runtime.app_loader import load_app
+    from runtime.management import ManagementSync
+
+    with ManagementSync(uri, "app", load_app("generated").crons) as management:
+        management.run_cron_now(job, "demo")
 
 
 def explore(uri: str, dashboard: str | None, keep: bool) -> None:
@@ -102,7 +117,7 @@ def explore(uri: str, dashboard: str | None, keep: bool) -> None:
     if dashboard:
         print(f"  dashboard:  {dashboard}   (actions need the token: {DEMO_TOKEN})")
     for command in ("reactors", "tasks list --status completed", "explain sync_paid_orders o1",
-                    "instances", "tasks retry --reactor send_welcome_message --all"):
+                    "instances", "cron list", "tasks retry --reactor send_welcome_message --all"):
         print(f"  {cli} {command} {flags}")
 
 

@@ -150,29 +150,41 @@ async def apply(plan: EvolutionPlan, reactors: list[ReactorSpec], db: AsyncDatab
 
 
 async def retire_removed(client: Any, default_database: str, defined: set[str],
-                         meta: MetaStore, leader_token: int, now: datetime.datetime) -> None:
+                         meta: MetaStore, leader_token: int, now: datetime.datetime,
+                         tasks: bool = True) -> None:
     """Retire the reactors recorded in ``reactgen_meta`` that the application no longer
-    defines (see the module docstring)."""
+    defines (see the module docstring). With ``tasks`` off (partitioned planning, where each
+    partition retires the tasks of its own documents) only the reactor state is marked."""
     for name, state in (await meta.reactors()).items():
         if name in defined or state.get("removedAt") is not None or "fingerprint" not in state:
             continue
-        db = client[state.get("database") or default_database]
-        tasks = db[str(state.get("tasksCollection") or f"{state.get('collection')}_tasks")]
-        keep_for = int(state.get("keepForMs") or 0)
-        never = state.get("cleanup") == "never"
-        pending = {"$eq": ["$status", PENDING]}
-        expires: Any = "$expiresAt" if never else {
-            "$ifNull": ["$expiresAt", {"$add": ["$$NOW", keep_for]}]}
-        # Running tasks keep their status (their execution may still finalize them) but are
-        # no longer due when their lease runs out.
-        result = await tasks.update_many(
-            {"reactor": name, "plannerToken": not_newer_than(leader_token)},
-            [{"$set": {"status": {"$cond": [pending, SKIPPED, "$status"]},
-                       "skipReason": {"$cond": [pending, REMOVED_REASON, "$skipReason"]},
-                       "nextRunAt": None, "expiresAt": expires,
-                       "plannerToken": leader_token}}])
+        retired = await retire_tasks(client, default_database, name, state,
+                                     leader_token) if tasks else None
         await meta.save_reactor(name, {"removedAt": now}, leader_token)
+        never = state.get("cleanup") == "never"
         log_event(log, logging.WARNING,
                   "reactor no longer defined; its tasks are retired and never claimed",
-                  event="evolution.reactor_removed", reactor=name, tasks=result.modified_count,
-                  keep_for_ms=None if never else keep_for)
+                  event="evolution.reactor_removed", reactor=name, tasks=retired,
+                  keep_for_ms=None if never else int(state.get("keepForMs") or 0))
+
+
+async def retire_tasks(client: Any, default_database: str, name: str, state: dict[str, Any],
+                       token: int, only: dict[str, Any] | None = None) -> int:
+    """Retire the tasks of a removed reactor (``state``: its recorded state), those matching
+    ``only`` if given; returns how many were changed."""
+    db = client[state.get("database") or default_database]
+    tasks = db[str(state.get("tasksCollection") or f"{state.get('collection')}_tasks")]
+    keep_for = int(state.get("keepForMs") or 0)
+    never = state.get("cleanup") == "never"
+    pending = {"$eq": ["$status", PENDING]}
+    expires: Any = "$expiresAt" if never else {
+        "$ifNull": ["$expiresAt", {"$add": ["$$NOW", keep_for]}]}
+    # Running tasks keep their status (their execution may still finalize them) but are
+    # no longer due when their lease runs out.
+    result = await tasks.update_many(
+        {"reactor": name, "plannerToken": not_newer_than(token), **(only or {})},
+        [{"$set": {"status": {"$cond": [pending, SKIPPED, "$status"]},
+                   "skipReason": {"$cond": [pending, REMOVED_REASON, "$skipReason"]},
+                   "nextRunAt": None, "expiresAt": expires,
+                   "plannerToken": token}}])
+    return int(result.modified_count)

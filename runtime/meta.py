@@ -28,6 +28,11 @@ LEADER_ID = "leader"
 REACTOR_PREFIX = "reactor:"
 SCAN_PREFIX = "scan:"
 INSTANCE_PREFIX = "instance:"
+CRON_PREFIX = "cron:"
+PARTITION_PREFIX = "partition:"
+PARTITIONING_ID = "partitioning"
+EPOCH_SHIFT = 32
+"""Fencing tokens of partitioned planning carry the partitioning epoch above this bit."""
 
 
 class Deposed(Exception):
@@ -57,6 +62,27 @@ def instance_id(instance: str) -> str:
 def scan_id(database: str, collection: str) -> str:
     """Reconciliation scans (passes and their checkpoints) of one source collection."""
     return f"{SCAN_PREFIX}{database}.{collection}"
+
+
+def partition_id(database: str, index: int, count: int) -> str:
+    """Lease, resume position and reactor record of partition ``index`` of ``count`` of a
+    database's planning."""
+    return f"{PARTITION_PREFIX}{database}:{index}/{count}"
+
+
+def epoch_base(epoch: int) -> int:
+    """The smallest token of a partitioning epoch: every token of a later epoch (and of the
+    leader of a later epoch) is larger than any token of an earlier one."""
+    return epoch << EPOCH_SHIFT
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+
+
+def cron_id(name: str) -> str:
+    """Planning state of one cron job (the last decided occurrence, missed runs)."""
+    return f"{CRON_PREFIX}{name}"
 
 
 def not_newer_than(token: int) -> dict[str, Any]:
@@ -249,6 +275,17 @@ class MetaStore:
         """Reactors paused cluster-wide (``paused`` set on ``reactor:<name>``)."""
         return {name for name, doc in (await self.reactors()).items() if doc.get("paused")}
 
+    # ------------------------------------------------------------------ cron jobs
+
+    async def cron_states(self) -> dict[str, dict[str, Any]]:
+        """Every ``cron:<name>`` document, by job name."""
+        return {str(doc["_id"])[len(CRON_PREFIX):]: doc
+                for doc in await self.with_prefix(CRON_PREFIX)}
+
+    async def save_cron(self, name: str, fields: Mapping[str, Any], leader_token: int) -> None:
+        """Set fields of a cron job's planning state (fenced)."""
+        await self.fenced_update(cron_id(name), {"$set": dict(fields)}, leader_token)
+
     # ------------------------------------------------------------------ throttles
 
     async def throttle(self, reactor: str, until: datetime.datetime, by: str) -> None:
@@ -262,3 +299,102 @@ class MetaStore:
         return {str(doc["_id"]).split(":", 1)[1]: doc["until"]
                 for doc in await self.with_prefix("throttle:")
                 if isinstance(doc.get("until"), datetime.datetime)}
+
+    # ------------------------------------------------------------------ partitioned planning
+    # Shapes and the protocol: docs/architecture.md ("Partitioned planning"); the decisions
+    # (when to take, renew or give up a partition) are runtime/partitions.py's.
+
+    async def partitioning(self) -> dict[str, Any] | None:
+        """The ``partitioning`` document: the partition count every instance must use."""
+        return await self.get(PARTITIONING_ID)
+
+    async def switch_partitioning(self, expected_epoch: int | None, count: int, by: str,
+                                  baseline: Mapping[str, Any]) -> bool:
+        """Record a new partition count (a new epoch), unless another instance changed the
+        document since it was read (``expected_epoch``: None when it did not exist). The
+        reactor states as recorded so far (``baseline``) become every new partition's
+        starting record. Returns whether this call made the switch."""
+        fields = {"count": count, "epoch": (expected_epoch or 0) + 1, "by": by,
+                  "baseline": dict(baseline)}
+        if expected_epoch is None:
+            try:
+                await self.collection.insert_one(
+                    {"_id": PARTITIONING_ID, **fields, "changedAt": _utcnow()})
+            except DuplicateKeyError:
+                return False
+            return True
+        result = await self.collection.update_one(
+            {"_id": PARTITIONING_ID, "epoch": expected_epoch},
+            {"$set": fields, "$currentDate": {"changedAt": True}})
+        return result.modified_count == 1
+
+    async def live_instances(self, stale_after_ms: int) -> list[dict[str, Any]]:
+        """``instance:`` heartbeats younger than ``stale_after_ms`` by the server's clock."""
+        cursor = self.collection.find(
+            {"_id": {"$gte": INSTANCE_PREFIX, "$lt": INSTANCE_PREFIX + "\uffff"},
+             "$expr": {"$gte": ["$heartbeatAt", {"$subtract": ["$$NOW", stale_after_ms]}]}})
+        return [doc async for doc in cursor]
+
+    async def partition_leases(self, database: str, count: int) -> dict[str, dict[str, Any]]:
+        """The lease documents of ``database``'s partitions under a count of ``count``."""
+        prefix = f"{PARTITION_PREFIX}{database}:"
+        return {str(doc["_id"]): doc for doc in await self.with_prefix(prefix)
+                if str(doc["_id"]).endswith(f"/{count}")}
+
+    async def acquire_partition(self, doc_id: str, instance: str, ttl_ms: int, epoch: int,
+                                take: bool) -> dict[str, Any] | None:
+        """One renewal (or, with ``take``, acquisition) of a partition lease, decided on the
+        server with its ``$$NOW``. A lease is renewed while ``instance`` owns it and taken when
+        it is free (released, expired or new). A change of owner gives a new ``token``: one
+        more than the last, and at least ``epoch_base(epoch) + 1``, so tokens grow within a
+        partition and across changes of the partition count. Returns the document after the
+        attempt (None: it does not exist and ``take`` is off).
+
+        Raises ``DuplicateKeyError`` when two first-time upserts raced (try again)."""
+        mine = {"$eq": ["$owner", instance]}
+        free = {"$lte": [{"$ifNull": ["$expiresAt", EPOCH]}, "$$NOW"]}
+        take_expr: Any = {"$or": [mine, free]} if take else mine
+        changes_owner = {"$and": ["$_take", {"$ne": ["$owner", instance]}]}
+        next_token = {"$max": [epoch_base(epoch) + 1, {"$add": [{"$ifNull": ["$token", 0]}, 1]}]}
+        doc: dict[str, Any] | None = await self.collection.find_one_and_update(
+            {"_id": doc_id},
+            [
+                {"$set": {"_take": take_expr}},
+                {"$set": {
+                    "token": {"$cond": [changes_owner, next_token, "$token"]},
+                    "epoch": {"$cond": [changes_owner, epoch, "$epoch"]},
+                    "acquiredAt": {"$cond": [changes_owner, "$$NOW", "$acquiredAt"]},
+                    "renewedAt": {"$cond": ["$_take", "$$NOW", "$renewedAt"]},
+                    "owner": {"$cond": ["$_take", instance, "$owner"]},
+                    "expiresAt": {"$cond": ["$_take", {"$add": ["$$NOW", ttl_ms]},
+                                            "$expiresAt"]},
+                    # Taken from an owner whose lease ran out (not released): it is dead or
+                    # stalled, which the balancing must know (see runtime/partitions.py).
+                    "tookOverFrom": {"$cond": [{"$and": [changes_owner, {"$gt": [
+                        {"$ifNull": ["$owner", None]}, None]}]}, "$owner", "$tookOverFrom"]},
+                    "tookOverAt": {"$cond": [{"$and": [changes_owner, {"$gt": [
+                        {"$ifNull": ["$owner", None]}, None]}]}, "$$NOW", "$tookOverAt"]},
+                }},
+                {"$unset": "_take"},
+            ],
+            upsert=take, return_document=ReturnDocument.AFTER)
+        return doc
+
+    async def release_partition(self, doc_id: str, instance: str) -> bool:
+        """Give a partition lease up at once (fenced by owner): the next taker gets a new
+        token. Returns whether ``instance`` held it."""
+        result = await self.collection.update_one(
+            {"_id": doc_id, "owner": instance},
+            {"$set": {"expiresAt": EPOCH, "owner": None, "releasedBy": instance},
+             "$currentDate": {"releasedAt": True}})
+        return result.modified_count == 1
+
+    async def partition_update(self, doc_id: str, update: Mapping[str, Any],
+                               token: int) -> None:
+        """Apply ``update`` to a partition document while its lease ``token`` is still
+        ``token``: a holder that was replaced (a newer token) is refused with
+        :class:`Deposed`."""
+        result = await self.collection.update_one({"_id": doc_id, "token": token},
+                                                  dict(update))
+        if result.matched_count == 0:
+            raise Deposed(f"{doc_id} was taken over by a newer holder")

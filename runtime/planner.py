@@ -32,13 +32,16 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 from runtime import evolution
 from runtime.cancellation import consume_outcome, raise_if_cancelled
 from runtime.change_feed import ChangeFeed, HistoryLost, is_resumable
-from runtime.meta import Deposed, MetaStore, planner_id
+from runtime.meta import Deposed, MetaStore
 from runtime.middleware import Middleware
+from runtime.partitions import Partition
+from runtime.planning_state import LeaderState, PlanningState, Request
 from runtime.reactor import ReactorSpec
 from runtime.reconciliation import ScanReason, ScanRunner
 from runtime.structured_logging import log_event
 from runtime.task_context import watch_expression
 from runtime.task_store import (
+    claim_fields,
     plan_update,
     poison_update,
     source_gone_pipeline,
@@ -74,9 +77,16 @@ class DatabasePlanner:
     def __init__(self, db: AsyncDatabase[Any], meta_db: AsyncDatabase[Any],
                  reactors: list[ReactorSpec], pipeline: list[dict[str, Any]],
                  batch_max: int, leader_token: int, due_hint: DueHint,
-                 now: Clock, middleware: Middleware | None = None) -> None:
+                 now: Clock, middleware: Middleware | None = None,
+                 partition: Partition | None = None, state: PlanningState | None = None,
+                 client: Any = None) -> None:
         self.db = db
         self.meta = MetaStore(meta_db)
+        self.partition = partition
+        """With partitioned planning: the share of the documents this planner plans (its
+        stream, scans and time windows see only them); None: all (the leader's planning)."""
+        self.state: PlanningState = state or LeaderState(self.meta, db.name, leader_token)
+        self.client = client if client is not None else db.client
         self.reactors = reactors
         self.by_collection: dict[str, list[ReactorSpec]] = {}
         for reactor in reactors:
@@ -87,14 +97,15 @@ class DatabasePlanner:
         self.due_hint = due_hint
         self.now = now
         self.middleware = middleware or Middleware()
-        self.feed = ChangeFeed(db, pipeline, batch_size=batch_max, max_await_ms=500)
+        stream = [partition.stream_stage(), *pipeline] if partition else pipeline
+        self.feed = ChangeFeed(db, stream, batch_size=batch_max, max_await_ms=500)
         self.scans = ScanRunner(db, self.meta, self.by_collection, self.plan_ids,
-                                self.sweep_orphans, leader_token)
-        self.time = TimeTriggerPlanner(db, self.meta, reactors, self.plan_ids, now,
-                                       leader_token)
+                                self.sweep_orphans, leader_token, partition)
+        self.time = TimeTriggerPlanner(db, self.state, reactors, self.plan_ids, now,
+                                       partition.query("$_id") if partition else None)
         self._saved_token: dict[str, Any] | None = None
         self._last_save = 0.0
-        self._reset_requested: dict[str, Any] | None = None
+        self._reset_requested: Request | None = None
 
     def _all(self, reason: str) -> dict[str, dict[str, str]]:
         return {coll: {r.name: reason for r in reactors}
@@ -102,32 +113,38 @@ class DatabasePlanner:
 
     async def run(self) -> None:
         """Start (evolution, scans, opening position), then plan until cancelled."""
-        token = await self.meta.position(self.db.name)
-        states = await self.meta.reactors()
+        token = await self.state.position()
+        states = await self.state.reactor_states()
         plan = evolution.decide(self.reactors, states, self.db.name, self.now())
         needs = plan.scans
+        # Changes since the saved position are unknown (history lost, or no position): a pass
+        # already under way is not enough (documents behind its cursor may have changed), so
+        # these scans go into a pass of their own.
+        rescan: dict[str, dict[str, str]] = {}
         try:
             await self.feed.open(token)
         except HistoryLost as exc:
             log_event(log, logging.ERROR, "change-stream history lost; reconciling",
-                      event="planner.history_lost", database=self.db.name, error=str(exc))
+                      event="planner.history_lost", database=self.db.name, error=str(exc),
+                      partition=self.state.label)
             await self.feed.open(None)
-            needs = _merge(needs, self._all(ScanReason.HISTORY_LOST))
+            rescan = self._all(ScanReason.HISTORY_LOST)
         if token is None:
             first = not any(r.name in states for r in self.reactors)
-            needs = _merge(needs, self._all(ScanReason.FIRST_START if first
-                                            else ScanReason.NO_POSITION))
+            rescan = _merge(rescan, self._all(self.state.no_position_reason(first)))
         # Order matters for crash safety: scans are queued (and stored) before the new reactor
         # state is recorded and before the opening stream position is saved, so a leader that
         # dies anywhere in between leaves the same or more work queued for its successor.
         await self.scans.load()
+        if rescan:
+            await self.scans.register(_merge(needs, rescan), restart=True)
         await self.scans.register(needs)
-        await evolution.apply(plan, self.reactors, self.db, self.meta, self.leader_token)
+        await self.state.apply(plan, self.reactors, self.db, self.client)
         self._saved_token = token
         await self._save_token(self.feed.resume_token, force=True)
         log_event(log, logging.INFO, "planner started", event="planner.started",
                   database=self.db.name, resumed=token is not None,
-                  leader_token=self.leader_token)
+                  leader_token=self.leader_token, partition=self.state.label)
         try:
             await _run_together([self._loop(), self.scans.run(), self.time.run(),
                                  self._watch_requests()])
@@ -161,6 +178,9 @@ class DatabasePlanner:
             backoff = 0.1
             if batch.events:
                 await self._plan_until_done(batch.events)
+                log_event(log, logging.DEBUG, "batch planned", event="planner.batch",
+                          database=self.db.name, partition=self.state.label,
+                          events=len(batch.events))
             await self._save_token(batch.resume_token, force=bool(batch.events))
 
     async def _plan_until_done(self, events: list[dict[str, Any]]) -> None:
@@ -184,40 +204,37 @@ class DatabasePlanner:
         loop_time = asyncio.get_running_loop().time()
         if not force and loop_time - self._last_save < 1.0:
             return
-        await self.meta.save_position(self.db.name, token, self.leader_token)
+        await self.state.save_position(token)
         self._saved_token = token
         self._last_save = loop_time
 
     async def _reset_position(self) -> None:
         """An operator reset the stream position: restart at now and scan everything."""
-        requested, self._reset_requested = self._reset_requested or {}, None
+        requested, self._reset_requested = self._reset_requested, None
         log_event(log, logging.WARNING, "stream position reset; reconciling",
                   event="planner.position_reset", database=self.db.name)
         await self.feed.open(None)
         await self.scans.register(self._all(ScanReason.POSITION_RESET), restart=True)
         await self._save_token(self.feed.resume_token, force=True)
-        await self.meta.clear_position_reset(self.db.name, requested.get("at"),
-                                             self.leader_token)
+        if requested is not None:
+            await self.state.handled(requested)
 
     async def _watch_requests(self) -> None:
         """Pick up operators' requests: scans (``reconciliation.request_scan``) and stream
         position resets, with one read per second."""
         by_name = {r.name: r for r in self.reactors}
-        position = planner_id(self.db.name)
         while True:
             try:
-                for doc in await self.meta.requests(position, list(by_name)):
-                    if doc["_id"] == position:
+                for request in await self.state.requests(list(by_name)):
+                    if request.reactor is None:
                         if self._reset_requested is None:
-                            self._reset_requested = doc["resetRequest"]
+                            self._reset_requested = request
                         continue
-                    name = str(doc["_id"]).split(":", 1)[1]
-                    request = doc.get("scanRequest") or {}
-                    reason = f"{ScanReason.REQUESTED}: {request.get('reason', '')}".rstrip(": ")
+                    name = request.reactor
+                    reason = f"{ScanReason.REQUESTED}: {request.reason}".rstrip(": ")
                     await self.scans.register({by_name[name].collection: {name: reason}},
                                               restart=True)
-                    await self.meta.clear_scan_request(name, request.get("at"),
-                                                       self.leader_token)
+                    await self.state.handled(request)
             except PyMongoError as exc:
                 raise_if_cancelled()
                 log_event(log, logging.WARNING, "reading scan requests failed",
@@ -268,10 +285,10 @@ class DatabasePlanner:
             verdicts = found.get(_id_key(source_id))
             for reactor in reactors:
                 target = ops.setdefault(reactor.tasks_collection, [])
-                snapshot = verdicts.get(reactor.name) if verdicts is not None else None
                 cleanup = reactor.policies.cleanup.when
                 if verdicts is not None and reactor.name in verdicts:
-                    target.append(plan_update(reactor, source_id, snapshot, token))
+                    snapshot, fields = verdicts[reactor.name]
+                    target.append(plan_update(reactor, source_id, snapshot, token, fields))
                     planned[reactor.name] += 1
                 elif (verdicts is None and cleanup != "never") or (
                         verdicts is not None and cleanup == "sourceDeletedOrUnmatched"):
@@ -344,11 +361,16 @@ class DatabasePlanner:
 
     async def _evaluate(self, collection: str, reactors: list[ReactorSpec],
                         ids: list[Any]) -> dict[bytes, dict[str, Any]]:
-        """For each existing id: reactor name -> snapshot, for the reactors whose filter it
-        matches. Missing ids (deleted) are absent from the result."""
-        facets: dict[str, list[dict[str, Any]]] = {
-            "snapshots": [{"$project": {f"s{i}": watch_expression(r)
-                                        for i, r in enumerate(reactors)}}]}
+        """For each existing id: reactor name -> (snapshot, claim fields), for the reactors
+        whose filter it matches. Missing ids (deleted) are absent from the result."""
+        projection: dict[str, Any] = {}
+        for i, reactor in enumerate(reactors):
+            projection[f"s{i}"] = watch_expression(reactor)
+            if reactor.policies.priority.expression is not None:
+                projection[f"p{i}"] = reactor.policies.priority.expression
+            if reactor.policies.key_concurrency is not None:
+                projection[f"k{i}"] = reactor.policies.key_concurrency.expression
+        facets: dict[str, list[dict[str, Any]]] = {"snapshots": [{"$project": projection}]}
         for i, reactor in enumerate(reactors):
             if reactor.filter:
                 facets[f"m{i}"] = [{"$match": reactor.filter}, {"$project": {"_id": 1}}]
@@ -367,7 +389,9 @@ class DatabasePlanner:
             for i, reactor in enumerate(reactors):
                 if reactor.filter and key not in matching[f"m{i}"]:
                     continue
-                verdict[reactor.name] = doc.get(f"s{i}", {} if reactor.watch == {} else None)
+                verdict[reactor.name] = (
+                    doc.get(f"s{i}", {} if reactor.watch == {} else None),
+                    claim_fields(reactor, doc.get(f"p{i}"), doc.get(f"k{i}")))
             result[key] = verdict
         return result
 
@@ -386,8 +410,10 @@ class DatabasePlanner:
         for reactor in self.by_collection[collection]:
             if reactor.policies.cleanup.when == "never":
                 continue
+            owned = self.partition.query("$sourceId") if self.partition else {}
             await self.db[reactor.tasks_collection].update_many(
-                {"reactor": reactor.name, "plannerToken": {"$not": {"$gt": self.leader_token}}},
+                {"reactor": reactor.name, "plannerToken": {"$not": {"$gt": self.leader_token}},
+                 **owned},
                 source_gone_pipeline(reactor, self.leader_token))
 
 

@@ -75,6 +75,34 @@ class TimeTrigger:
 
 
 @dataclass(frozen=True)
+class KeyConcurrency:
+    """At most ``max`` executions at once per value of ``expression`` (evaluated on the source
+    document when the task is planned, e.g. ``"$customerId"``), across all instances."""
+
+    expression: Any
+    max: int = 1
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``max`` executions started per ``per_ms``, cluster-wide (a token bucket that
+    refills continuously and holds at most ``max`` tokens)."""
+
+    max: int
+    per_ms: int
+
+
+@dataclass(frozen=True)
+class PriorityPolicy:
+    """Claim order among due tasks: higher first. ``static`` is the reactor's priority (it also
+    orders reactors against each other); ``expression``, if given, computes a task's priority
+    from its source document when the task is planned (non-numbers fall back to ``static``)."""
+
+    static: int = 0
+    expression: Any | None = None
+
+
+@dataclass(frozen=True)
 class Policies:
     """All policies of one reactor, with the defaults documented in docs/reactor-definitions.md."""
 
@@ -83,6 +111,15 @@ class Policies:
     timeout_ms: int | None = None
     cleanup: CleanupPolicy = field(default_factory=CleanupPolicy)
     concurrency: int | None = None
+    """Most executions at once on one instance (``concurrency: N`` or ``perInstance``)."""
+    cluster_concurrency: int | None = None
+    """Most executions at once across all instances (``concurrency: {max: N}``)."""
+    key_concurrency: KeyConcurrency | None = None
+    """Most executions at once per key value (``concurrency: {key: <expression>, max: N}``)."""
+    rate_limit: RateLimit | None = None
+    """Most executions started per period, cluster-wide (``rateLimit: {max: N, per: 1s}``)."""
+    priority: PriorityPolicy = field(default_factory=PriorityPolicy)
+    """Claim order among due tasks (``priority: N`` or ``{static: N, expression: ...}``)."""
     history_limit: int = 5
     evolution: EvolutionPolicy = field(default_factory=EvolutionPolicy)
 

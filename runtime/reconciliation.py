@@ -44,6 +44,7 @@ from pymongo.errors import PyMongoError
 from runtime.cancellation import raise_if_cancelled
 from runtime.meta import META_COLLECTION, MetaStore, scan_id, scan_request
 from runtime.metrics import SCAN_DOCUMENTS, SCAN_EXPECTED, SCAN_RUNNING, SCANNED
+from runtime.partitions import Partition
 from runtime.reactor import ReactorSpec
 from runtime.structured_logging import log_event
 
@@ -92,6 +93,7 @@ class ScanReason:
     HISTORY_LOST = "change-stream history lost"
     NO_POSITION = "no saved stream position"
     POSITION_RESET = "stream position reset"
+    PARTITIONED = "planner partitions changed"
     REQUESTED = "requested"
 
 
@@ -172,13 +174,17 @@ class ScanRunner:
 
     def __init__(self, db: AsyncDatabase[Any], meta: MetaStore,
                  by_collection: dict[str, list[ReactorSpec]], plan_ids: PlanIds,
-                 sweep_orphans: SweepOrphans, leader_token: int) -> None:
+                 sweep_orphans: SweepOrphans, leader_token: int,
+                 partition: Partition | None = None) -> None:
         self.db = db
         self.meta = meta
         self.by_collection = by_collection
         self.plan_ids = plan_ids
         self.sweep_orphans = sweep_orphans
         self.leader_token = leader_token
+        self.partition = partition
+        """With partitioned planning: only this partition's documents and tasks are scanned,
+        and its passes are kept in ``scan:<db>.<collection>@<k>/<N>``."""
         self.queues: dict[str, CollectionScans] = {}
         self._wake = asyncio.Event()
 
@@ -186,6 +192,8 @@ class ScanRunner:
         """Read the stored passes (left by an earlier leader, or queued at start-up)."""
         for doc in await self.meta.scans(self.db.name):
             collection = str(doc.get("collection", ""))
+            if doc.get("_id") != self._doc_id(collection):
+                continue  # another partition's (or another partitioning's) passes
             passes = [ScanPass.from_doc(p) for p in doc.get("passes") or []]
             self.queues[collection] = CollectionScans(collection, passes)
 
@@ -209,8 +217,14 @@ class ScanRunner:
                                   "passes": [p.to_doc() for p in queue.passes]}
         if finished is not None:
             fields["lastFinished"] = finished
-        await self.meta.fenced_update(scan_id(self.db.name, queue.collection),
-                                      {"$set": fields}, self.leader_token)
+        if self.partition is not None:
+            fields["partition"] = self.partition.label
+        await self.meta.fenced_update(self._doc_id(queue.collection), {"$set": fields},
+                                      self.leader_token)
+
+    def _doc_id(self, collection: str) -> str:
+        suffix = f"@{self.partition.label}" if self.partition is not None else ""
+        return scan_id(self.db.name, collection) + suffix
 
     async def run(self) -> None:
         """Run passes until cancelled, waiting for new ones when the queues are empty."""
@@ -245,7 +259,8 @@ class ScanRunner:
         source = self.db[queue.collection]
         if not scan.started:
             scan.started_at = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
-            scan.expected = await source.estimated_document_count()
+            scan.expected = await source.estimated_document_count() // (
+                self.partition.count if self.partition is not None else 1)
             await self._save(queue)
         started = time.monotonic()
         progress = Progress(self.db.name, queue.collection, scan, started)
@@ -290,6 +305,8 @@ class ScanRunner:
         else:
             bound = {"$gt": scan.last_id} if scan.has_last_id else {"$gte": bracket.lowest}
             query, limit = {"_id": bound}, SCAN_BATCH
+        if self.partition is not None:
+            query.update(self.partition.query("$_id"))
         cursor = source.find(query, {"_id": 1}).sort("_id", 1).limit(limit)
         return [doc["_id"] async for doc in cursor]
 
@@ -307,6 +324,8 @@ class ScanRunner:
                                      "expiresAt": {"$exists": False}}
             if scan.last_task_id is not None:
                 query["_id"] = {"$gt": scan.last_task_id}
+            if self.partition is not None:
+                query.update(self.partition.query("$sourceId"))
             cursor = tasks.find(query, {"reactor": 1, "sourceId": 1}).sort("_id", 1).limit(
                 SCAN_BATCH)
             batch = [doc async for doc in cursor]

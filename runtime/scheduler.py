@@ -33,11 +33,14 @@ from runtime.reactor import ReactorSpec
 from runtime.structured_logging import log_event
 
 GRACE = datetime.timedelta(milliseconds=25)
+FAIRNESS_EVERY = 4
+"""Every this many picks, the most overdue reactor goes first whatever its priority."""
 MAX_DUE_TIMES = 10_000
 """Known future due times kept per reactor; beyond it the latest are dropped (the idle poll
 finds their work)."""
 log = logging.getLogger("runtime.scheduler")
 
+_SLOT_KEY = ("slot freed",)
 Entry = tuple[datetime.datetime, int, Hashable | None]
 """A known due time: ``(at, sequence, key)``; the unique sequence keeps keys out of sorting."""
 
@@ -77,6 +80,7 @@ class Scheduler:
         self._waiters: list[tuple[asyncio.Future[None], datetime.datetime | None]] = []
         self._order = list(self.reactors)
         self._pending_wakes = 0
+        self._picks = 0
 
     # -- what is known ---------------------------------------------------------------------
 
@@ -191,16 +195,22 @@ class Scheduler:
         """
         if self.stopping:
             return None
-        best: str | None = None
-        best_due: datetime.datetime | None = None
+        due_now: list[tuple[str, datetime.datetime]] = []
         for name in self._order:
             due = self._earliest(self._state[name])
             if due is None or due > now or not self._available(name, now):
                 continue
-            if best_due is None or due < best_due:
-                best, best_due = name, due
-        if best is None or best_due is None:
+            due_now.append((name, due))
+        if not due_now:
             return None
+        self._picks += 1
+        if self._picks % FAIRNESS_EVERY:
+            # Higher static priority first (ties: the most overdue); every FAIRNESS_EVERY-th
+            # pick goes to the most overdue whatever its priority, so none starves.
+            top = max(self.reactors[name].policies.priority.static for name, _ in due_now)
+            due_now = [(n, d) for n, d in due_now
+                       if self.reactors[n].policies.priority.static == top]
+        best, best_due = min(due_now, key=lambda item: item[1])
         self._order.remove(best)
         self._order.append(best)
         state = self._state[best]
@@ -227,6 +237,17 @@ class Scheduler:
         state.graced = False
         state.poll_at = now
         self._wake(1)
+
+    def blocked(self, reactor: str, now: datetime.datetime) -> None:
+        """Due work of ``reactor`` waits for a cluster-wide concurrency slot: try again when a
+        slot is freed (:meth:`slot_freed`, here or on another instance), or at the idle poll."""
+        state = self._state[reactor]
+        state.fresh = None
+        state.poll_at = now + self.idle_poll
+
+    def slot_freed(self, reactor: str) -> None:
+        """An execution of a reactor with cluster-wide limits ended: its work may go now."""
+        self.note_due(reactor, datetime.datetime.min, key=_SLOT_KEY, fresh=False)
 
     def missed(self, reactor: str, now: datetime.datetime) -> None:
         """A claim found nothing: wait for the next known due time, or poll again after the

@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import importlib.util
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from pymongo import AsyncMongoClient
@@ -15,16 +16,29 @@ from pymongo.errors import PyMongoError
 
 from runtime.app_loader import LoadedApp
 from runtime.cancellation import consume_outcome, raise_if_cancelled, within
+from runtime.claims import is_limited
 from runtime.command_stats import CommandCounter
-from runtime.evolution import retire_removed
+from runtime.cron import CronPlanner
+from runtime.cron_spec import CRON_TASKS_COLLECTION
+from runtime.evolution import apply as apply_evolution
+from runtime.evolution import decide, retire_removed
 from runtime.heartbeat import Heartbeat
 from runtime.hooks import Hooks
 from runtime.leader import LeaderElector
 from runtime.logging_middleware import LoggingMiddleware
-from runtime.meta import MetaStore
+from runtime.meta import MetaStore, epoch_base
 from runtime.metrics_middleware import MetricsMiddleware
 from runtime.middleware import HooksMiddleware, Middleware, MiddlewareStack
+from runtime.partitions import (
+    PARTITIONS_FIELD,
+    Partition,
+    PartitionManager,
+    agree_on_partitioning,
+    partitions_of,
+)
 from runtime.planner import DatabasePlanner, Planner
+from runtime.planning_state import PartitionState
+from runtime.rate_limit import RateLimiter
 from runtime.reactor import ReactorSpec
 from runtime.scheduler import Scheduler
 from runtime.server_time import ServerClock
@@ -35,6 +49,7 @@ from runtime.wakeup import WakeupListener
 from runtime.worker import WorkerPool
 
 log = logging.getLogger("runtime")
+PlannerFactory = Callable[..., DatabasePlanner]
 CLOCK_SYNC_S = 60.0
 SHUTDOWN_STEP_S = 5.0
 CLOSE_STEP_S = 2.0
@@ -56,7 +71,7 @@ class Runtime:
         if hooks is not None:
             items.append(HooksMiddleware(hooks))
         items += middleware or []
-        self.metrics = MetricsMiddleware(app.reactors, settings.database)
+        self.metrics = MetricsMiddleware([*app.reactors, *app.crons], settings.database)
         items += [self.metrics, LoggingMiddleware(settings.instance_id)]
         self.middleware = MiddlewareStack(items)
         self.command_counter = CommandCounter() if settings.command_stats_file else None
@@ -72,12 +87,16 @@ class Runtime:
             tz_aware=False, event_listeners=listeners)
         self.clock = ServerClock()
         self._background: list[asyncio.Task[None]] = []
-        runnable = [r for r in app.reactors if self.middleware.accepts(r)]
+        runnable = [r for r in [*app.reactors, *app.crons] if self.middleware.accepts(r)]
         self.scheduler = Scheduler(runnable, settings.idle_poll_ms)
         self.elector: LeaderElector | None = None
         self.planner: Planner | None = None
         self.workers: WorkerPool | None = None
         self.heartbeat: Heartbeat | None = None
+        self.partitions: PartitionManager | None = None
+        self.partition_planners: dict[str, Planner] = {}
+        self.partitioning_epoch = 0
+        self.partitioning_baseline: dict[str, dict[str, Any]] = {}
 
     def database(self, reactor: ReactorSpec | None = None) -> AsyncDatabase[dict[str, Any]]:
         """The database of a reactor (or the default one)."""
@@ -89,6 +108,14 @@ class Runtime:
         for database, collection, keys, options in self.app.indexes:
             db = self.client[database or self.settings.database]
             await db[collection].create_index(keys, **options)
+
+    def _finished(self, reactor: str, task_id: Any) -> None:
+        """A task finished (heard on the wake-up stream): forget its lease expiry; if its
+        reactor has cluster-wide limits, the slot it held is free for waiting work."""
+        self.scheduler.forget(reactor, task_id)
+        spec = self.scheduler.reactors.get(reactor)
+        if spec is not None and is_limited(spec):
+            self.scheduler.slot_freed(reactor)
 
     def _due_hint(self, reactor: str, delay_ms: int) -> None:
         # The local planner's latest hint per reactor (it replaces the previous one): each
@@ -109,32 +136,92 @@ class Runtime:
             self.scheduler.throttle(name, until)
 
     async def _retire_removed(self, leader_token: int) -> None:
-        """Leader job: retire reactors recorded in the database but no longer defined."""
+        """Leader job: retire reactors recorded in the database but no longer defined (with
+        partitions, each partition retires the tasks of its own documents)."""
         await retire_removed(self.planner_client, self.settings.database,
                              {r.name for r in self.app.reactors},
                              MetaStore(self.planner_client[self.settings.database]),
-                             leader_token, self.clock.now())
+                             leader_token, self.clock.now(),
+                             tasks=self.settings.planner_partitions == 1)
+
+    async def _record_reactors(self, leader_token: int) -> None:
+        """Leader job with partitions: record the reactors' state (``reactor:`` documents);
+        scans and reprocessing are each partition's, for its own documents."""
+        meta = MetaStore(self.planner_client[self.settings.database])
+        for database, reactors in self._by_database().items():
+            db = self.planner_client[database]
+            plan = decide(reactors, await meta.reactors(), database, self.clock.now())
+            plan.reprocess.clear()
+            await apply_evolution(plan, reactors, db, meta, leader_token)
+
+    def _by_database(self) -> dict[str, list[ReactorSpec]]:
+        by_db: dict[str, list[ReactorSpec]] = {}
+        for reactor in self.app.reactors:
+            by_db.setdefault(reactor.database or self.settings.database, []).append(reactor)
+        return by_db
+
+    def _planner_factory(self, database: str) -> PlannerFactory:
+        """Makes the planner of ``database`` (of one of its partitions, with partitions)."""
+        reactors = self._by_database()[database]
+        pipeline = self.app.pipelines.get(database)
+        if database == self.settings.database and pipeline is None:
+            pipeline = self.app.pipelines.get(None)
+        if pipeline is None:
+            pipeline = [{"$match": {"$or": [r.pipeline[0]["$match"] for r in reactors]}}]
+        db = self.planner_client[database]
+        meta_db = self.planner_client[self.settings.database]
+
+        def factory(token: int, partition: Partition | None = None) -> DatabasePlanner:
+            state = None if partition is None else PartitionState(
+                MetaStore(meta_db), partition, token, self.partitioning_epoch,
+                self.partitioning_baseline)
+            return DatabasePlanner(db, meta_db, reactors, list(pipeline or []),
+                                   self.settings.batch_max, token, self._due_hint,
+                                   self.clock.now, self.middleware, partition, state,
+                                   self.planner_client)
+
+        return factory
 
     def _planner_factories(self) -> list[Any]:
-        by_db: dict[str | None, list[ReactorSpec]] = {}
-        for reactor in self.app.reactors:
-            by_db.setdefault(reactor.database, []).append(reactor)
-        factories = []
-        for database, reactors in by_db.items():
-            pipeline = self.app.pipelines.get(database)
-            if pipeline is None:
-                pipeline = [{"$match": {"$or": [r.pipeline[0]["$match"] for r in reactors]}}]
-            db = self.planner_client[database or self.settings.database]
+        if self.settings.planner_partitions > 1:
+            return []  # partitions plan (see _gain_partition); the leader keeps its jobs
+        return [self._planner_factory(database) for database in self._by_database()]
 
-            def factory(token: int, db: Any = db, reactors: list[ReactorSpec] = reactors,
-                        pipeline: list[dict[str, Any]] = pipeline) -> DatabasePlanner:
-                return DatabasePlanner(db, self.planner_client[self.settings.database],
-                                       reactors, pipeline,
-                                       self.settings.batch_max, token, self._due_hint,
-                                       self.clock.now, self.middleware)
+    async def _gain_partition(self, partition: Partition, token: int) -> None:
+        factory = self._planner_factory(partition.database)
+        manager = self.partitions
+        planner = Planner([lambda t: factory(t, partition)],
+                          on_deposed=manager.nudge if manager is not None else None)
+        self.partition_planners[partition.lease_id] = planner
+        await planner.start(token)
 
-            factories.append(factory)
-        return factories
+    async def _lose_partition(self, partition: Partition) -> None:
+        planner = self.partition_planners.pop(partition.lease_id, None)
+        if planner is None:
+            return
+        stopping = asyncio.create_task(planner.stop())
+        done, _ = await asyncio.wait([stopping], timeout=SHUTDOWN_STEP_S)
+        if not done:
+            log_event(log, logging.WARNING, "partition planner did not stop in time",
+                      event="planner.stop_timeout", instance=self.settings.instance_id,
+                      partition=partition.lease_id)
+
+    async def _agree_on_partitioning(self) -> None:
+        """Refuse a partition count that differs from a live instance's; record a change;
+        with partitions, prepare this instance's share of the planning."""
+        settings = self.settings
+        self.heartbeat = Heartbeat(MetaStore(self.database()), settings.instance_id,
+                                   [r.name for r in self.app.reactors], settings.concurrency,
+                                   self._status)
+        await self.heartbeat.beat()  # first: a concurrent start with another count sees it
+        self.partitioning_epoch, self.partitioning_baseline = await agree_on_partitioning(
+            MetaStore(self.database()), settings.instance_id, settings.planner_partitions)
+        if settings.planner_partitions > 1:
+            self.partitions = PartitionManager(
+                MetaStore(self.database()), settings.instance_id,
+                partitions_of(sorted(self._by_database()), settings.planner_partitions),
+                self.partitioning_epoch, settings.leader_ttl_ms, settings.leader_renew_ms,
+                self._gain_partition, self._lose_partition, self.clock.now)
 
     async def start(self) -> None:
         """Connect, ensure indexes, then start leader election, listeners and workers."""
@@ -145,10 +232,17 @@ class Runtime:
         for name in await MetaStore(self.database()).paused_reactors():
             self.scheduler.pause(name, True)
         stores = {r.name: TaskStore(self.database(r)[r.tasks_collection], settings.task_lease_ms,
-                                    settings.instance_id) for r in self.app.reactors}
-        sources = {r.name: self.database(r)[r.collection] for r in self.app.reactors}
-        self.planner = Planner(self._planner_factories(), [self._retire_removed],
+                                    settings.instance_id) for r in [*self.app.reactors,
+                                                                    *self.app.crons]}
+        sources = {r.name: self.database(r)[r.collection]
+                   for r in [*self.app.reactors, *self.app.crons]}
+        cron = CronPlanner(self.planner_client[settings.database], self.app.crons,
+                           self.clock.now, self.middleware)
+        await self._agree_on_partitioning()
+        self.planner = Planner(self._planner_factories(), [self._retire_removed, cron.run],
                                on_deposed=self._deposed)
+        if settings.planner_partitions > 1:
+            self.planner.jobs.append(self._record_reactors)
         self.elector = LeaderElector(self.database(), settings.instance_id,
                                      settings.leader_ttl_ms, settings.leader_renew_ms,
                                      self._start_planning, self._stop_planning, self.clock.now)
@@ -159,6 +253,8 @@ class Runtime:
             if reactor.tasks_collection not in tasks_by_db[db_name]:
                 tasks_by_db[db_name].append(reactor.tasks_collection)
         tasks_by_db.setdefault(settings.database, [])
+        if self.app.crons:
+            tasks_by_db[settings.database].append(CRON_TASKS_COLLECTION)
         elector = self.elector
         for db_name, collections in tasks_by_db.items():
             listener = WakeupListener(self.client[db_name], collections,
@@ -166,21 +262,23 @@ class Runtime:
                                       self.scheduler.throttle, elector.observe,
                                       instance_id=settings.instance_id,
                                       on_lease=self.scheduler.note_lease,
-                                      on_finished=self.scheduler.forget,
+                                      on_finished=self._finished,
                                       on_pause=self.scheduler.pause)
             self._background.append(asyncio.create_task(listener.run()))
         self.scheduler.start(self.clock.now())
         await self._learn_next_due(stores)
         self.workers = WorkerPool(
-            {r.name: r for r in self.app.reactors}, self.app.handlers, stores, sources,
+            {r.name: r for r in [*self.app.reactors, *self.app.crons]}, self.app.handlers,
+            stores, sources,
             self.scheduler, self.clock, self.middleware, settings.concurrency,
-            settings.task_renew_ms, settings.instance_id, self._throttle)
+            settings.task_renew_ms, settings.instance_id, self._throttle,
+            RateLimiter(self.database()))
         self.workers.start()
         elector.start()
+        if self.partitions is not None:
+            self.partitions.start()
         self._background.append(asyncio.create_task(self._resync_clock()))
-        self.heartbeat = Heartbeat(MetaStore(self.database()), settings.instance_id,
-                                   [r.name for r in self.app.reactors], settings.concurrency,
-                                   self._status)
+        assert self.heartbeat is not None
         self._background.append(asyncio.create_task(self.heartbeat.run()))
         log_event(log, logging.INFO, "runtime started", event="runtime.started",
                   instance=settings.instance_id, reactors=len(self.app.reactors),
@@ -195,10 +293,14 @@ class Runtime:
     def _status(self) -> dict[str, Any]:
         """What the heartbeat reports beyond the static facts."""
         elector = self.elector
-        return {"leader": bool(elector and elector.is_leader),
-                "leaderToken": elector.token if elector and elector.is_leader else None,
-                "running": sum(self.scheduler.running.values()),
-                "paused": sorted(self.scheduler.paused)}
+        status = {"leader": bool(elector and elector.is_leader),
+                  "leaderToken": elector.token if elector and elector.is_leader else None,
+                  "running": sum(self.scheduler.running.values()),
+                  "paused": sorted(self.scheduler.paused)}
+        if self.settings.planner_partitions > 1:
+            status[PARTITIONS_FIELD] = self.settings.planner_partitions
+            status["partitions"] = self.partitions.held_labels() if self.partitions else []
+        return status
 
     async def _learn_next_due(self, stores: dict[str, TaskStore]) -> None:
         """At start-up, the wake-up stream has reported nothing yet: learn each reactor's next
@@ -226,7 +328,8 @@ class Runtime:
     async def _start_planning(self, leader_token: int) -> None:
         self.middleware.on_leadership(True, leader_token)
         if self.planner is not None:
-            await self.planner.start(leader_token)
+            # Tokens of a later partitioning epoch beat every earlier one (epoch 0: as is).
+            await self.planner.start(epoch_base(self.partitioning_epoch) + leader_token)
 
     async def _stop_planning(self) -> None:
         self.middleware.on_leadership(False, self.elector.token if self.elector else 0)
@@ -251,6 +354,8 @@ class Runtime:
             # Planning does not need this instance's handlers: another instance can take
             # over while they finish.
             await self.elector.stop()
+        if self.partitions is not None:
+            await self.partitions.stop()
         if self.workers is not None:
             unfinished = await self.workers.drain(self.settings.shutdown_timeout_ms / 1000)
             # All at once, within one bound: a database that does not answer must not hold

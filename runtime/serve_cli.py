@@ -28,6 +28,7 @@ from runtime.cli_flags import (
     read_flags,
     text,
 )
+from runtime.partitions import PartitioningError
 from runtime.settings import ENVIRONMENT, RuntimeSettings
 from runtime.structured_logging import configure, log_event
 
@@ -38,6 +39,7 @@ EXIT_USAGE = 2
 EXIT_FAILURE = 1
 STRAGGLER_WAIT_S = 1.0
 MIN_LEASE_MS = 100
+MAX_PARTITIONS = 256
 
 
 SettingsError = UsageError
@@ -50,6 +52,14 @@ def _lease_ms(value: str) -> int:
     number = positive_int(value)
     if number < MIN_LEASE_MS:
         raise ValueError(f"must be at least {MIN_LEASE_MS} (milliseconds), got {value!r}")
+    return number
+
+
+def _partitions(value: str) -> int:
+    """A partition count: 1 (the leader plans everything) up to :data:`MAX_PARTITIONS`."""
+    number = positive_int(value)
+    if number > MAX_PARTITIONS:
+        raise ValueError(f"must be at most {MAX_PARTITIONS}, got {value!r}")
     return number
 
 
@@ -97,6 +107,9 @@ FLAGS = (
          "(retry, pause, scan) require; without it the dashboard is read-only", "TOKEN"),
     Flag("log_format", "--log-format", one_of(*LOG_FORMATS), "log line format: text "
          "(key=value) or json (one object per line, for log shippers)", "FORMAT"),
+    Flag("planner_partitions", "--planner-partitions", _partitions, "split change-stream "
+         "planning into N partitions by a hash of the source _id, spread over the live "
+         "instances; every instance must use the same N", "N"),
 )
 
 
@@ -176,6 +189,11 @@ async def serve(settings: RuntimeSettings) -> int:
             log_event(log, logging.ERROR, f"cannot start: {exc}", event="runtime.failed",
                       instance=settings.instance_id, error=str(exc))
             return EXIT_FAILURE
+        except PartitioningError as exc:
+            log_event(log, logging.ERROR, f"cannot start: {exc}", event="runtime.failed",
+                      instance=settings.instance_id, error=str(exc))
+            print(f"runtime serve: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         except OSError as exc:
             log_event(log, logging.ERROR, f"cannot serve the dashboard on "
                       f"{settings.dashboard_host}:{settings.dashboard_port}: {exc}",

@@ -43,6 +43,9 @@ class RuntimeSettings:
     metrics_scope: str = "cluster"
     """``local`` (this instance's metrics) or ``cluster`` (also the cluster-wide gauges)."""
     metrics_refresh_ms: int = 5_000
+    planner_partitions: int = 1
+    """Change-stream planning is split into this many partitions by a hash of the source
+    ``_id``, spread over the live instances (1: the leader plans everything)."""
 
     @property
     def leader_renew_ms(self) -> int:
@@ -78,4 +81,5 @@ ENVIRONMENT = {
     "metrics_host": "REACTGEN_METRICS_HOST",
     "metrics_scope": "REACTGEN_METRICS_SCOPE",
     "metrics_refresh_ms": "REACTGEN_METRICS_REFRESH_MS",
+    "planner_partitions": "REACTGEN_PLANNER_PARTITIONS",
 }

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import time
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ValidationError
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.client_session import ClientSession
 
 from runtime.context import TaskContext
+from runtime.cron_spec import CronContext, CronSpec, CronTrigger
 from runtime.reactor import ReactorSpec
 from runtime.task_store import COMPLETED, Claimed, TaskStore, snapshot_hash
 
@@ -42,7 +45,16 @@ class RuntimeTaskContext(TaskContext[Any, Any]):
     ``completed`` is set when :meth:`mark_completed` wrote outside any transaction (the
     completion is durable); ``completed_in_session`` when it wrote inside a caller's session,
     whose transaction may still have been aborted, so the worker re-checks.
+
+    The context of a cron job's task (a :class:`~runtime.cron_spec.CronSpec`) is a
+    :class:`CronTaskContext`: constructing this class for one returns that subclass.
     """
+
+    def __new__(cls, reactor: ReactorSpec, *args: Any, **kwargs: Any) -> RuntimeTaskContext:
+        """A :class:`CronTaskContext` for a cron job, else an instance of ``cls``."""
+        if cls is RuntimeTaskContext and isinstance(reactor, CronSpec):
+            cls = CronTaskContext
+        return super().__new__(cls)
 
     def __init__(self, reactor: ReactorSpec, held: Claimed, store: TaskStore,
                  source: AsyncCollection[dict[str, Any]], logger: logging.Logger,
@@ -199,3 +211,43 @@ class RuntimeTaskContext(TaskContext[Any, Any]):
     def throttle_sync(self, duration_ms: int) -> None:
         """:meth:`throttle` for handlers written as plain functions."""
         self.throttle_ms = max(0, int(duration_ms))
+
+
+class CronTaskContext(RuntimeTaskContext, CronContext):
+    """One execution of a cron job's occurrence: no source document, so no late binding."""
+
+    def __init__(self, reactor: ReactorSpec, held: Claimed, store: TaskStore,
+                 source: AsyncCollection[dict[str, Any]], logger: logging.Logger,
+                 debounce: Any, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(reactor, held, store, source, logger, debounce, loop)
+        assert isinstance(reactor, CronSpec)
+        self.cron = reactor
+        scheduled = held.doc.get("scheduledFor", held.doc.get("sourceId"))
+        if not isinstance(scheduled, datetime.datetime):
+            scheduled = datetime.datetime.now(datetime.UTC)
+        self.scheduled_for = (scheduled.replace(tzinfo=datetime.UTC) if scheduled.tzinfo is None
+                              else scheduled.astimezone(datetime.UTC))
+        try:
+            self.trigger = CronTrigger(held.doc.get("trigger", CronTrigger.SCHEDULE.value))
+        except ValueError:
+            self.trigger = CronTrigger.SCHEDULE
+        self.logger = logging.LoggerAdapter(logger, {"fields": {
+            "reactor": reactor.name, "task_id": held.task_id,
+            "scheduled_for": self.scheduled_for.isoformat(), "attempt": self.attempt}})
+
+    @property
+    def local_time(self) -> datetime.datetime:
+        """The scheduled time in the job's time zone."""
+        return self.scheduled_for.astimezone(ZoneInfo(self.cron.schedule.timezone))
+
+    async def get_document(self, projection: dict[str, Any] | None = None,
+                           session: Any = None) -> Any:
+        """Cron jobs have no source document."""
+        raise TypeError(f"cron job {self.reactor.name!r} has no source document; use "
+                        "ctx.scheduled_for")
+
+    def get_document_sync(self, projection: dict[str, Any] | None = None,
+                          session: Any = None) -> Any:
+        """Cron jobs have no source document."""
+        raise TypeError(f"cron job {self.reactor.name!r} has no source document; use "
+                        "ctx.scheduled_for")

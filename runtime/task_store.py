@@ -1,173 +1,64 @@
 """Reads and writes of ``<collection>_tasks`` documents (shape: docs/architecture.md).
 
 Every write of an execution after its claim is *fenced*: it matches the task only while
-``lease.claim`` still equals the claim id handed out by :meth:`TaskStore.claim`. A worker that
-lost its lease (paused, partitioned, slow) can therefore never overwrite its successor, and a
+``lease.claim`` still equals the claim id handed out when it was claimed. A worker that lost
+its lease (paused, partitioned, slow) can therefore never overwrite its successor, and a
 renewal can never revive a finished task. Times written by the runtime come from the server's
 ``$$NOW``, so instances with skewed clocks agree on when a lease expires.
+
+Claims come in rounds (:mod:`runtime.claims` has the protocol): one ``find`` of due
+candidates, then one unordered bulk write of per-task compare-and-set claims. Finalizations
+of executions that end close together share one bulk write (:class:`FencedWriteBatcher`).
 """
 
 from __future__ import annotations
 
 import datetime
-import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import bson
 from bson import ObjectId
 from pymongo import ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import BulkWriteError
 
-from runtime.reactor import ReactorSpec
+from runtime.fenced_writes import FencedWriteBatcher
+from runtime.task_plans import (
+    claim_fields,
+    debounce_expression,
+    plan_update,
+    poison_update,
+    snapshot_hash,
+    source_gone_pipeline,
+    source_gone_update,
+    task_key,
+)
+from runtime.task_status import (
+    COMPLETED,
+    FAILED,
+    PENDING,
+    PROCESSING,
+    PROCESSING_DIRTY,
+    RUNNING,
+    SKIPPED,
+)
 
-PENDING = "pending"
-PROCESSING = "processing"
-PROCESSING_DIRTY = "processing_dirty"
-COMPLETED = "completed"
-FAILED = "failed"
-SKIPPED = "skipped"
-RUNNING = [PROCESSING, PROCESSING_DIRTY]
+__all__ = ["COMPLETED", "FAILED", "PENDING", "PROCESSING", "PROCESSING_DIRTY", "RUNNING",
+           "SKIPPED", "Claimed", "FencedWriteBatcher", "TaskStore", "claim_fields",
+           "debounce_expression",
+           "plan_update", "poison_update", "snapshot_hash", "source_gone_pipeline",
+           "source_gone_update", "task_key"]
 
-
-def snapshot_hash(snapshot: Any) -> str:
-    """Stable digest of a watched-values snapshot (BSON bytes, so types and order count)."""
-    return hashlib.sha256(bson.encode({"s": snapshot})).hexdigest()[:32]
-
-
-def _debounced(reactor: ReactorSpec, anchor: Any) -> Any:
-    """Server-side due time: ``$$NOW + delay``, capped at ``anchor + maxWait``."""
-    debounce = reactor.policies.debounce
-    due: Any = {"$add": ["$$NOW", debounce.delay_ms]} if debounce.delay_ms else "$$NOW"
-    if debounce.max_wait_ms is not None:
-        due = {"$min": [due, {"$add": [anchor, debounce.max_wait_ms]}]}
-    return due
-
-
-def debounce_expression(reactor: ReactorSpec) -> Any:
-    """When a task that got new data while running becomes due again."""
-    return _debounced(reactor, {"$ifNull": ["$firstChangeAt", "$$NOW"]})
-
-
-def task_key(reactor: ReactorSpec, source_id: Any, leader_token: int) -> dict[str, Any]:
-    """The planner's filter for one task: its key, fenced by the leadership token.
-
-    ``plannerToken`` records the token of the leader that planned the task last. A deposed
-    planner's filter does not match a task a newer leader planned; as an upsert it then tries
-    to insert, collides with the unique task key and is refused (``DuplicateKeyError``).
-    """
-    return {"reactor": reactor.name, "sourceId": source_id,
-            "plannerToken": {"$not": {"$gt": leader_token}}}
-
-
-def plan_update(reactor: ReactorSpec, source_id: Any, snapshot: Any,
-                leader_token: int) -> UpdateOne:
-    """Upsert of one task after its source changed: a no-op unless the snapshot changed.
-
-    Changed: a pending/completed/failed/skipped task becomes pending (debounced); a running one
-    becomes ``processing_dirty`` and keeps its lease. Unchanged: nothing is written at all,
-    except the leadership token the first time a new leader plans the task (fencing).
-    """
-    digest = snapshot_hash(snapshot)
-    status = {"$ifNull": ["$status", "none"]}
-    running = {"$in": [status, RUNNING]}
-    reset = reactor.policies.retry.reset_on_data_change
-    # A task scheduled for expiry (its source was deleted or stopped matching) whose source
-    # is back is a new task even if the watched values are the same as before.
-    changed = {"$or": [{"$ne": [{"$ifNull": ["$snapshotHash", None]}, digest]},
-                       {"$ne": [{"$type": "$expiresAt"}, "missing"]}]}
-    pipeline: list[dict[str, Any]] = [
-        {"$set": {"_changed": changed}},
-        {"$set": {"_anchor": {"$cond": [
-            {"$and": ["$_changed", {"$not": [{"$in": [status, [PENDING, PROCESSING_DIRTY]]}]}]},
-            "$$NOW", "$firstChangeAt"]}}},
-        {"$set": {
-            "reactor": reactor.name,
-            "sourceId": {"$literal": source_id},
-            "snapshot": {"$cond": ["$_changed", {"$literal": snapshot}, "$snapshot"]},
-            "snapshotHash": digest,
-            "status": {"$cond": ["$_changed", {"$cond": [running, PROCESSING_DIRTY, PENDING]},
-                                 "$status"]},
-            "firstChangeAt": "$_anchor",
-            "nextRunAt": {"$cond": ["$_changed",
-                                    {"$cond": [running, "$nextRunAt",
-                                               _debounced(reactor, "$_anchor")]},
-                                    "$nextRunAt"]},
-            "dueAt": {"$cond": ["$_changed", {"$cond": [running, "$dueAt",
-                                                        _debounced(reactor, "$_anchor")]},
-                                "$dueAt"]},
-            "attempts": {"$cond": [{"$and": ["$_changed", reset, {"$not": [running]}]}, 0,
-                                   {"$ifNull": ["$attempts", 0]}]},
-            "firstErrorAt": {"$cond": [{"$and": ["$_changed", reset]}, None,
-                                       {"$ifNull": ["$firstErrorAt", None]}]},
-            "lastError": {"$cond": [{"$and": ["$_changed", reset]}, None,
-                                    {"$ifNull": ["$lastError", None]}]},
-            "createdAt": {"$ifNull": ["$createdAt", "$$NOW"]},
-            "updatedAt": {"$cond": ["$_changed", "$$NOW", "$updatedAt"]},
-            "skipReason": {"$cond": ["$_changed", None, "$skipReason"]},
-            "planningError": {"$cond": ["$_changed", "$$REMOVE", "$planningError"]},
-            "plannerToken": leader_token,
-        }},
-        {"$unset": ["_changed", "_anchor", "expiresAt"]},
-    ]
-    return UpdateOne(task_key(reactor, source_id, leader_token), pipeline, upsert=True)
-
-
-def poison_update(reactor: ReactorSpec, source_id: Any, error: str,
-                  leader_token: int) -> UpdateOne:
-    """Record that a source document could not be planned (a poison document).
-
-    The task becomes ``failed`` with the error in ``lastError`` and ``planningError`` and is
-    not due; its snapshot hash is cleared, so the next change of the document that plans
-    cleanly makes it pending again. A running task keeps running (its late-binding check
-    decides), but carries the error.
-    """
-    running = {"$in": [{"$ifNull": ["$status", "none"]}, RUNNING]}
-    message = f"planning failed: {error}"
-    return UpdateOne(task_key(reactor, source_id, leader_token), [{"$set": {
-        "reactor": reactor.name,
-        "sourceId": {"$literal": source_id},
-        "status": {"$cond": [running, "$status", FAILED]},
-        "nextRunAt": {"$cond": [running, "$nextRunAt", None]},
-        "snapshotHash": None,
-        "lastError": {"$literal": message},
-        "planningError": {"at": "$$NOW", "error": {"$literal": error}},
-        "firstErrorAt": {"$ifNull": ["$firstErrorAt", "$$NOW"]},
-        "attempts": {"$ifNull": ["$attempts", 0]},
-        "createdAt": {"$ifNull": ["$createdAt", "$$NOW"]},
-        "updatedAt": "$$NOW",
-        "plannerToken": leader_token,
-    }}], upsert=True)
-
-
-def source_gone_update(reactor: ReactorSpec, source_id: Any, leader_token: int) -> UpdateOne:
-    """Apply the cleanup policy to the task of a deleted (or no longer matching) source.
-
-    A pending task stops being due (``skipped``); every task gets ``expiresAt`` (now +
-    ``keepFor``), after which the TTL index on it deletes the task. A running task is left to
-    finish (its late-binding check skips it) and expires no earlier than its lease, which its
-    renewals extend. Applying it again changes nothing, so ``expiresAt`` is not pushed back by
-    later changes of a document that no longer matches.
-    """
-    return UpdateOne(task_key(reactor, source_id, leader_token),
-                     source_gone_pipeline(reactor, leader_token))
-
-
-def source_gone_pipeline(reactor: ReactorSpec, leader_token: int) -> list[dict[str, Any]]:
-    """The update applied to tasks whose source is gone (see :func:`source_gone_update`)."""
-    running = {"$in": ["$status", RUNNING]}
-    pending = {"$eq": ["$status", PENDING]}
-    expires: Any = {"$add": ["$$NOW", reactor.policies.cleanup.keep_for_ms]}
-    return [{"$set": {
-        "status": {"$cond": [pending, SKIPPED, "$status"]},
-        "nextRunAt": {"$cond": [running, "$nextRunAt", None]},
-        "skipReason": {"$cond": [pending, "source deleted or no longer matching",
-                                 "$skipReason"]},
-        "expiresAt": {"$ifNull": ["$expiresAt", {"$cond": [
-            running, {"$max": [expires, "$lease.expiresAt"]}, expires]}]},
-        "plannerToken": leader_token,
-    }}]
+DUPLICATE_KEY = 11000
+MAX_FINALIZE_BATCH = 500
+SLOT_FIELDS = {"slot": "$$REMOVE", "keySlot": "$$REMOVE"}
+"""Set by every write that ends an execution: the concurrency slots (docs/architecture.md)
+are held exactly while the task runs."""
+Sort = Sequence[tuple[str, int]]
+DUE_ORDER: Sort = (("nextRunAt", 1),)
+PRIORITY_ORDER: Sort = (("priority", -1), ("nextRunAt", 1))
 
 
 def _history(entry: dict[str, Any], limit: int) -> Any:
@@ -198,33 +89,117 @@ class TaskStore:
         self.collection = collection
         self.lease_ms = lease_ms
         self.instance_id = instance_id
+        self.batcher = FencedWriteBatcher(collection)
 
-    async def claim(self, reactor: str, now: datetime.datetime) -> Claimed | None:
-        """Atomically take the most overdue task of ``reactor``.
+    def _claim_pipeline(self, claim: ObjectId,
+                        extra: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        return [{"$set": {
+            "status": PROCESSING,
+            "claimedDue": "$nextRunAt",
+            "attempts": {"$add": [{"$ifNull": ["$attempts", 0]}, 1]},
+            "nextRunAt": {"$add": ["$$NOW", self.lease_ms]},
+            "startedAt": "$$NOW",
+            "lease": {"owner": self.instance_id, "claim": claim,
+                      "expiresAt": {"$add": ["$$NOW", self.lease_ms]}},
+            **(extra or {}),
+        }}]
 
-        Index-served (``{reactor: 1, nextRunAt: 1}``): equality on reactor, range and sort on
-        nextRunAt, so neither a collection scan nor a sort stage is involved. Terminal tasks
-        have ``nextRunAt: null`` and are outside the date range.
+    @staticmethod
+    def _due(reactor: str, now: datetime.datetime) -> dict[str, Any]:
+        # The index range uses this instance's estimate of the server clock; $expr makes
+        # the server's own clock the judge, so no instance claims early whatever its skew.
+        return {"reactor": reactor, "nextRunAt": {"$lte": now},
+                "$expr": {"$lte": ["$nextRunAt", "$$NOW"]}}
+
+    async def claim(self, reactor: str, now: datetime.datetime,
+                    order: Sort = DUE_ORDER) -> Claimed | None:
+        """Atomically take the first due task of ``reactor`` in ``order`` (one command).
+
+        Index-served (``reactgen_claim`` ``{reactor: 1, nextRunAt: 1}``, or
+        ``reactgen_priority_claim`` for :data:`PRIORITY_ORDER`): equality on reactor, range
+        on nextRunAt, so neither a collection scan nor a sort stage is involved. Terminal
+        tasks have ``nextRunAt: null`` and are outside the date range.
         """
         claim = ObjectId()
         doc = await self.collection.find_one_and_update(
-            # The index range uses this instance's estimate of the server clock; $expr makes
-            # the server's own clock the judge, so no instance claims early whatever its skew.
-            {"reactor": reactor, "nextRunAt": {"$lte": now},
-             "$expr": {"$lte": ["$nextRunAt", "$$NOW"]}},
-            [{"$set": {
-                "status": PROCESSING,
-                "claimedDue": "$nextRunAt",
-                "attempts": {"$add": [{"$ifNull": ["$attempts", 0]}, 1]},
-                "nextRunAt": {"$add": ["$$NOW", self.lease_ms]},
-                "startedAt": "$$NOW",
-                "lease": {"owner": self.instance_id, "claim": claim,
-                          "expiresAt": {"$add": ["$$NOW", self.lease_ms]}},
-            }}],
-            sort=[("nextRunAt", 1)],
-            return_document=ReturnDocument.AFTER,
-        )
+            self._due(reactor, now), self._claim_pipeline(claim), sort=list(order),
+            return_document=ReturnDocument.AFTER)
         return Claimed(doc, claim) if doc is not None else None
+
+    async def due_candidates(self, reactor: str, now: datetime.datetime, limit: int,
+                             order: Sort = DUE_ORDER,
+                             exclude: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Up to ``limit`` due tasks of ``reactor`` in ``order`` (first step of a claim round;
+        index-served like :meth:`claim`). ``exclude``: extra filter terms (e.g. keys whose
+        concurrency slots are all taken)."""
+        query = self._due(reactor, now)
+        if exclude:
+            query.update(exclude)
+        cursor = self.collection.find(query, sort=list(order), limit=limit)
+        return await cursor.to_list(None)
+
+    async def running(self, reactor: str) -> list[dict[str, Any]]:
+        """The slot fields of ``reactor``'s running tasks (index ``reactgen_status``)."""
+        cursor = self.collection.find({"reactor": reactor, "status": {"$in": RUNNING}},
+                                      {"slot": 1, "keySlot": 1, "concurrencyKey": 1})
+        return await cursor.to_list(None)
+
+    async def claim_candidates(self, candidates: Sequence[dict[str, Any]],
+                               now: datetime.datetime,
+                               slots: Mapping[Any, Mapping[str, Any]] | None = None,
+                               ) -> list[Claimed]:
+        """Claim ``candidates`` (documents read by :meth:`due_candidates`) in one unordered
+        bulk write of compare-and-set updates; returns the ones this instance now holds.
+
+        Each update matches its task only if it is still due and unchanged since it was
+        read (same ``nextRunAt``, ``status`` and ``snapshotHash``), so a candidate that
+        another instance claimed, or that changed, is simply not taken. Each task gets its
+        own claim id (the fence of every later write). ``slots``: concurrency-slot fields
+        per task ``_id``; a slot another claim took first fails on its unique index and that
+        task is not taken. The claimed documents are the candidates as the update changed
+        them; the server-side times (``startedAt``, lease expiry) are this instance's
+        estimate ``now`` of them, the database holds the exact ones.
+        """
+        claims = [ObjectId() for _ in candidates]
+        ops = []
+        for doc, claim in zip(candidates, claims, strict=True):
+            extra = dict((slots or {}).get(doc["_id"], {}))
+            cas = {"_id": doc["_id"], "nextRunAt": doc.get("nextRunAt"),
+                   "status": doc.get("status"), "snapshotHash": doc.get("snapshotHash"),
+                   "$expr": {"$lte": ["$nextRunAt", "$$NOW"]}}
+            ops.append(UpdateOne(cas, self._claim_pipeline(claim, extra)))
+        if not ops:
+            return []
+        failed: set[int] = set()
+        try:
+            result = await self.collection.bulk_write(ops, ordered=False)
+            modified = result.modified_count
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            failed = {int(e["index"]) for e in errors}
+            modified = int(exc.details.get("nModified", 0))
+        taken = [i for i in range(len(ops)) if i not in failed]
+        if modified != len(taken):
+            # Some lost the race: ask which ones this round holds.
+            held = await self.collection.find(
+                {"_id": {"$in": [candidates[i]["_id"] for i in taken]},
+                 "lease.claim": {"$in": [claims[i] for i in taken]}}, {"lease.claim": 1}
+            ).to_list(None)
+            mine = {doc["lease"]["claim"] for doc in held}
+            taken = [i for i in taken if claims[i] in mine]
+        expires = now + datetime.timedelta(milliseconds=self.lease_ms)
+        claimed = []
+        for i in taken:
+            doc = dict(candidates[i])
+            doc.update(status=PROCESSING, claimedDue=doc.get("nextRunAt"),
+                       attempts=int(doc.get("attempts") or 0) + 1, nextRunAt=expires,
+                       startedAt=now, lease={"owner": self.instance_id, "claim": claims[i],
+                                             "expiresAt": expires},
+                       **(slots or {}).get(doc["_id"], {}))
+            claimed.append(Claimed(doc, claims[i]))
+        return claimed
 
     async def next_due(self, reactor: str, after: datetime.datetime) -> tuple[Any, Any] | None:
         """``(_id, nextRunAt)`` of the task of ``reactor`` due next after ``after`` (pending
@@ -283,7 +258,7 @@ class TaskStore:
             # Newer data is waiting: its executions are counted (and timed) afresh.
             errors["firstErrorAt"] = {"$cond": [dirty, None, errors.get(
                 "firstErrorAt", {"$ifNull": ["$firstErrorAt", None]})]}
-        update: list[dict[str, Any]] = [{"$set": {
+        return self.fenced(held, {
             "status": {"$cond": [dirty, PENDING, status]},
             "nextRunAt": {"$cond": [dirty, debounce, next_run]},
             "dueAt": {"$cond": [dirty, debounce, "$dueAt"]},
@@ -292,10 +267,7 @@ class TaskStore:
             "attempts": {"$cond": [dirty, 0, "$attempts"]} if reset_on_data_change
             else "$attempts",
             "history": _history(entry, history_limit),
-            "lease": None,
-            "lastClaim": held.claim,
-        }}]
-        return {"_id": held.task_id, "lease.claim": held.claim}, update
+        })
 
     async def finalize(self, held: Claimed, outcome: str, *, error: str | None,
                        traceback: str | None = None, retry_in_ms: int | None = None,
@@ -316,6 +288,8 @@ class TaskStore:
             retry_at=retry_at,
             history_limit=history_limit, duration_ms=duration_ms, debounce=debounce,
             reset_on_data_change=reset_on_data_change)
+        if session is None:
+            return await self.batcher.write(held.task_id, held.claim, query, update)
         result = await self.collection.update_one(query, update, session=session)
         return result.matched_count == 1
 
@@ -339,9 +313,7 @@ class TaskStore:
         entry = {"at": "$$NOW", "status": "deferred", "attempt": "$attempts", "by": "$lease.owner",
                  "durationMs": round(duration_ms, 3)}
         uncounted: Any = {"$max": [0, {"$subtract": ["$attempts", 1]}]}
-        result = await self.collection.update_one(
-            {"_id": held.task_id, "lease.claim": held.claim},
-            [{"$set": {
+        return await self.batcher.write(held.task_id, held.claim, *self.fenced(held, {
                 "status": PENDING,
                 "nextRunAt": {"$cond": [dirty, debounce, {"$add": ["$$NOW", delay_ms]}]},
                 "dueAt": {"$cond": [dirty, debounce, "$dueAt"]},
@@ -349,15 +321,21 @@ class TaskStore:
                 else uncounted,
                 "lastFinalizedAt": "$$NOW",
                 "history": _history(entry, history_limit),
-                "lease": None,
-                "lastClaim": held.claim,
-            }}])
-        return result.matched_count == 1
+        }))
+
+    @staticmethod
+    def fenced(held: Claimed, fields: dict[str, Any]
+               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Filter and update that end ``held``'s execution with ``fields`` (fenced by its
+        claim): the lease and the concurrency slots are given up, ``lastClaim`` records it."""
+        return ({"_id": held.task_id, "lease.claim": held.claim},
+                [{"$set": {**fields, "lease": None, "lastClaim": held.claim, **SLOT_FIELDS}}])
 
     async def release(self, held: Claimed) -> bool:
         """Give an unfinished task back (shutdown): due now, attempt not counted."""
         result = await self.collection.update_one(
             {"_id": held.task_id, "lease.claim": held.claim},
             [{"$set": {"status": PENDING, "nextRunAt": "$$NOW", "lease": None,
-                       "attempts": {"$max": [0, {"$subtract": ["$attempts", 1]}]}}}])
+                       "attempts": {"$max": [0, {"$subtract": ["$attempts", 1]}]},
+                       **SLOT_FIELDS}}])
         return result.matched_count == 1

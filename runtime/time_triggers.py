@@ -21,13 +21,12 @@ import asyncio
 import datetime
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from runtime.cancellation import raise_if_cancelled
-from runtime.meta import MetaStore
 from runtime.reactor import ReactorSpec
 from runtime.structured_logging import log_event
 
@@ -41,18 +40,32 @@ MAX_BACKOFF_S = 5.0
 PlanIds = Callable[[str, list[Any], list[ReactorSpec]], Awaitable[None]]
 
 
+class PassStore(Protocol):
+    """Where the time passes are recorded (``planning_state.py``: the reactor documents, or a
+    partition's own document)."""
+
+    async def time_passes(self) -> dict[str, datetime.datetime]:
+        """Reactor -> server time up to which crossings were planned."""
+        ...
+
+    async def save_time_pass(self, reactor: str, at: datetime.datetime) -> None:
+        """Record a pass (fenced)."""
+        ...
+
+
 class TimeTriggerPlanner:
     """The time windows of one database's reactors that have time triggers (leader only)."""
 
-    def __init__(self, db: AsyncDatabase[Any], meta: MetaStore, reactors: list[ReactorSpec],
+    def __init__(self, db: AsyncDatabase[Any], store: PassStore, reactors: list[ReactorSpec],
                  plan_ids: PlanIds, now: Callable[[], datetime.datetime],
-                 leader_token: int) -> None:
+                 only: dict[str, Any] | None = None) -> None:
         self.db = db
-        self.meta = meta
+        self.store = store
         self.reactors = [r for r in reactors if r.time_triggers]
         self.plan_ids = plan_ids
         self.now = now
-        self.leader_token = leader_token
+        self.only = only or {}
+        """Extra query condition: the documents of this planner's partition."""
         self.passed: dict[str, datetime.datetime] = {}
         self._saved: dict[str, datetime.datetime] = {}
 
@@ -60,11 +73,10 @@ class TimeTriggerPlanner:
         """Plan crossings until cancelled."""
         if not self.reactors:
             return
-        states = await self.meta.reactors()
+        passes = await self.store.time_passes()
         start = self.now() - SAFETY_MARGIN
         for reactor in self.reactors:
-            passed = (states.get(reactor.name) or {}).get("timePassAt")
-            self.passed[reactor.name] = passed if isinstance(passed, datetime.datetime) else start
+            self.passed[reactor.name] = passes.get(reactor.name, start)
             self._saved[reactor.name] = self.passed[reactor.name]
         delay = PASS_INTERVAL_S
         while True:
@@ -91,7 +103,8 @@ class TimeTriggerPlanner:
             for trigger in reactor.time_triggers:
                 offset = datetime.timedelta(milliseconds=trigger.offset_ms)
                 cursor = self.db[reactor.collection].find(
-                    {trigger.path: {"$gt": lower - offset, "$lte": upper - offset}}, {"_id": 1})
+                    {trigger.path: {"$gt": lower - offset, "$lte": upper - offset},
+                     **self.only}, {"_id": 1})
                 ids: list[Any] = []
                 async for doc in cursor:
                     ids.append(doc["_id"])
@@ -107,8 +120,7 @@ class TimeTriggerPlanner:
                           event="planner.time_crossings", reactor=reactor.name,
                           documents=found, window_end=upper.isoformat())
             if found or upper - self._saved[reactor.name] >= SAVE_EVERY:
-                await self.meta.save_reactor(reactor.name, {"timePassAt": upper},
-                                             self.leader_token)
+                await self.store.save_time_pass(reactor.name, upper)
                 self._saved[reactor.name] = upper
             planned += found
         return planned

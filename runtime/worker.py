@@ -20,8 +20,10 @@ from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from runtime.cancellation import consume_outcome, raise_if_cancelled
+from runtime.claims import Claimer, is_limited
 from runtime.middleware import Middleware
 from runtime.outcome import Outcome, OutcomeKind
+from runtime.rate_limit import RateLimiter
 from runtime.reactor import ReactorSpec
 from runtime.retry_policies import cron_next, gives_up, retry_delay_ms
 from runtime.scheduler import Scheduler
@@ -74,12 +76,14 @@ def _in_thread(function: Handler, ctx: Any, name: str) -> asyncio.Future[Any]:
 
 
 class WorkerPool:
-    """``concurrency`` workers sharing one scheduler."""
+    """Up to ``concurrency`` executions at once, started by one dispatcher that claims due
+    tasks in rounds (:mod:`runtime.claims`) when the scheduler says a reactor is due."""
 
     def __init__(self, reactors: dict[str, ReactorSpec], handlers: dict[str, Handler],
                  stores: dict[str, TaskStore], sources: dict[str, Any], scheduler: Scheduler,
                  clock: ServerClock, middleware: Middleware, concurrency: int, renew_ms: int,
-                 instance_id: str, throttle_sink: ThrottleSink) -> None:
+                 instance_id: str, throttle_sink: ThrottleSink,
+                 limiter: RateLimiter | None = None) -> None:
         self.reactors = reactors
         self.handlers = handlers
         self.stores = stores
@@ -92,46 +96,74 @@ class WorkerPool:
         self.instance_id = instance_id
         self.throttle_sink = throttle_sink
         self.in_flight: dict[asyncio.Task[None], tuple[ReactorSpec, Claimed]] = {}
+        self.claimer = Claimer(reactors, stores, limiter)
+        self._slot_freed = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        """Start the worker loops."""
-        self._loops = [asyncio.create_task(self._loop(i), name=f"worker-{i}")
-                       for i in range(self.concurrency)]
+        """Start claiming (one dispatcher: it claims in rounds and starts the executions)."""
+        self._loops = [asyncio.create_task(self._dispatch(), name="worker-dispatch")]
 
-    async def _loop(self, index: int) -> None:
+    def _free(self, name: str) -> int:
+        """Executions of ``name`` this instance may start now (per-instance limits)."""
+        free = self.concurrency - len(self.in_flight)
+        limit = self.reactors[name].policies.concurrency
+        if limit is not None:
+            free = min(free, limit - self.scheduler.running[name])
+        return free
+
+    async def _dispatch(self) -> None:
         scheduler = self.scheduler
         while not scheduler.stopping:
+            if len(self.in_flight) >= self.concurrency:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
             now = self.clock.now()
             name = scheduler.next_reactor(now)
             if name is None:
                 await scheduler.sleep(now)
                 continue
-            reactor = self.reactors[name]
-            scheduler.running[name] += 1
+            wanted = max(1, min(self._free(name), self.claimer.batch_size(name)))
+            asked = time.perf_counter()
             try:
-                asked = time.perf_counter()
-                try:
-                    held = await self.stores[name].claim(name, now)
-                except PyMongoError as exc:
-                    log_event(log, logging.WARNING, "claim failed", event="task.claim_error",
-                              reactor=name, error=str(exc))
-                    scheduler.missed(name, now)
-                    await scheduler.wait(0.5)
-                    continue
-                self.middleware.on_claim(name, held is not None, time.perf_counter() - asked)
-                if held is None:
-                    scheduler.missed(name, now)
-                    continue
+                result = await self.claimer.claim(name, now, wanted)
+            except PyMongoError as exc:
+                log_event(log, logging.WARNING, "claim failed", event="task.claim_error",
+                          reactor=name, error=str(exc))
+                scheduler.missed(name, now)
+                await scheduler.wait(0.5)
+                continue
+            self.middleware.on_claim(name, bool(result.claimed), time.perf_counter() - asked)
+            for held in result.claimed:
+                self._start(self.reactors[name], held)
+            if result.retry_after_ms:
+                scheduler.throttle(
+                    name, now + datetime.timedelta(milliseconds=result.retry_after_ms))
+            if result.blocked:
+                scheduler.blocked(name, now)
+            elif result.contended or (len(result.claimed) == result.wanted
+                                      and not result.exhausted):
                 scheduler.claimed(name, now)
-                execution = asyncio.create_task(self._execute(reactor, held))
-                self.in_flight[execution] = (reactor, held)
-                try:
-                    await asyncio.shield(execution)
-                finally:
-                    self.in_flight.pop(execution, None)
-            finally:
-                scheduler.running[name] -= 1
+            else:
+                scheduler.missed(name, now)
+
+    def _start(self, reactor: ReactorSpec, held: Claimed) -> None:
+        self.scheduler.running[reactor.name] += 1
+        execution = asyncio.create_task(self._execute(reactor, held))
+        self.in_flight[execution] = (reactor, held)
+        execution.add_done_callback(functools.partial(self._ended, reactor))
+
+    def _ended(self, reactor: ReactorSpec, execution: asyncio.Task[None]) -> None:
+        self.in_flight.pop(execution, None)
+        self.scheduler.running[reactor.name] -= 1
+        if not execution.cancelled() and execution.exception() is not None:
+            log.error("execution of %s failed unexpectedly", reactor.name,
+                      exc_info=execution.exception())
+        if is_limited(reactor):
+            # Its slots are free now: due work that waited for them may go.
+            self.scheduler.slot_freed(reactor.name)
+        self._slot_freed.set()
 
     async def _renew(self, store: TaskStore, held: Claimed, ctx: RuntimeTaskContext,
                      reactor: str) -> None:

@@ -146,6 +146,51 @@ const indexes = [
       "options": {
         "name": "reactgen_filter_sync_paid_orders"
       }
+    },
+    {
+      "database": null,
+      "collection": "reactgen_cron_tasks",
+      "keys": {
+        "reactor": 1,
+        "sourceId": 1
+      },
+      "options": {
+        "name": "reactgen_task_key",
+        "unique": true
+      }
+    },
+    {
+      "database": null,
+      "collection": "reactgen_cron_tasks",
+      "keys": {
+        "reactor": 1,
+        "nextRunAt": 1
+      },
+      "options": {
+        "name": "reactgen_claim"
+      }
+    },
+    {
+      "database": null,
+      "collection": "reactgen_cron_tasks",
+      "keys": {
+        "reactor": 1,
+        "status": 1
+      },
+      "options": {
+        "name": "reactgen_status"
+      }
+    },
+    {
+      "database": null,
+      "collection": "reactgen_cron_tasks",
+      "keys": {
+        "expiresAt": 1
+      },
+      "options": {
+        "name": "reactgen_expiry",
+        "expireAfterSeconds": 0
+      }
     }
   ];
 for (const index of indexes) {

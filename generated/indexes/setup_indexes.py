@@ -94,6 +94,30 @@ INDEXES: list[tuple[str | None, str, list[tuple[str, int]], dict[str, Any]]] = [
         [('status', 1)],
         {'name': 'reactgen_filter_sync_paid_orders'},
     ),
+    (
+        None,
+        'reactgen_cron_tasks',
+        [('reactor', 1), ('sourceId', 1)],
+        {'name': 'reactgen_task_key', 'unique': True},
+    ),
+    (
+        None,
+        'reactgen_cron_tasks',
+        [('reactor', 1), ('nextRunAt', 1)],
+        {'name': 'reactgen_claim'},
+    ),
+    (
+        None,
+        'reactgen_cron_tasks',
+        [('reactor', 1), ('status', 1)],
+        {'name': 'reactgen_status'},
+    ),
+    (
+        None,
+        'reactgen_cron_tasks',
+        [('expiresAt', 1)],
+        {'name': 'reactgen_expiry', 'expireAfterSeconds': 0},
+    ),
 ]
 
 

@@ -12,13 +12,14 @@ that produced no event, a high-water-mark token for the position; both compare l
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from bson.int64 import Int64
 from bson.timestamp import Timestamp
 
-from runtime.embedded import engine
+from runtime.embedded import compiled, engine
 from runtime.embedded.changelog import (
     TOKEN_EVENT,
     TOKEN_HIGH_WATER_MARK,
@@ -68,6 +69,8 @@ class ChangeStreamCursor:
     before_change: str = "off"
     expanded: bool = False
     stages: list[dict[str, Any]] = field(default_factory=list)
+    #: the trailing ``$project`` compiled (None: not yet tried; False: needs the engine)
+    projection: Callable[[dict[str, Any]], dict[str, Any]] | Literal[False] | None = None
     closed: bool = False
     # startAtOperationTime: entries committed before it are skipped even if they follow the
     # position (the time may lie in the future).
@@ -273,8 +276,8 @@ def _event(stream: ChangeStreamCursor, entry: ChangeEntry, catalog: Catalog) -> 
     event["ns"] = ns
     if entry.document_key is not None:
         event["documentKey"] = entry.document_key
-    if entry.update_description is not None:
-        description = dict(entry.update_description)
+    if entry.described() is not None:
+        description = dict(entry.described() or {})
         paths = description.pop("disambiguatedPaths", None)
         if stream.expanded:
             description["disambiguatedPaths"] = paths or {}
@@ -310,6 +313,10 @@ def _apply_stages(stream: ChangeStreamCursor, event: dict[str, Any],
         stages = stages[1:]
     if not stages:
         return event
+    if len(stages) == 1 and "$project" in stages[0]:
+        projected = _fast_projection(stream, stages[0]["$project"], event)
+        if projected is not None:
+            return projected
     results = engine.run_pipeline([event], stages, _NoForeign(), variables)
     if not results:
         return None
@@ -321,6 +328,23 @@ def _apply_stages(stream: ChangeStreamCursor, event: dict[str, Any],
                            "point. Only transformations that retain the unmodified _id field are "
                            "allowed.", labels=[NON_RESUMABLE])
     return result
+
+
+def _fast_projection(stream: ChangeStreamCursor, spec: Any,
+                     event: dict[str, Any]) -> dict[str, Any] | None:
+    """A trailing inclusion ``$project`` applied directly (compiled once per stream); None
+    when the general pipeline must run it."""
+    if stream.projection is None:
+        try:
+            stream.projection = compiled.inclusion_projection(spec)
+        except compiled.Unsupported:
+            stream.projection = False
+    if stream.projection is False:
+        return None
+    try:
+        return stream.projection(event)
+    except compiled.Unsupported:
+        return None
 
 
 class _NoForeign:

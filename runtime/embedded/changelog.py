@@ -22,6 +22,7 @@ import bson
 from bson.timestamp import Timestamp
 
 from runtime.embedded.errors import CommandError
+from runtime.embedded.update_description import describe_update
 from runtime.embedded.wire import CODEC
 
 TOKEN_EVENT = 0
@@ -86,6 +87,16 @@ class ChangeEntry:
     lsid: dict[str, Any] | None = None
     txn_number: Any = None
     size: int = field(default=0, compare=False)
+    #: The document before an update, until :meth:`described` turns it into the description
+    #: (computed only if a stream or the write-ahead log asks for it).
+    before: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    def described(self) -> dict[str, Any] | None:
+        """The ``updateDescription`` of an update entry (computed on first use)."""
+        if self.update_description is None and self.before is not None:
+            self.update_description = describe_update(self.before, self.post_image or {})
+            self.before = None
+        return self.update_description
 
     def token(self, kind: int = TOKEN_EVENT) -> dict[str, Any]:
         """This entry's resume token."""
@@ -93,7 +104,9 @@ class ChangeEntry:
 
     def to_document(self) -> dict[str, Any]:
         """BSON-ready form, for the write-ahead log."""
-        doc = {k: v for k, v in self.__dict__.items() if k != "size" and v is not None}
+        self.described()
+        doc = {k: v for k, v in self.__dict__.items()
+               if k not in ("size", "before") and v is not None}
         return doc
 
     @classmethod
@@ -104,6 +117,20 @@ class ChangeEntry:
         entry = cls(**fields)
         entry.size = len(bson.encode(doc, codec_options=CODEC))
         return entry
+
+
+#: What an entry costs beyond its documents (names, times, keys, the description's frame).
+ENTRY_OVERHEAD_BYTES = 160
+
+
+def _estimated_size(entry: ChangeEntry) -> int:
+    """An entry's size for the history bound: its images encoded, plus a fixed overhead (the
+    update description is not computed for this: it is never larger than the post-image)."""
+    size = ENTRY_OVERHEAD_BYTES
+    for image in (entry.post_image, entry.pre_image, entry.document_key):
+        if image is not None:
+            size += len(bson.encode(image, codec_options=CODEC))
+    return size
 
 
 def _seq_of(entry: ChangeEntry) -> int:
@@ -136,7 +163,7 @@ class ChangeLog:
             else:
                 self.last_seq = max(self.last_seq, entry.seq)
             if not entry.size:
-                entry.size = len(bson.encode(entry.to_document(), codec_options=CODEC))
+                entry.size = _estimated_size(entry)
             self.entries.append(entry)
             self._bytes += entry.size
             self.last_time = entry.cluster_time

@@ -43,7 +43,6 @@ from runtime.embedded.ordering import (
 )
 from runtime.embedded.persistence import Persistence
 from runtime.embedded.storage import ID_INDEX, Catalog, Collection
-from runtime.embedded.update_description import describe_update
 from runtime.embedded.wire import CODEC
 
 log = logging.getLogger(__name__)
@@ -141,7 +140,7 @@ class DataStore:
                 new: dict[str, Any], is_replacement: bool) -> None:
         """Store ``new`` in place of ``old`` (an update, or a whole-document replacement)."""
         key = id_key(old["_id"])
-        coll.check_unique(new, key, replacing=True)
+        coll.check_unique(new, key, replacing=True, previous=old)
         coll.put(new, old)
         unit.ops.append({"op": "put", "db": coll.db, "coll": coll.name, "doc": new})
         if self._publishes(coll.db, coll.name):
@@ -151,7 +150,7 @@ class DataStore:
             else:
                 entry = self._entry("update", coll, coll.db, document_key={"_id": new["_id"]},
                                     post_image=new, pre_image=old,
-                                    update_description=describe_update(old, new))
+                                    before=old)
             if not coll.images_enabled:
                 entry.pre_image = None
             unit.entries.append(entry)

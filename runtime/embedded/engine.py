@@ -44,6 +44,7 @@ from mongomock_ng import helpers as _mm_helpers
 from pymongo.errors import OperationFailure, PyMongoError
 
 from runtime.embedded.errors import CommandError, WriteError
+from runtime.embedded.expressions_hash import hashed_index_key
 from runtime.embedded.ordering import MISSING, Key, document_sort_key, value_key
 
 # The library is used through its internals, which carry no useful types.
@@ -142,8 +143,15 @@ def _key(value: Any) -> Key:
     return value_key(None if value is _NOTHING else value)
 
 
+# Types whose Python equality is MongoDB's equality between two values of that same type.
+_PLAIN_EQUALITY = frozenset({str, int, bool, ObjectId, type(None)})
+
+
 def bson_equal(a: Any, b: Any) -> bool:
     """MongoDB equality of two values (numbers by value across types, field order matters)."""
+    kind = type(a)
+    if kind is type(b) and kind in _PLAIN_EQUALITY:
+        return bool(a == b)
     if a is _NOTHING or b is _NOTHING:
         return (a is _NOTHING or a is None) and (b is _NOTHING or b is None)
     try:
@@ -679,6 +687,38 @@ _EXPRESSION_OVERRIDES: dict[str, Callable[[Any, Any], Any]] = {
     "$dateToString": _date_to_string_expression,
 }
 _original_parse = mm_aggregate._Parser.parse
+#: The ordering comparisons of aggregation expressions (BSON order across types).
+EXPRESSION_ORDERINGS = _COMPARISONS
+
+
+def expression_handler(name: str) -> Callable[[Any, Any], Any]:
+    """The engine's implementation of an expression operator (see ``_EXPRESSION_OVERRIDES``)."""
+    return _EXPRESSION_OVERRIDES[name]
+
+
+#: The query operator primitives, for the compiled matcher (``runtime.embedded.compiled_filter``).
+equality_operator = _eq_operator
+in_operator = _in_operator
+type_operator = _type_operator
+_QUERY_COMPARISONS = {name: _query_comparison(op) for name, op in _COMPARISONS.items()}
+
+
+def query_comparison(name: str) -> Callable[[Any, Any], bool]:
+    """The query form of ``$gt``/``$gte``/``$lt``/``$lte`` (no comparison across types)."""
+    return _QUERY_COMPARISONS[name]
+
+
+def ordering_key(value: Any) -> Key:
+    """The BSON ordering key of a value (a missing value orders like null)."""
+    return _key(value)
+
+
+def _to_hashed_index_key_expression(parser: Any, operand: Any) -> Any:
+    value = _expression_operand(parser, operand)
+    return hashed_index_key(None if value is _NOTHING else value)
+
+
+_EXPRESSION_OVERRIDES["$toHashedIndexKey"] = _to_hashed_index_key_expression
 
 
 def _parse_expression(self: Any, expression: Any) -> Any:
@@ -969,6 +1009,14 @@ def matches(query: dict[str, Any], doc: dict[str, Any], variables: dict[str, Any
     """Whether ``doc`` matches the query filter ``query``."""
     if not query:
         return True
+    fast = _compiled_filter.filter_matcher(query)
+    if fast is not None:
+        try:
+            return fast(doc, variables)
+        except _compiled.Unsupported:
+            pass
+        except (PyMongoError, NotImplementedError, TypeError, ValueError, KeyError) as exc:
+            raise _translate(exc) from exc
     try:
         return bool(mm_filtering.filter_applies(query, doc, user_vars=variables))
     except (PyMongoError, NotImplementedError, TypeError, ValueError, KeyError) as exc:
@@ -1185,6 +1233,11 @@ def apply_update(
     Any failure raises :class:`WriteError` and leaves nothing half-applied, which gives the
     per-document atomicity MongoDB guarantees.
     """
+    if isinstance(update, list):
+        fast = _compiled.pipeline_update(update)
+        if fast is not None:
+            with contextlib.suppress(_compiled.Unsupported):
+                return _checked_result(doc, _run_compiled(fast, doc, variables))
     new_doc = copy.deepcopy(doc)
     try:
         if isinstance(update, list):
@@ -1218,6 +1271,23 @@ def apply_update(
             AttributeError) as exc:
         error = _translate(exc, default_code=14)
         raise WriteError(error.code, error.message) from exc
+    return _checked_result(doc, new_doc)
+
+
+def _run_compiled(fast: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]],
+                  doc: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return fast(doc, variables)
+    except (WriteError, _compiled.Unsupported):
+        raise
+    except (PyMongoError, NotImplementedError, TypeError, ValueError, KeyError, IndexError,
+            AttributeError) as exc:
+        error = _translate(exc, default_code=14)
+        raise WriteError(error.code, error.message) from exc
+
+
+def _checked_result(doc: dict[str, Any], new_doc: dict[str, Any]) -> dict[str, Any]:
+    """``new_doc`` with ``_id`` first, after checking that the update kept ``_id``."""
     if "_id" in doc and ("_id" not in new_doc or new_doc["_id"] != doc["_id"]):
         raise WriteError(66, "Performing an update on the path '_id' would modify the immutable "
                          "field '_id'")
@@ -1627,3 +1697,8 @@ def _id_first(doc: dict[str, Any]) -> dict[str, Any]:
 def known_stage(name: str) -> bool:
     """Whether the aggregation engine implements a stage."""
     return mm_aggregate._PIPELINE_HANDLERS.get(name) is not None
+
+
+# The compiled fast path for update pipelines and filters (it builds on this module).
+from runtime.embedded import compiled as _compiled  # noqa: E402
+from runtime.embedded import compiled_filter as _compiled_filter  # noqa: E402

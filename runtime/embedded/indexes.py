@@ -8,11 +8,13 @@ query whose sort matches the index stream documents in order and stop at its lim
 
 from __future__ import annotations
 
+import datetime
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from bson import ObjectId
 from sortedcontainers import SortedList
 
 from runtime.embedded.errors import CommandError, WriteError
@@ -31,6 +33,9 @@ from runtime.embedded.ordering import (
 # Index types given by name instead of a direction; accepted and kept, but queries never use
 # them (``$text``, geo and hashed lookups are not implemented).
 INDEX_PLUGINS = frozenset({"text", "2d", "2dsphere", "hashed"})
+# Field value types whose Python equality is BSON equality within the same type (so equal
+# values of one of these types give equal index keys).
+_SCALARS = frozenset({str, int, bool, datetime.datetime, ObjectId, type(None)})
 # A document may produce at most this many entries in one index (arrays in several fields).
 MAX_ENTRIES_PER_DOCUMENT = 10_000
 
@@ -100,6 +105,8 @@ class Index:
         self.multikey = False
         self._matches = matches
         self._directions = spec.directions
+        self._fields = [(path, direction < 0) for path, direction in
+                        zip(spec.fields, self._directions, strict=True)]
 
     def keys_for(self, doc: dict[str, Any]) -> list[tuple[Any, ...]]:
         """Component tuples (without the ``_id`` key) that ``doc`` contributes."""
@@ -107,6 +114,23 @@ class Index:
             self.spec.partial_filter, doc
         ):
             return []
+        # The common case first: no field holds an array, so there is exactly one entry.
+        components: list[Any] = []
+        present = False
+        for path, descending in self._fields:
+            value = get_path(doc, path)
+            if isinstance(value, list):
+                break
+            if value is MISSING:
+                key: Key = (NULL,)
+            else:
+                present = True
+                key = value_key(value)
+            components.append(Reverse(key) if descending else key)
+        else:
+            if self.spec.sparse and not present:
+                return []
+            return [tuple(components)]
         per_field: list[list[Key]] = []
         present = False
         for path in self.spec.fields:
@@ -158,6 +182,28 @@ class Index:
         """Insert ``doc``'s entries."""
         for components in self.keys_for(doc):
             self.entries.add(components + (doc_id,))
+
+    def unchanged(self, old: dict[str, Any], new: dict[str, Any]) -> bool:
+        """Whether ``old`` and ``new`` certainly give the same entries (the same scalar values
+        of the same types in every indexed field; not judged for partial indexes)."""
+        if self.spec.partial_filter is not None:
+            return False
+        for path in self.spec.fields:
+            a, b = get_path(old, path), get_path(new, path)
+            if a is b:
+                continue
+            if type(a) is not type(b) or type(a) not in _SCALARS or a != b:
+                return False
+        return True
+
+    def replace(self, old: dict[str, Any], new: dict[str, Any], doc_id: Key) -> None:
+        """Swap ``old``'s entries for ``new``'s, touching only the entries that differ."""
+        before = {components + (doc_id,) for components in self.keys_for(old)}
+        after = {components + (doc_id,) for components in self.keys_for(new)}
+        for entry in before - after:
+            self.entries.discard(entry)
+        for entry in after - before:
+            self.entries.add(entry)
 
     def remove(self, doc: dict[str, Any], doc_id: Key) -> None:
         """Remove ``doc``'s entries."""

@@ -74,6 +74,9 @@ BOTTOM = _Extreme(above=False)
 
 def type_bracket(value: Any) -> int:
     """The canonical type bracket of a value (the first element of its key)."""
+    bracket = _EXACT_BRACKETS.get(type(value))
+    if bracket is not None:
+        return bracket
     if value is None:
         return NULL
     if isinstance(value, bool):
@@ -103,6 +106,13 @@ def type_bracket(value: Any) -> int:
     return STRING
 
 
+# Brackets of the exact types decoded BSON values have (subclasses take the general path).
+_EXACT_BRACKETS: dict[type, int] = {
+    type(None): NULL, bool: BOOLEAN, int: NUMBER, float: NUMBER, str: STRING, dict: OBJECT,
+    list: ARRAY, datetime.datetime: DATE, ObjectId: OBJECT_ID,
+}
+
+
 def _number(value: Any) -> Key:
     if isinstance(value, Decimal128):
         value = value.to_decimal()
@@ -121,6 +131,13 @@ def _number(value: Any) -> Key:
 
 def value_key(value: Any) -> Key:
     """The comparison key of one BSON value (arrays compared element by element)."""
+    kind = type(value)
+    if kind is str:
+        return (STRING, value)
+    if kind is int:
+        return (NUMBER, 1, value)
+    if kind is datetime.datetime and value.tzinfo is None:
+        return (DATE, value)
     bracket = type_bracket(value)
     if bracket == NUMBER:
         return _number(value)
@@ -217,6 +234,16 @@ class Reverse:
         if not isinstance(other, Reverse):
             return NotImplemented
         return bool(self.key < other.key)
+
+    def __le__(self, other: object) -> bool:
+        if not isinstance(other, Reverse):
+            return NotImplemented
+        return bool(not other.key > self.key)
+
+    def __ge__(self, other: object) -> bool:
+        if not isinstance(other, Reverse):
+            return NotImplemented
+        return bool(not self.key > other.key)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Reverse) and other.key == self.key

@@ -11,16 +11,24 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from bson import Regex
-
+from runtime.embedded.engine import bson_equal
 from runtime.embedded.indexes import Index
-from runtime.embedded.ordering import BOTTOM, TOP, Key, id_key, type_bracket, value_key
+from runtime.embedded.ordering import Key, id_key
+from runtime.embedded.query_bounds import (
+    EVERYTHING,
+    Bounds,
+    bounded_scan,
+    field_bounds,
+    implies,
+    is_point,
+    point_keys,
+    stored_bounds,
+)
 from runtime.embedded.storage import ID_INDEX, Collection
 
 MAX_POINT_COMBINATIONS = 1000
@@ -34,13 +42,6 @@ QUERY_EXECUTOR: Counter[str] = Counter()
 
 
 @dataclass
-class _Bounds:
-    points: list[Key] | None = None  # equality or $in
-    low: Any = BOTTOM
-    high: Any = TOP
-
-
-@dataclass
 class Plan:
     """How a query reads its candidates."""
 
@@ -49,57 +50,33 @@ class Plan:
     ids: Iterator[Key]
 
 
-def _indexable_scalar(value: Any) -> bool:
-    return not isinstance(value, list | dict | Regex | re.Pattern)
-
-
-def _field_conditions(query: dict[str, Any]) -> dict[str, _Bounds]:
-    found: dict[str, _Bounds] = {}
-    clauses: list[tuple[str, Any]] = []
-    for key, value in query.items():
-        if key == "$and" and isinstance(value, list):
-            for part in value:
-                if isinstance(part, dict):
-                    clauses.extend(part.items())
-        elif not key.startswith("$"):
-            clauses.append((key, value))
-    for path, cond in clauses:
-        bounds = found.setdefault(path, _Bounds())
-        if isinstance(cond, dict) and cond and next(iter(cond)).startswith("$"):
-            for op, operand in cond.items():
-                if op == "$eq" and _indexable_scalar(operand):
-                    bounds.points = [value_key(operand)]
-                elif op == "$in" and isinstance(operand, list) and all(
-                    _indexable_scalar(v) for v in operand
-                ):
-                    bounds.points = sorted({value_key(v) for v in operand})
-                elif op in ("$gt", "$gte") and _indexable_scalar(operand) and operand is not None:
-                    bounds.low = value_key(operand)
-                    if bounds.high is TOP:
-                        bounds.high = (type_bracket(operand), TOP)
-                elif op in ("$lt", "$lte") and _indexable_scalar(operand) and operand is not None:
-                    bounds.high = value_key(operand)
-                    if bounds.low is BOTTOM:
-                        bounds.low = (type_bracket(operand),)
-        elif _indexable_scalar(cond):
-            bounds.points = [value_key(cond)]
-    return {p: b for p, b in found.items() if b.points is not None or b.low is not BOTTOM
-            or b.high is not TOP}
-
-
-def _usable(index: Index, conditions: dict[str, _Bounds]) -> tuple[int, int]:
-    """(equality prefix length, fields constrained) that ``index`` can serve."""
+def _usable(index: Index, bounds: dict[str, Bounds]) -> tuple[int, int]:
+    """(leading fields with point bounds, fields with any bounds) for ``index``."""
     prefix = 0
     constrained = 0
+    leading = True
     for path in index.spec.fields:
-        bounds = conditions.get(path)
-        if bounds is None:
-            break
+        field = bounds.get(path)
+        if field is None:
+            leading = False
+            continue
         constrained += 1
-        if bounds.points is None:
-            break
-        prefix += 1
+        if leading and is_point(field):
+            prefix += 1
+        else:
+            leading = False
     return prefix, constrained
+
+
+def _single_point_prefix(index: Index, bounds: dict[str, Bounds]) -> int:
+    """How many leading fields are pinned to exactly one key."""
+    count = 0
+    for path in index.spec.fields:
+        field = bounds.get(path)
+        if field is None or not is_point(field) or len(field) != 1:
+            break
+        count += 1
+    return count
 
 
 def _sort_matches(index: Index, prefix: int, sort: list[tuple[str, int]]) -> bool | None:
@@ -117,58 +94,51 @@ def _sort_matches(index: Index, prefix: int, sort: list[tuple[str, int]]) -> boo
     return False if opposite else None
 
 
-def _point_combinations(index: Index, conditions: dict[str, _Bounds],
-                        prefix: int) -> list[tuple[Any, ...]] | None:
-    """Every combination of the equality prefix's points; None if there are too many."""
-    point_lists = [conditions[index.spec.fields[i]].points or [] for i in range(prefix)]
-    combos = list(itertools.islice(itertools.product(*point_lists), MAX_POINT_COMBINATIONS + 1))
-    return None if len(combos) > MAX_POINT_COMBINATIONS else combos
+def _stored(index: Index, bounds: dict[str, Bounds]) -> list[Bounds]:
+    return [stored_bounds(bounds.get(path, EVERYTHING), direction < 0)
+            for path, direction in zip(index.spec.fields, index.spec.directions, strict=True)]
 
 
-def _scan(index: Index, conditions: dict[str, _Bounds], prefix: int, constrained: int,
-          reverse: bool, ordered: bool) -> Iterator[Key]:
-    """``_id`` keys of the index entries the conditions allow.
+def _count_key() -> None:
+    QUERY_EXECUTOR["scanned"] += 1
 
-    With ``ordered``, entries come in the order of the index fields after the equality prefix
-    (the scans of several ``$in`` points are merged), which is the order the sort asked for.
+
+def _scan(index: Index, bounds: dict[str, Bounds], prefix: int, reverse: bool,
+          ordered: bool) -> Iterator[Key]:
+    """``_id`` keys of the index entries within the bounds, seeking past the rest.
+
+    With ``ordered``, entries come in the order of the index fields after the ``prefix``
+    fields with point bounds (one scan per combination of their points, merged), which is the
+    order the sort asked for.
     """
-    fields = index.spec.fields
-    combos = _point_combinations(index, conditions, prefix)
-    if combos is None:
-        combos = [()]
-        prefix = 0
-    stored = [
-        tuple(index.component_bounds(i, k, k)[0] for i, k in enumerate(combo)) for combo in combos
-    ]
-    stored.sort(reverse=reverse)
-    ranges: list[tuple[tuple[Any, ...], tuple[Any, ...]]] = []
-    for lower_prefix in stored:
-        lower, upper = lower_prefix, lower_prefix
-        if constrained > prefix and not index.multikey:
-            bounds = conditions[fields[prefix]]
-            low, high = index.component_bounds(prefix, bounds.low, bounds.high)
-            lower, upper = lower_prefix + (low,), lower_prefix + (high,)
-        ranges.append((lower, upper))
-    if ordered and len(ranges) > 1:
-        scans = [index.scan_entries(lower, upper, reverse=reverse) for lower, upper in ranges]
-        for entry in heapq.merge(*scans, key=lambda e: e[prefix:], reverse=reverse):
+    fields = _stored(index, bounds)
+    entries = index.entries
+    single = _single_point_prefix(index, bounds)
+    if ordered and prefix > single:
+        combos = list(itertools.product(*fields[:prefix]))
+        scans = [bounded_scan(entries, [(i,) for i in combo] + fields[prefix:], reverse,
+                              _count_key) for combo in combos]
+        merged = heapq.merge(*scans, key=lambda e: e[prefix:], reverse=reverse)
+        for entry in merged:
+            yield entry[-1]
+        return
+    scan = bounded_scan(entries, fields, reverse, _count_key)
+    if not index.multikey:
+        for entry in scan:
             yield entry[-1]
         return
     seen: set[Key] = set()
-    dedupe = len(ranges) > 1 or index.multikey
-    for lower, upper in ranges:
-        for key in index.scan(lower, upper, reverse=reverse):
-            if dedupe:
-                if key in seen:
-                    continue
-                seen.add(key)
+    for entry in scan:
+        key = entry[-1]
+        if key not in seen:
+            seen.add(key)
             yield key
 
 
-def _counted(keys: Iterator[Key], from_index: bool) -> Iterator[Key]:
+def _counted(keys: Iterator[Key], id_lookup: bool) -> Iterator[Key]:
     counter = QUERY_EXECUTOR
     for key in keys:
-        if from_index:
+        if id_lookup:
             counter["scanned"] += 1
         counter["scannedObjects"] += 1
         yield key
@@ -177,41 +147,59 @@ def _counted(keys: Iterator[Key], from_index: bool) -> Iterator[Key]:
 def plan(coll: Collection, query: dict[str, Any], sort: list[tuple[str, int]] | None) -> Plan:
     """Choose how to read candidate documents for ``query`` (and ``sort``, if any).
 
-    The candidates are counted in :data:`QUERY_EXECUTOR` as they are read.
+    The candidates are counted in :data:`QUERY_EXECUTOR` as they are read: index keys as the
+    scan reads them, documents as they are fetched.
     """
-    chosen = _plan(coll, query, sort)
-    chosen.ids = _counted(chosen.ids, chosen.index is not None)
+    chosen, id_lookup = _plan(coll, query, sort)
+    chosen.ids = _counted(chosen.ids, id_lookup)
     return chosen
 
 
-def _plan(coll: Collection, query: dict[str, Any], sort: list[tuple[str, int]] | None) -> Plan:
-    conditions = _field_conditions(query)
-    id_bounds = conditions.get("_id")
-    if id_bounds is not None and id_bounds.points is not None and not sort:
-        return Plan(ID_INDEX, False, iter(list(id_bounds.points)))
+def _combinations(index: Index, bounds: dict[str, Bounds], prefix: int) -> int:
+    total = 1
+    for path in index.spec.fields[:prefix]:
+        total *= len(bounds[path])
+    return total
 
-    best: tuple[tuple[int, int, int], Index, int, int, bool | None] | None = None
+
+def _eligible(index: Index, query: dict[str, Any]) -> bool:
+    spec = index.spec
+    if spec.sparse or any(not isinstance(d, int | float) for _, d in spec.key):
+        return False
+    return spec.partial_filter is None or implies(query, spec.partial_filter, bson_equal)
+
+
+def _plan(coll: Collection, query: dict[str, Any],
+          sort: list[tuple[str, int]] | None) -> tuple[Plan, bool]:
+    plain = field_bounds(query)
+    id_bounds = plain.get("_id")
+    if id_bounds is not None and is_point(id_bounds) and not sort:
+        return Plan(ID_INDEX, False, iter(point_keys(id_bounds))), True
+
+    best: tuple[tuple[int, int, int, int], Index, dict[str, Bounds], int, bool | None] | None
+    best = None
     for index in coll.indexes.values():
-        if index.spec.partial_filter is not None or index.spec.sparse:
+        if not _eligible(index, query):
             continue
-        if any(not isinstance(d, int | float) for _, d in index.spec.key):
-            continue
-        prefix, constrained = _usable(index, conditions)
+        bounds = field_bounds(query, multikey=True) if index.multikey else plain
+        prefix, constrained = _usable(index, bounds)
         direction = _sort_matches(index, prefix, sort) if sort else None
-        if direction is not None and _point_combinations(index, conditions, prefix) is None:
+        if direction is not None and _combinations(index, bounds, prefix) > \
+                MAX_POINT_COMBINATIONS:
             direction = None  # too many $in combinations to merge in order
         if constrained == 0 and direction is None:
             continue
-        score = (constrained, 1 if direction is not None else 0, -len(index.spec.fields))
+        partial = 1 if index.spec.partial_filter is not None else 0
+        score = (constrained, 1 if direction is not None else 0, partial,
+                 -len(index.spec.fields))
         if best is None or score > best[0]:
-            best = (score, index, prefix, constrained, direction)
+            best = (score, index, bounds, prefix, direction)
     if best is None:
-        return Plan(None, False, iter(list(coll.docs)))
-    _, index, prefix, constrained, direction = best
+        return Plan(None, False, iter(list(coll.docs))), False
+    _, index, bounds, prefix, direction = best
     reverse = direction is False
     ordered = direction is not None
-    return Plan(index.spec.name, ordered,
-                _scan(index, conditions, prefix, constrained, reverse, ordered))
+    return Plan(index.spec.name, ordered, _scan(index, bounds, prefix, reverse, ordered)), False
 
 
 def id_keys_for(values: list[Any]) -> list[Key]:

@@ -64,23 +64,32 @@ class Collection:
         self.indexes[spec.name] = index
         return index
 
-    def check_unique(self, doc: dict[str, Any], key: Key, replacing: bool) -> None:
-        """Raise DuplicateKey if ``doc`` would collide in a unique index (or on ``_id``)."""
+    def check_unique(self, doc: dict[str, Any], key: Key, replacing: bool,
+                     previous: dict[str, Any] | None = None) -> None:
+        """Raise DuplicateKey if ``doc`` would collide in a unique index (or on ``_id``).
+
+        ``previous`` (the document ``doc`` replaces) lets indexes whose fields did not change
+        skip the check: their entries stay the ones already stored."""
         if not replacing and key in self.docs:
             raise self.indexes[ID_INDEX].duplicate_error(doc)
         for name, index in self.indexes.items():
-            if name != ID_INDEX and index.spec.unique:
+            if name != ID_INDEX and index.spec.unique and not (
+                    previous is not None and index.unchanged(previous, doc)):
                 index.check_unique(doc, key, set())
 
     def put(self, doc: dict[str, Any], previous: dict[str, Any] | None) -> None:
         """Store ``doc`` (replacing ``previous`` when given); uniqueness already checked."""
         key = id_key(doc["_id"])
-        if previous is not None:
+        if previous is None:
+            self.docs[key] = doc
             for index in self.indexes.values():
-                index.remove(previous, key)
+                index.add(doc, key)
+            return
         self.docs[key] = doc
-        for index in self.indexes.values():
-            index.add(doc, key)
+        for name, index in self.indexes.items():
+            if name == ID_INDEX or index.unchanged(previous, doc):
+                continue  # the same _id, or the same values in every indexed field
+            index.replace(previous, doc, key)
 
     def remove(self, doc: dict[str, Any]) -> None:
         """Delete a stored document."""

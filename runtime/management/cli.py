@@ -1,5 +1,6 @@
 """The management commands of ``runtime``: ``tasks list|count|show|retry``, ``reactors``,
-``explain``, ``reconcile``, ``instances``, ``pause``, ``resume``, ``reset-stream``.
+``explain``, ``reconcile``, ``instances``, ``pause``, ``resume``, ``reset-stream``, ``cron
+list|run-now`` (``runtime/management/cron.py``).
 
 They connect to a running deployment (``--mongodb-uri``, required: no embedded server is
 started) and work through :class:`runtime.management.Management`. Every common flag also reads
@@ -23,6 +24,7 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import ConfigurationError, ConnectionFailure, PyMongoError
 
 from runtime.cli_flags import Flag, UsageError, add_flags, positive_int, read_flags, text
+from runtime.management import cron as cron_cli
 from runtime.management.errors import InvalidSelection, NotFound, UnknownReactor
 from runtime.management.facade import Management
 from runtime.management.formatting import (
@@ -284,10 +286,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     reset.add_argument("--by", help="who asks (default user@host)")
     _add_common(reset, needs_app=False)
     reset.set_defaults(handler=_reset_stream)
+    cron_cli.add_commands(commands, _add_common, epilog)
 
 
 COMMANDS = frozenset({"tasks", "reactors", "explain", "reconcile", "instances", "pause",
-                      "resume", "reset-stream"})
+                      "resume", "reset-stream", "cron"})
 """The ``runtime`` subcommands this module handles."""
 
 
@@ -322,7 +325,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         if os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
         try:
-            reactors = list(load_app(options.app).reactors)
+            app = load_app(options.app)
+            reactors = [*app.reactors, *app.crons]
         except AppLoadError as exc:
             return _fail(args, str(exc), ExitCode.FAILURE)
     return int(asyncio.run(_run(args, options, reactors)))

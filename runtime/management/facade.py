@@ -13,8 +13,10 @@ from typing import Any, Self, TypeVar
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from runtime.management import cron as cron_module
 from runtime.management import explain as explain_module
 from runtime.management import instances, reactors, streams, tasks
+from runtime.management.cron import CronJobInfo
 from runtime.management.explain import Explanation
 from runtime.management.instances import ClusterState, LeaderInfo
 from runtime.management.reactors import PauseState, ReactorSummary
@@ -115,6 +117,17 @@ class Management:
         task: check ``selection.is_empty`` first if that is not what you mean."""
         return await tasks.retry_tasks(self.scope, selection, batch_size=batch_size,
                                        progress=progress)
+
+    # -- cron jobs
+
+    async def cron_jobs(self, names: list[str] | None = None) -> list[CronJobInfo]:
+        """Every cron job (or those named): schedule, next and last run, counts, missed runs.
+        Cron jobs are passed in ``reactors`` (``load_app(...).crons``)."""
+        return await cron_module.list_cron_jobs(self.scope, names)
+
+    async def run_cron_now(self, name: str, by: str | None = None) -> TaskRecord:
+        """Queue a run of cron job ``name`` due at once (``trigger: manual``)."""
+        return await cron_module.run_now(self.scope, name, by)
 
     # -- reactors
 
@@ -257,6 +270,14 @@ class ManagementSync:
         """See :meth:`Management.retry_tasks`."""
         return self._run(self._async.retry_tasks(selection, batch_size=batch_size,
                                                  progress=progress))
+
+    def cron_jobs(self, names: list[str] | None = None) -> list[CronJobInfo]:
+        """Blocking :meth:`Management.cron_jobs`."""
+        return self._run(self._async.cron_jobs(names))
+
+    def run_cron_now(self, name: str, by: str | None = None) -> TaskRecord:
+        """Blocking :meth:`Management.run_cron_now`."""
+        return self._run(self._async.run_cron_now(name, by))
 
     def reactor_summary(self, name: str) -> ReactorSummary:
         """See :meth:`Management.reactor_summary`."""

@@ -12,7 +12,8 @@ from generator_support import CORPUS, run_mypy, run_ruff
 from generator.build import build
 
 LINT_CASES = ["weird_names", "colliding_sanitised", "extended_json_dates", "projection_watch",
-              "policies", "yaml_and_json", "now_filter", "empty_watch", "time_triggers"]
+              "policies", "yaml_and_json", "now_filter", "empty_watch", "time_triggers",
+              "flow_control"]
 
 
 def build_case(case: str, project: Path, cache: Path, package: str = "app") -> Path:

@@ -337,7 +337,12 @@ async def find(ctx: CommandContext) -> dict[str, Any]:
         batch_size = limit
     reply = first_batch_reply(ctx.state.cursors, ctx.namespace(name), results, batch_size,
                               single_batch)
-    if reply["cursor"]["id"]:
+    cursor = reply["cursor"]
+    if cursor["id"] and limit and len(cursor["firstBatch"]) >= limit:
+        # the limit is reached: like MongoDB, close the cursor (no getMore/killCursors needed)
+        ctx.state.cursors.remove(cursor["id"])
+        cursor["id"] = Int64(0)
+    elif cursor["id"]:
         results.settle()
     return reply
 

@@ -14,6 +14,7 @@ from runtime.reactor import (
     DebouncePolicy,
     EvolutionPolicy,
     Policies,
+    PriorityPolicy,
     ReactorSpec,
     RetryPolicy,
 )
@@ -78,6 +79,13 @@ REACTOR = ReactorSpec(
             keep_for_ms=0,
         ),
         concurrency=2,
+        cluster_concurrency=None,
+        key_concurrency=None,
+        rate_limit=None,
+        priority=PriorityPolicy(
+            static=0,
+            expression=None,
+        ),
         history_limit=50,
         evolution=EvolutionPolicy(
             handler_version=1,

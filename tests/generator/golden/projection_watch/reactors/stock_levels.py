@@ -16,6 +16,7 @@ from runtime.reactor import (
     DebouncePolicy,
     EvolutionPolicy,
     Policies,
+    PriorityPolicy,
     ReactorSpec,
     RetryPolicy,
 )
@@ -119,6 +120,13 @@ REACTOR = ReactorSpec(
             keep_for_ms=0,
         ),
         concurrency=None,
+        cluster_concurrency=None,
+        key_concurrency=None,
+        rate_limit=None,
+        priority=PriorityPolicy(
+            static=0,
+            expression=None,
+        ),
         history_limit=5,
         evolution=EvolutionPolicy(
             handler_version=1,

@@ -19,6 +19,7 @@ from runtime.reactor import (
     DebouncePolicy,
     EvolutionPolicy,
     Policies,
+    PriorityPolicy,
     ReactorSpec,
     RetryPolicy,
 )
@@ -116,6 +117,13 @@ REACTOR = ReactorSpec(
             keep_for_ms=86400000,
         ),
         concurrency=4,
+        cluster_concurrency=None,
+        key_concurrency=None,
+        rate_limit=None,
+        priority=PriorityPolicy(
+            static=0,
+            expression=None,
+        ),
         history_limit=5,
         evolution=EvolutionPolicy(
             handler_version=1,

@@ -1,0 +1,158 @@
+"""Planning throughput with one planner vs partitioned planners (``--planner-partitions``).
+
+Usage: python bench/planning_partitions.py [--docs 20000] [--setups 1:1 3:3] [--rounds 2]
+
+Each setup is ``instances:partitions``. For each, in a fresh embedded server (in memory), a
+one-reactor app whose tasks are debounced by an hour (planned, never due: no handler runs, so
+only planning is measured) is started on that many ``runtime serve`` processes. Once every
+planner is planning, ``--docs`` documents are inserted in batches of 1,000 as fast as one
+client can, and the time is measured from the first insert until every document has its task
+(source writes -> task documents planned per second). Setups are interleaved over
+``--rounds`` and the best round of each is printed, with how the tasks were spread over the
+planners (tasks by ``plannerToken``: one token per partition).
+
+Prints a markdown table (recorded in docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pymongo import MongoClient
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from runtime.embedded.process import EmbeddedServer  # noqa: E402
+
+DEFINITION = """\
+name: plan_only
+collection: items
+schema:
+  type: object
+  title: Item
+  properties:
+    _id: {type: integer}
+    n: {type: integer}
+trigger:
+  watch: [n]
+policies:
+  debounce: 1h
+"""
+BATCH = 1000
+Doc = dict[str, Any]
+
+
+def build_app(workdir: Path) -> None:
+    """Generate the benchmark app into ``workdir/benchapp`` (the stub handler is never run)."""
+    (workdir / "defs").mkdir()
+    (workdir / "defs" / "plan_only.reactor.yaml").write_text(DEFINITION, encoding="utf-8")
+    subprocess.run([sys.executable, "-m", "generator", "build", "defs", "--out", "benchapp"],
+                   cwd=workdir, check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def planning(client: MongoClient[Doc], partitions: int) -> bool:
+    """Whether every planner has opened its stream and saved its first position."""
+    meta = client.app.reactgen_meta
+    if partitions == 1:
+        return meta.find_one({"_id": "planner:app", "resumeToken": {"$exists": True}}) is not None
+    return meta.count_documents({"_id": {"$regex": f"^partition:app:\\d+/{partitions}$"},
+                                 "owner": {"$ne": None},
+                                 "planning.resumeToken": {"$exists": True}}) == partitions
+
+
+def balanced(client: MongoClient[Doc], instances: int, partitions: int) -> bool:
+    """Whether the partitions are spread over the instances (at most one apart)."""
+    if partitions == 1:
+        return True
+    owners = [d["owner"] for d in client.app.reactgen_meta.find(
+        {"_id": {"$regex": f"^partition:app:\\d+/{partitions}$"}, "owner": {"$ne": None}})]
+    counts = [owners.count(f"bench-{i}") for i in range(instances)]
+    return len(owners) == partitions and max(counts) - min(counts) <= 1
+
+
+def run(instances: int, partitions: int, docs: int) -> dict[str, Any]:
+    """One measurement."""
+    with tempfile.TemporaryDirectory(prefix="reactgen-bench-") as tmp, EmbeddedServer() as db:
+        workdir = Path(tmp)
+        build_app(workdir)
+        client: MongoClient[Doc] = MongoClient(db.uri)
+        processes = []
+        for index in range(instances):
+            env = {**os.environ, "PYTHONPATH": f"{workdir}{os.pathsep}{REPO}"}
+            log = (workdir / f"runtime-{index}.log").open("wb")
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "runtime", "serve", "--app", "benchapp", "--mongodb-uri",
+                 db.uri, "--instance-id", f"bench-{index}", "--log-level", "WARNING",
+                 "--planner-partitions", str(partitions)],
+                cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=log))
+        deadline = time.monotonic() + 60
+        while not (planning(client, partitions) and balanced(client, instances, partitions)):
+            if time.monotonic() > deadline:
+                raise SystemExit("planners did not start; see runtime-*.log")
+            time.sleep(0.05)
+        items, tasks = client.app.items, client.app.items_tasks
+        began = time.perf_counter()
+        for start in range(0, docs, BATCH):
+            items.insert_many([{"_id": i, "n": 1} for i in range(start, min(docs, start + BATCH))])
+        written = time.perf_counter() - began
+        while tasks.estimated_document_count() < docs or tasks.count_documents({}) < docs:
+            if time.perf_counter() - began > 600:
+                raise SystemExit("planning did not finish in 10 minutes")
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - began
+        spread = sorted((row["n"] for row in tasks.aggregate(
+            [{"$group": {"_id": "$plannerToken", "n": {"$sum": 1}}}])), reverse=True)
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(timeout=60)
+        return {"instances": instances, "partitions": partitions, "docs": docs,
+                "written": written, "elapsed": elapsed, "rate": docs / elapsed,
+                "spread": spread}
+
+
+def main() -> int:
+    """Run the setups interleaved and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--docs", type=int, default=20_000)
+    parser.add_argument("--setups", nargs="+", default=["1:1", "3:3"],
+                        help="instances:partitions, e.g. 1:1 3:3 1:3")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    setups = [tuple(int(x) for x in s.split(":")) for s in args.setups]
+    best: dict[tuple[int, ...], dict[str, Any]] = {}
+    for _ in range(args.rounds):
+        for setup in setups:
+            result = run(setup[0], setup[1], args.docs)
+            if setup not in best or result["rate"] > best[setup]["rate"]:
+                best[setup] = result
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor())
+    print(f"machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+          f"embedded server in memory; {args.docs} inserts in batches of {BATCH}; "
+          f"best of {args.rounds} interleaved rounds\n")
+    print("| planner instances | partitions | inserts done (s) | all tasks planned (s) | "
+          "tasks planned/s | tasks per planner (by plannerToken) |")
+    print("|---:|---:|---:|---:|---:|---|")
+    for setup in setups:
+        r = best[setup]
+        spread = " / ".join(f"{n:,}" for n in r["spread"])
+        print(f"| {r['instances']} | {r['partitions']} | {r['written']:.2f} | "
+              f"{r['elapsed']:.2f} | {r['rate']:,.0f} | {spread} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

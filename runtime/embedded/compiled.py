@@ -1,0 +1,399 @@
+"""Compiled expressions, pipeline updates and filters for the hot path.
+
+mongomock-ng interprets an expression afresh for every document, walking the specification
+each time. The runtime's writes (planner upserts, claims, finalizations) and change-stream
+filters use a small set of operators over plain fields, so those are compiled here once per
+command into Python closures. Anything outside that set raises :class:`Unsupported` at compile
+time, and a document whose paths cross an array raises it at evaluation time: the caller then
+falls back to the general engine for that statement or document, so results never depend on
+which path ran. The operator semantics are the engine's own (the same BSON comparison,
+truthiness and arithmetic functions), only without the per-document interpretation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from runtime.embedded import engine
+
+NOTHING: Any = engine.mm_helpers.NOTHING
+_to_bool: Callable[[Any], bool] = engine.mm_helpers.mongodb_to_bool
+#: MongoDB truthiness (false, null, missing and 0 are false).
+to_bool = _to_bool
+
+Matcher = Callable[[dict[str, Any], dict[str, Any]], bool]
+
+
+class Unsupported(Exception):
+    """This expression, filter or document needs the general engine."""
+
+
+def _get_path(doc: Any, path: str) -> Any:
+    if "." not in path and type(doc) is dict:
+        return doc.get(path, NOTHING)
+    current = doc
+    for part in path.split("."):
+        if isinstance(current, dict):
+            current = current.get(part, NOTHING)
+            if current is NOTHING:
+                return NOTHING
+        elif isinstance(current, list):
+            raise Unsupported("path through an array")
+        else:
+            return NOTHING
+    return current
+
+
+def _variable(spec: str, doc: dict[str, Any], variables: dict[str, Any]) -> Any:
+    name, _, rest = spec[2:].partition(".")
+    if name == "REMOVE" and not rest:
+        return NOTHING
+    if name in ("ROOT", "CURRENT"):
+        return _get_path(doc, rest) if rest else doc
+    if name not in variables:
+        raise Unsupported(f"unknown variable {name}")
+    found = variables[name]
+    return _get_path(found, rest) if rest else found
+
+
+def _values(operand: Any, doc: dict[str, Any], variables: dict[str, Any],
+            count: int | None = None) -> list[Any]:
+    items = operand if isinstance(operand, list) else [operand]
+    if count is not None and len(items) != count:
+        raise Unsupported("argument count")
+    return [evaluate(item, doc, variables) for item in items]
+
+
+Op = Callable[[Any, dict[str, Any], dict[str, Any]], Any]
+
+
+def _cond(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
+    if isinstance(operand, dict):
+        if len(operand) != 3 or not {"if", "then", "else"} <= operand.keys():
+            raise Unsupported("$cond")
+        test, then, other = operand["if"], operand["then"], operand["else"]
+    elif isinstance(operand, list) and len(operand) == 3:
+        test, then, other = operand
+    else:
+        raise Unsupported("$cond")
+    return evaluate(then if _to_bool(evaluate(test, d, v)) else other, d, v)
+
+
+def _if_null(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
+    if not isinstance(operand, list) or len(operand) < 2:
+        raise Unsupported("$ifNull")
+    for part in operand[:-1]:
+        value = evaluate(part, d, v)
+        if value is not None and value is not NOTHING:
+            return value
+    return evaluate(operand[-1], d, v)
+
+
+def _in(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
+    value, values = _values(operand, d, v, 2)
+    if not isinstance(values, list):
+        raise Unsupported("$in needs an array")
+    return any(engine.bson_equal(value, item) for item in values)
+
+
+def _eq(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
+    a, b = _values(operand, d, v, 2)
+    return engine.bson_equal(a, b)
+
+
+def _ne(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
+    a, b = _values(operand, d, v, 2)
+    return not engine.bson_equal(a, b)
+
+
+def _ordering(op: Callable[[Any, Any], bool]) -> Op:
+    def compare(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
+        a, b = _values(operand, d, v, 2)
+        return engine.bson_compare(op, a, b)
+
+    return compare
+
+
+def _and(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
+    parts = operand if isinstance(operand, list) else [operand]
+    return all(_to_bool(evaluate(p, d, v)) for p in parts)
+
+
+def _or(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
+    parts = operand if isinstance(operand, list) else [operand]
+    return any(_to_bool(evaluate(p, d, v)) for p in parts)
+
+
+def _not(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
+    [value] = _values(operand, d, v, 1)
+    return not _to_bool(value)
+
+
+def _type(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
+    [value] = _values(operand, d, v, 1)
+    return engine.bson_type_name(value)
+
+
+def _extreme(pick: Callable[..., Any]) -> Op:
+    def choose(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
+        if not isinstance(operand, list) or len(operand) < 2:
+            raise Unsupported("one-argument $min/$max reads an array")
+        present = [x for x in _values(operand, d, v) if x is not None and x is not NOTHING]
+        return pick(present, key=engine.ordering_key) if present else None
+
+    return choose
+
+
+def _slice(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
+    if not isinstance(operand, list) or len(operand) not in (2, 3):
+        raise Unsupported("$slice")
+    array, *numbers = _values(operand, d, v)
+    if array is None or array is NOTHING:
+        return None
+    if not isinstance(array, list) or any(
+            isinstance(n, bool) or not isinstance(n, int) for n in numbers):
+        raise Unsupported("$slice arguments")
+    if len(numbers) == 1:
+        n = numbers[0]
+        return array[:n] if n >= 0 else array[max(len(array) + n, 0):]
+    position, n = numbers
+    if n <= 0:
+        raise Unsupported("$slice count")
+    start = position if position >= 0 else max(len(array) + position, 0)
+    return array[start:start + n]
+
+
+def _concat_arrays(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
+    out: list[Any] = []
+    for value in _values(operand, d, v):
+        if value is None or value is NOTHING:
+            return None
+        if not isinstance(value, list):
+            raise Unsupported("$concatArrays needs arrays")
+        out.extend(value)
+    return out
+
+
+class _Evaluated:
+    """A stand-in parser for the engine's expression handlers: arguments arrive evaluated."""
+
+    @staticmethod
+    def parse(expression: Any) -> Any:
+        return expression[0]
+
+
+def _delegate(name: str) -> Op:
+    """An engine-implemented operator, called with arguments evaluated here."""
+    handler = engine.expression_handler(name)
+
+    def call(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
+        boxed = [(value,) for value in _values(operand, d, v)]
+        return handler(_Evaluated, boxed if isinstance(operand, list) else boxed[0])
+
+    return call
+
+
+_OPERATORS: dict[str, Op] = {
+    "$cond": _cond,
+    "$ifNull": _if_null,
+    "$in": _in,
+    "$eq": _eq,
+    "$ne": _ne,
+    "$and": _and,
+    "$or": _or,
+    "$not": _not,
+    "$type": _type,
+    "$min": _extreme(min),
+    "$max": _extreme(max),
+    "$slice": _slice,
+    "$concatArrays": _concat_arrays,
+    **{name: _ordering(op) for name, op in engine.EXPRESSION_ORDERINGS.items()},
+    **{name: _delegate(name) for name in ("$add", "$subtract", "$multiply", "$divide", "$mod",
+                                          "$abs", "$ceil", "$floor", "$toHashedIndexKey")},
+}
+
+
+def evaluate(spec: Any, doc: dict[str, Any], variables: dict[str, Any]) -> Any:
+    """The value of an aggregation expression for ``doc`` (``NOTHING`` when missing)."""
+    kind = type(spec)
+    if kind is str:
+        if spec[:1] == "$":
+            if spec[:2] == "$$":
+                return _variable(spec, doc, variables)
+            return _get_path(doc, spec[1:])
+        return spec
+    if kind is dict:
+        if len(spec) == 1:
+            name, operand = next(iter(spec.items()))
+            if name[:1] == "$":
+                if name == "$literal":
+                    return operand
+                op = _OPERATORS.get(name)
+                if op is None:
+                    raise Unsupported(name)
+                return op(operand, doc, variables)
+        out = {}
+        for key, part in spec.items():
+            if key[:1] == "$" or "." in key:
+                raise Unsupported("expression object")
+            value = evaluate(part, doc, variables)
+            if value is not NOTHING:
+                out[key] = value
+        return out
+    if kind is list:
+        values = [evaluate(e, doc, variables) for e in spec]
+        return [None if x is NOTHING else x for x in values]
+    if isinstance(spec, dict | list):
+        raise Unsupported("subclassed container")
+    return spec
+
+
+# -- pipeline updates -------------------------------------------------------------------------
+
+Stage = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
+
+
+def _set_stage(spec: Any) -> Stage:
+    if not isinstance(spec, dict) or not spec:
+        raise Unsupported("$set")
+    fields = []
+    for path, expression in spec.items():
+        if not isinstance(path, str) or path.startswith("$") or not path:
+            raise Unsupported(path)
+        fields.append((path.split("."), expression))
+
+    def apply(doc: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
+        out = dict(doc)
+        for parts, expression in fields:
+            value = evaluate(expression, doc, variables)
+            target = out
+            for part in parts[:-1]:
+                child = target.get(part)
+                if isinstance(child, list):
+                    raise Unsupported("$set through an array")
+                if not isinstance(child, dict):
+                    if value is NOTHING:
+                        break
+                    child = {}
+                else:
+                    child = dict(child)
+                target[part] = child
+                target = child
+            else:
+                if value is NOTHING:
+                    target.pop(parts[-1], None)
+                else:
+                    target[parts[-1]] = value
+        return out
+
+    return apply
+
+
+def _unset_stage(spec: Any) -> Stage:
+    paths = [spec] if isinstance(spec, str) else spec
+    if not isinstance(paths, list) or not paths or not all(
+            isinstance(p, str) and p and not p.startswith("$") and "." not in p for p in paths):
+        raise Unsupported("$unset")
+
+    def apply(doc: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in doc.items() if k not in paths}
+
+    return apply
+
+
+_STAGES: dict[str, Callable[[Any], Stage]] = {
+    "$set": _set_stage, "$addFields": _set_stage, "$unset": _unset_stage}
+
+
+def compile_pipeline_update(pipeline: list[Any]) -> Stage:
+    """One function applying an update pipeline of ``$set``/``$addFields``/``$unset`` stages.
+
+    The input document is never changed; the stages evaluate against the previous stage's
+    output, as in MongoDB.
+    """
+    stages: list[Stage] = []
+    for stage in pipeline:
+        if not isinstance(stage, dict) or len(stage) != 1:
+            raise Unsupported("stage shape")
+        name, spec = next(iter(stage.items()))
+        build = _STAGES.get(name)
+        if build is None:
+            raise Unsupported(name)
+        stages.append(build(spec))
+
+    def apply(doc: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
+        for stage in stages:
+            doc = stage(doc, variables)
+        return doc
+
+    return apply
+
+
+_PIPELINES: dict[int, tuple[list[Any], Stage | None]] = {}
+
+
+def pipeline_update(pipeline: list[Any]) -> Stage | None:
+    """The compiled form of an update pipeline (cached for the command's statement object), or
+    None when it needs the general engine."""
+    cached = _PIPELINES.get(id(pipeline))
+    if cached is not None and cached[0] is pipeline:
+        return cached[1]
+    try:
+        compiled: Stage | None = compile_pipeline_update(pipeline)
+    except Unsupported:
+        compiled = None
+    if len(_PIPELINES) >= 256:
+        _PIPELINES.clear()
+    _PIPELINES[id(pipeline)] = (pipeline, compiled)
+    return compiled
+
+
+# -- inclusion projections --------------------------------------------------------------------
+
+Projection = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _inclusion_tree(spec: Any) -> dict[str, Any]:
+    if not isinstance(spec, dict) or not spec:
+        raise Unsupported("$project")
+    tree: dict[str, Any] = {}
+    for path, flag in spec.items():
+        if not (flag is True or (type(flag) in (int, float) and flag == 1)):
+            raise Unsupported("not an inclusion projection")
+        if not path or path.startswith("$") or ".." in path or path.endswith("."):
+            raise Unsupported(path)
+        parts = path.split(".")
+        node = tree
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise Unsupported("overlapping paths")
+            node = child
+        if parts[-1] in node:
+            raise Unsupported("overlapping paths")
+        node[parts[-1]] = True
+    tree.setdefault("_id", True)
+    return tree
+
+
+def _project(doc: dict[str, Any], tree: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        wanted = tree.get(key)
+        if wanted is None:
+            continue
+        if wanted is True:
+            out[key] = value
+        elif isinstance(value, dict):
+            out[key] = _project(value, wanted)
+        elif isinstance(value, list):
+            raise Unsupported("projection through an array")
+    return out
+
+
+def inclusion_projection(spec: Any) -> Projection:
+    """A function applying a ``$project`` stage made only of inclusions (dotted paths too):
+    fields keep the document's order, as in MongoDB."""
+    tree = _inclusion_tree(spec)
+    return lambda doc: _project(doc, tree)

@@ -1,0 +1,182 @@
+"""How the planner writes tasks: the upserts of changed, poisoned and gone sources.
+
+Pure builders of fenced bulk-write operations (``UpdateOne``); the planner sends them. Every
+filter carries the leadership token (:func:`task_key`), so a deposed planner's write is refused.
+Task statuses and the document shape: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any
+
+import bson
+from pymongo import UpdateOne
+
+from runtime.reactor import ReactorSpec
+from runtime.task_status import FAILED, PENDING, PROCESSING_DIRTY, RUNNING, SKIPPED
+
+
+def snapshot_hash(snapshot: Any) -> str:
+    """Stable digest of a watched-values snapshot (BSON bytes, so types and order count)."""
+    return hashlib.sha256(bson.encode({"s": snapshot})).hexdigest()[:32]
+
+
+def _debounced(reactor: ReactorSpec, anchor: Any) -> Any:
+    """Server-side due time: ``$$NOW + delay``, capped at ``anchor + maxWait``."""
+    debounce = reactor.policies.debounce
+    due: Any = {"$add": ["$$NOW", debounce.delay_ms]} if debounce.delay_ms else "$$NOW"
+    if debounce.max_wait_ms is not None:
+        due = {"$min": [due, {"$add": [anchor, debounce.max_wait_ms]}]}
+    return due
+
+
+def debounce_expression(reactor: ReactorSpec) -> Any:
+    """When a task that got new data while running becomes due again."""
+    return _debounced(reactor, {"$ifNull": ["$firstChangeAt", "$$NOW"]})
+
+
+def task_key(reactor: ReactorSpec, source_id: Any, leader_token: int) -> dict[str, Any]:
+    """The planner's filter for one task: its key, fenced by the leadership token.
+
+    ``plannerToken`` records the token of the leader that planned the task last. A deposed
+    planner's filter does not match a task a newer leader planned; as an upsert it then tries
+    to insert, collides with the unique task key and is refused (``DuplicateKeyError``).
+    """
+    return {"reactor": reactor.name, "sourceId": source_id,
+            "plannerToken": {"$not": {"$gt": leader_token}}}
+
+
+def plan_update(reactor: ReactorSpec, source_id: Any, snapshot: Any,
+                leader_token: int, claim_fields: dict[str, Any] | None = None) -> UpdateOne:
+    """Upsert of one task after its source changed: a no-op unless the snapshot changed.
+
+    Changed: a pending/completed/failed/skipped task becomes pending (debounced); a running one
+    becomes ``processing_dirty`` and keeps its lease. Unchanged: nothing is written at all,
+    except the leadership token the first time a new leader plans the task (fencing).
+    ``claim_fields`` (``priority``, ``concurrencyKey``: see :func:`claim_fields`) are written
+    with every plan, so they follow the source document.
+    """
+    digest = snapshot_hash(snapshot)
+    status = {"$ifNull": ["$status", "none"]}
+    running = {"$in": [status, RUNNING]}
+    reset = reactor.policies.retry.reset_on_data_change
+    # A task scheduled for expiry (its source was deleted or stopped matching) whose source
+    # is back is a new task even if the watched values are the same as before.
+    changed = {"$or": [{"$ne": [{"$ifNull": ["$snapshotHash", None]}, digest]},
+                       {"$ne": [{"$type": "$expiresAt"}, "missing"]}]}
+    pipeline: list[dict[str, Any]] = [
+        {"$set": {"_changed": changed}},
+        {"$set": {"_anchor": {"$cond": [
+            {"$and": ["$_changed", {"$not": [{"$in": [status, [PENDING, PROCESSING_DIRTY]]}]}]},
+            "$$NOW", "$firstChangeAt"]}}},
+        {"$set": {
+            "reactor": reactor.name,
+            "sourceId": {"$literal": source_id},
+            "snapshot": {"$cond": ["$_changed", {"$literal": snapshot}, "$snapshot"]},
+            "snapshotHash": digest,
+            "status": {"$cond": ["$_changed", {"$cond": [running, PROCESSING_DIRTY, PENDING]},
+                                 "$status"]},
+            "firstChangeAt": "$_anchor",
+            "nextRunAt": {"$cond": ["$_changed",
+                                    {"$cond": [running, "$nextRunAt",
+                                               _debounced(reactor, "$_anchor")]},
+                                    "$nextRunAt"]},
+            "dueAt": {"$cond": ["$_changed", {"$cond": [running, "$dueAt",
+                                                        _debounced(reactor, "$_anchor")]},
+                                "$dueAt"]},
+            "attempts": {"$cond": [{"$and": ["$_changed", reset, {"$not": [running]}]}, 0,
+                                   {"$ifNull": ["$attempts", 0]}]},
+            "firstErrorAt": {"$cond": [{"$and": ["$_changed", reset]}, None,
+                                       {"$ifNull": ["$firstErrorAt", None]}]},
+            "lastError": {"$cond": [{"$and": ["$_changed", reset]}, None,
+                                    {"$ifNull": ["$lastError", None]}]},
+            "createdAt": {"$ifNull": ["$createdAt", "$$NOW"]},
+            "updatedAt": {"$cond": ["$_changed", "$$NOW", "$updatedAt"]},
+            "skipReason": {"$cond": ["$_changed", None, "$skipReason"]},
+            "planningError": {"$cond": ["$_changed", "$$REMOVE", "$planningError"]},
+            "plannerToken": leader_token,
+            **{name: {"$literal": value} for name, value in (claim_fields or {}).items()},
+        }},
+        {"$unset": ["_changed", "_anchor", "expiresAt"]},
+    ]
+    return UpdateOne(task_key(reactor, source_id, leader_token), pipeline, upsert=True)
+
+
+def poison_update(reactor: ReactorSpec, source_id: Any, error: str,
+                  leader_token: int) -> UpdateOne:
+    """Record that a source document could not be planned (a poison document).
+
+    The task becomes ``failed`` with the error in ``lastError`` and ``planningError`` and is
+    not due; its snapshot hash is cleared, so the next change of the document that plans
+    cleanly makes it pending again. A running task keeps running (its late-binding check
+    decides), but carries the error.
+    """
+    running = {"$in": [{"$ifNull": ["$status", "none"]}, RUNNING]}
+    message = f"planning failed: {error}"
+    return UpdateOne(task_key(reactor, source_id, leader_token), [{"$set": {
+        "reactor": reactor.name,
+        "sourceId": {"$literal": source_id},
+        "status": {"$cond": [running, "$status", FAILED]},
+        "nextRunAt": {"$cond": [running, "$nextRunAt", None]},
+        "snapshotHash": None,
+        "lastError": {"$literal": message},
+        "planningError": {"at": "$$NOW", "error": {"$literal": error}},
+        "firstErrorAt": {"$ifNull": ["$firstErrorAt", "$$NOW"]},
+        "attempts": {"$ifNull": ["$attempts", 0]},
+        "createdAt": {"$ifNull": ["$createdAt", "$$NOW"]},
+        "updatedAt": "$$NOW",
+        "plannerToken": leader_token,
+    }}], upsert=True)
+
+
+def source_gone_update(reactor: ReactorSpec, source_id: Any, leader_token: int) -> UpdateOne:
+    """Apply the cleanup policy to the task of a deleted (or no longer matching) source.
+
+    A pending task stops being due (``skipped``); every task gets ``expiresAt`` (now +
+    ``keepFor``), after which the TTL index on it deletes the task. A running task is left to
+    finish (its late-binding check skips it) and expires no earlier than its lease, which its
+    renewals extend. Applying it again changes nothing, so ``expiresAt`` is not pushed back by
+    later changes of a document that no longer matches.
+    """
+    return UpdateOne(task_key(reactor, source_id, leader_token),
+                     source_gone_pipeline(reactor, leader_token))
+
+
+def source_gone_pipeline(reactor: ReactorSpec, leader_token: int) -> list[dict[str, Any]]:
+    """The update applied to tasks whose source is gone (see :func:`source_gone_update`)."""
+    running = {"$in": ["$status", RUNNING]}
+    pending = {"$eq": ["$status", PENDING]}
+    expires: Any = {"$add": ["$$NOW", reactor.policies.cleanup.keep_for_ms]}
+    return [{"$set": {
+        "status": {"$cond": [pending, SKIPPED, "$status"]},
+        "nextRunAt": {"$cond": [running, "$nextRunAt", None]},
+        "skipReason": {"$cond": [pending, "source deleted or no longer matching",
+                                 "$skipReason"]},
+        "expiresAt": {"$ifNull": ["$expiresAt", {"$cond": [
+            running, {"$max": [expires, "$lease.expiresAt"]}, expires]}]},
+        "plannerToken": leader_token,
+    }}]
+
+
+def key_digest(value: Any) -> str:
+    """The per-key concurrency key of a task: a digest of the key value's BSON (so values of
+    different types are different keys, and any value fits a short string)."""
+    return hashlib.sha256(bson.encode({"k": value})).hexdigest()[:24]
+
+
+def claim_fields(reactor: ReactorSpec, priority: Any, key: Any) -> dict[str, Any]:
+    """Task fields that claims order and limit by, from the values the planner evaluated on
+    the source document: ``priority`` (a number; else the reactor's static priority) and
+    ``concurrencyKey`` (digest) with ``concurrencyKeyValue`` (the value, for people)."""
+    fields: dict[str, Any] = {}
+    policy = reactor.policies.priority
+    if policy.static or policy.expression is not None:
+        usable = (isinstance(priority, int | float) and not isinstance(priority, bool)
+                  and math.isfinite(priority))
+        fields["priority"] = priority if usable else policy.static
+    if reactor.policies.key_concurrency is not None:
+        fields["concurrencyKey"] = key_digest(key)
+        fields["concurrencyKeyValue"] = key
+    return fields

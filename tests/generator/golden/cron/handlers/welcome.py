@@ -1,0 +1,14 @@
+"""Handler of reactor 'welcome' (collection 'users').
+
+Created once by `reactgen build`; this file is yours to edit.
+"""
+
+from __future__ import annotations
+
+from app.reactors.welcome import Context
+
+
+async def handle(ctx: Context) -> None:
+    """Called for each due task of this reactor; raise to fail (and retry) the execution."""
+    document = await ctx.get_document()
+    ctx.logger.info("handled %r", document)

@@ -1,0 +1,1 @@
+"""Your handlers, one module per reactor."""

@@ -1,0 +1,14 @@
+"""Handler of reactor 'cluster_wide' (collection 'orders').
+
+Created once by `reactgen build`; this file is yours to edit.
+"""
+
+from __future__ import annotations
+
+from app.reactors.cluster_wide import Context
+
+
+async def handle(ctx: Context) -> None:
+    """Called for each due task of this reactor; raise to fail (and retry) the execution."""
+    document = await ctx.get_document()
+    ctx.logger.info("handled %r", document)
