@@ -267,6 +267,9 @@ class Measurement:
     samples: int
     elapsed: float = 0.0
     server_cpu: float = 0.0
+    #: serverStatus().metrics.queryExecutor deltas over the throughput phase (until every
+    #: handler started, before the completion polls): index keys and documents examined.
+    examined: dict[str, int] = field(default_factory=dict)
     latencies: dict[int, list[float]] = field(default_factory=dict)
     commands: dict[str, int] = field(default_factory=dict)
     per_instance: list[int] = field(default_factory=list)
@@ -291,6 +294,10 @@ class Measurement:
         """Server CPU seconds per 1,000 tasks in the throughput phase."""
         return self.server_cpu / self.docs * 1000
 
+    def examined_per_task(self, key: str) -> float:
+        """Keys (``scanned``) or documents (``scannedObjects``) examined per throughput task."""
+        return self.examined[key] / self.docs if key in self.examined else float("nan")
+
     @property
     def all_latencies(self) -> list[float]:
         """Latency samples of every process."""
@@ -307,6 +314,8 @@ class Measurement:
                 "commands_per_task": round(self.per_task, 3),
                 "server_cpu_s": round(self.server_cpu, 3),
                 "server_cpu_s_per_1000": round(self.cpu_per_1000, 3),
+                "keys_examined_per_task": round(self.examined_per_task("scanned"), 2),
+                "docs_examined_per_task": round(self.examined_per_task("scannedObjects"), 2),
                 "commands": self.commands, "per_instance": self.per_instance}
 
 
@@ -335,6 +344,7 @@ def measure_throughput(client: Client, starts: StartsLog, server_pid: int, resul
     items = client.app.items
     tasks = client.app.items_tasks
     base = result.samples + 1
+    counters_before = server_counters(client)
     cpu_before = cpu_seconds(server_pid)
     began = time.perf_counter()
     for start in range(base, base + result.docs, BATCH):
@@ -345,6 +355,9 @@ def measure_throughput(client: Client, starts: StartsLog, server_pid: int, resul
             raise SystemExit(f"{result.system}: only {len(starts.starts)} of {result.total} "
                              f"tasks started in {timeout} s")
         time.sleep(0.02)
+    counters_after = server_counters(client)
+    result.examined = {k: v - counters_before[k] for k, v in counters_after.items()
+                       if k in counters_before}
     while tasks.count_documents({"status": "completed"}) < result.total:
         if time.perf_counter() - began > timeout:
             raise SystemExit(f"{result.system}: throughput phase did not finish")

@@ -9,7 +9,8 @@ planner is planning, ``--docs`` documents are inserted in batches of 1,000 as fa
 client can, and the time is measured from the first insert until every document has its task
 (source writes -> task documents planned per second). Setups are interleaved over
 ``--rounds`` and the best round of each is printed, with how the tasks were spread over the
-planners (tasks by ``plannerToken``: one token per partition).
+planning instances (each task's partition, hashed by the server, and that partition's lease
+owner, whose token the task must carry).
 
 Prints a markdown table (recorded in docs/benchmarks.md).
 """
@@ -81,6 +82,26 @@ def balanced(client: MongoClient[Doc], instances: int, partitions: int) -> bool:
     return len(owners) == partitions and max(counts) - min(counts) <= 1
 
 
+def per_planner(client: MongoClient[Doc], partitions: int) -> dict[str, int]:
+    """Tasks per planning instance: each task's partition (hashed by the server) and that
+    partition's lease owner, checking that the task carries the lease's token."""
+    if partitions == 1:
+        return {"leader": client.app.items_tasks.count_documents({})}
+    ids = {"$regex": f"^partition:app:\\d+/{partitions}$"}
+    leases = {int(str(d["_id"]).rsplit(":", 1)[1].split("/")[0]): d
+              for d in client.app.reactgen_meta.find({"_id": ids})}
+    rows = client.app.items_tasks.aggregate([
+        {"$group": {"_id": {"p": {"$abs": {"$mod": [{"$toHashedIndexKey": "$sourceId"},
+                                                    partitions]}},
+                            "token": "$plannerToken"}, "n": {"$sum": 1}}}])
+    counts: dict[str, int] = {}
+    for row in rows:
+        lease = leases[int(row["_id"]["p"])]
+        owner = str(lease["owner"]) if row["_id"]["token"] == lease["token"] else "stale token"
+        counts[owner] = counts.get(owner, 0) + int(row["n"])
+    return dict(sorted(counts.items()))
+
+
 def run(instances: int, partitions: int, docs: int) -> dict[str, Any]:
     """One measurement."""
     with tempfile.TemporaryDirectory(prefix="reactgen-bench-") as tmp, EmbeddedServer() as db:
@@ -111,8 +132,7 @@ def run(instances: int, partitions: int, docs: int) -> dict[str, Any]:
                 raise SystemExit("planning did not finish in 10 minutes")
             time.sleep(0.02)
         elapsed = time.perf_counter() - began
-        spread = sorted((row["n"] for row in tasks.aggregate(
-            [{"$group": {"_id": "$plannerToken", "n": {"$sum": 1}}}])), reverse=True)
+        spread = per_planner(client, partitions)
         for process in processes:
             process.send_signal(signal.SIGTERM)
         for process in processes:
@@ -144,11 +164,11 @@ def main() -> int:
           f"embedded server in memory; {args.docs} inserts in batches of {BATCH}; "
           f"best of {args.rounds} interleaved rounds\n")
     print("| planner instances | partitions | inserts done (s) | all tasks planned (s) | "
-          "tasks planned/s | tasks per planner (by plannerToken) |")
+          "tasks planned/s | tasks per planning instance |")
     print("|---:|---:|---:|---:|---:|---|")
     for setup in setups:
         r = best[setup]
-        spread = " / ".join(f"{n:,}" for n in r["spread"])
+        spread = ", ".join(f"{name}: {n:,}" for name, n in r["spread"].items())
         print(f"| {r['instances']} | {r['partitions']} | {r['written']:.2f} | "
               f"{r['elapsed']:.2f} | {r['rate']:,.0f} | {spread} |")
     return 0

@@ -139,7 +139,9 @@ def run(system: str, instances: int, docs: int, samples: int, keep: bool) -> Mea
     print(f"  {system} x{instances}: {result.rate:,.0f} tasks/s, p50/p99 "
           f"{percentile(every, 0.5):.1f}/{percentile(every, 0.99):.1f} ms, "
           f"{result.per_task:.2f} commands/task, server CPU {result.cpu_per_1000:.2f} s/1,000 "
-          f"tasks, per process {result.per_instance}", flush=True)
+          f"tasks, keys/docs examined per task {result.examined_per_task('scanned'):.1f}/"
+          f"{result.examined_per_task('scannedObjects'):.1f}, per process {result.per_instance}",
+          flush=True)
     return result
 
 
@@ -183,10 +185,13 @@ def report(results: list[Measurement], docs: int, samples: int, rounds: int) -> 
               f"{ours['p50'] / theirs['p50']:.2f}x | {ours['p99'] / theirs['p99']:.2f}x | "
               f"{ours['per_task'] / theirs['per_task']:.2f}x | "
               f"{ours['cpu'] / theirs['cpu']:.2f}x |")
-    print("\nCommands by name (all processes, whole run) and tasks run per process:\n")
+    print("\nCommands by name (all processes, whole run), tasks run per process, and the "
+          "server's index keys / documents examined per task in the throughput phase "
+          "(serverStatus metrics.queryExecutor scanned / scannedObjects):\n")
     for r in results:
         print(f"- {r.system} x{r.instances}, {r.total:,} tasks: {r.commands}; per process "
-              f"{r.per_instance}")
+              f"{r.per_instance}; examined per task {r.examined_per_task('scanned'):.1f} keys / "
+              f"{r.examined_per_task('scannedObjects'):.1f} docs")
 
 
 def main() -> int:

@@ -46,7 +46,10 @@ class Middleware:
         """An execution ended and its outcome was applied (or found its lease lost)."""
 
     def on_claim(self, reactor: str, claimed: bool, seconds: float) -> None:
-        """A claim attempt took ``seconds``; ``claimed`` False is a miss (nothing due)."""
+        """A claim attempt took ``seconds``; ``claimed`` False is a miss (nothing due).
+
+        Claims come in rounds: a round that took N tasks calls this N times (with the
+        round's duration), a round that took none once."""
 
     def on_start_delay(self, reactor: str, seconds: float) -> None:
         """A claimed task started ``seconds`` after it became due (its ``nextRunAt``)."""

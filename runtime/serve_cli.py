@@ -107,9 +107,8 @@ FLAGS = (
          "(retry, pause, scan) require; without it the dashboard is read-only", "TOKEN"),
     Flag("log_format", "--log-format", one_of(*LOG_FORMATS), "log line format: text "
          "(key=value) or json (one object per line, for log shippers)", "FORMAT"),
-    Flag("planner_partitions", "--planner-partitions", _partitions, "split change-stream "
-         "planning into N partitions by a hash of the source _id, spread over the live "
-         "instances; every instance must use the same N", "N"),
+    Flag("planner_partitions", "--planner-partitions", _partitions, "split planning into "
+         "N partitions by a hash of _id, spread over the instances (same N on all)", "N"),
 )
 
 

@@ -327,9 +327,11 @@ class TaskStore:
     def fenced(held: Claimed, fields: dict[str, Any]
                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Filter and update that end ``held``'s execution with ``fields`` (fenced by its
-        claim): the lease and the concurrency slots are given up, ``lastClaim`` records it."""
+        claim): the lease and the concurrency slots are given up, ``lastClaim`` and
+        ``lastOwner`` record whose execution it was."""
         return ({"_id": held.task_id, "lease.claim": held.claim},
-                [{"$set": {**fields, "lease": None, "lastClaim": held.claim, **SLOT_FIELDS}}])
+                [{"$set": {**fields, "lease": None, "lastClaim": held.claim,
+                           "lastOwner": "$lease.owner", **SLOT_FIELDS}}])
 
     async def release(self, held: Claimed) -> bool:
         """Give an unfinished task back (shutdown): due now, attempt not counted."""

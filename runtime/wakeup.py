@@ -41,12 +41,16 @@ class WakeupListener:
                  on_pause: Callable[[str, bool], None] | None = None) -> None:
         self.db = db
         self.instance_id = instance_id
-        # Filtered on the server (this stream runs on every instance): tasks that are pending
-        # or finished, tasks running under another instance's lease (not this instance's own
-        # claims and renewals), and meta documents other than the planners' resume positions.
+        # Filtered on the server (this stream runs on every instance): tasks that are pending,
+        # tasks finished by another instance, tasks running under another instance's lease
+        # (not this instance's own claims, renewals and finishes), and meta documents other
+        # than the planners' resume positions.
         tasks = {"$in": list(tasks_collections)}
         wanted: list[dict[str, Any]] = [
-            {"ns.coll": tasks, "fullDocument.status": {"$in": [PENDING, *FINISHED]}},
+            {"ns.coll": tasks, "fullDocument.status": PENDING},
+            # Finishes of this instance's own executions: it knows them already.
+            {"ns.coll": tasks, "fullDocument.status": {"$in": FINISHED},
+             "fullDocument.lastOwner": {"$ne": instance_id}},
             {"ns.coll": tasks, "fullDocument.status": {"$in": RUNNING},
              "fullDocument.lease.owner": {"$ne": instance_id}},
         ]

@@ -118,6 +118,10 @@ class WorkerPool:
             if len(self.in_flight) >= self.concurrency:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
+                # Executions finalized by the same bulk write end together: let their done
+                # callbacks run, so the next round claims for all the slots they freed.
+                for _ in range(2):
+                    await asyncio.sleep(0)
                 continue
             now = self.clock.now()
             name = scheduler.next_reactor(now)
@@ -134,7 +138,9 @@ class WorkerPool:
                 scheduler.missed(name, now)
                 await scheduler.wait(0.5)
                 continue
-            self.middleware.on_claim(name, bool(result.claimed), time.perf_counter() - asked)
+            took = time.perf_counter() - asked
+            for _ in result.claimed or [None]:
+                self.middleware.on_claim(name, bool(result.claimed), took)
             for held in result.claimed:
                 self._start(self.reactors[name], held)
             if result.retry_after_ms:

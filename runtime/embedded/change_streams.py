@@ -71,6 +71,8 @@ class ChangeStreamCursor:
     stages: list[dict[str, Any]] = field(default_factory=list)
     #: the trailing ``$project`` compiled (None: not yet tried; False: needs the engine)
     projection: Callable[[dict[str, Any]], dict[str, Any]] | Literal[False] | None = None
+    #: whether events need ``updateDescription`` (None: not decided yet)
+    wants_description: bool | None = None
     closed: bool = False
     # startAtOperationTime: entries committed before it are skipped even if they follow the
     # position (the time may lie in the future).
@@ -249,6 +251,25 @@ def _missing_image(kind: str, which: str, entry: ChangeEntry) -> CommandError:
                         f" ({which})", extra=dict(_NO_IMAGE_NAME))
 
 
+def _wants_description(stream: ChangeStreamCursor) -> bool:
+    """Whether the stream's events can show ``updateDescription``: not when its stages are
+    ``$match`` stages that never mention it followed by an inclusion ``$project`` without it
+    (the description is a diff of two documents: only computed when someone reads it)."""
+    if stream.wants_description is None:
+        stream.wants_description = True
+        stages = stream.stages
+        if stages and "$project" in stages[-1] and all(
+                "$match" in stage and "updateDescription" not in repr(stage)
+                for stage in stages[:-1]):
+            try:
+                tree = compiled.inclusion_tree(stages[-1]["$project"])
+            except compiled.Unsupported:
+                tree = None
+            if tree is not None and "updateDescription" not in tree:
+                stream.wants_description = False
+    return stream.wants_description
+
+
 def _event(stream: ChangeStreamCursor, entry: ChangeEntry, catalog: Catalog) -> dict[str, Any]:
     event: dict[str, Any] = {
         "_id": entry.token(),
@@ -276,7 +297,8 @@ def _event(stream: ChangeStreamCursor, entry: ChangeEntry, catalog: Catalog) -> 
     event["ns"] = ns
     if entry.document_key is not None:
         event["documentKey"] = entry.document_key
-    if entry.described() is not None:
+    if (entry.update_description is not None or entry.before is not None) and \
+            _wants_description(stream):
         description = dict(entry.described() or {})
         paths = description.pop("disambiguatedPaths", None)
         if stream.expanded:

@@ -119,15 +119,15 @@ class ChangeEntry:
         return entry
 
 
-#: What an entry costs beyond its documents (names, times, keys, the description's frame).
-ENTRY_OVERHEAD_BYTES = 160
+#: What an entry costs beyond its documents (names, times, the document key, the description).
+ENTRY_OVERHEAD_BYTES = 200
 
 
 def _estimated_size(entry: ChangeEntry) -> int:
     """An entry's size for the history bound: its images encoded, plus a fixed overhead (the
     update description is not computed for this: it is never larger than the post-image)."""
     size = ENTRY_OVERHEAD_BYTES
-    for image in (entry.post_image, entry.pre_image, entry.document_key):
+    for image in (entry.post_image, entry.pre_image):
         if image is not None:
             size += len(bson.encode(image, codec_options=CODEC))
     return size

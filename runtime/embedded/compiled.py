@@ -59,10 +59,17 @@ def _variable(spec: str, doc: dict[str, Any], variables: dict[str, Any]) -> Any:
 
 def _values(operand: Any, doc: dict[str, Any], variables: dict[str, Any],
             count: int | None = None) -> list[Any]:
-    items = operand if isinstance(operand, list) else [operand]
+    items = operand if type(operand) is list else [operand]
     if count is not None and len(items) != count:
         raise Unsupported("argument count")
     return [evaluate(item, doc, variables) for item in items]
+
+
+def _pair(operand: Any, doc: dict[str, Any], variables: dict[str, Any]) -> tuple[Any, Any]:
+    if type(operand) is not list or len(operand) != 2:
+        raise Unsupported("argument count")
+    first, second = operand
+    return evaluate(first, doc, variables), evaluate(second, doc, variables)
 
 
 Op = Callable[[Any, dict[str, Any], dict[str, Any]], Any]
@@ -91,25 +98,25 @@ def _if_null(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
 
 
 def _in(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
-    value, values = _values(operand, d, v, 2)
+    value, values = _pair(operand, d, v)
     if not isinstance(values, list):
         raise Unsupported("$in needs an array")
     return any(engine.bson_equal(value, item) for item in values)
 
 
 def _eq(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
-    a, b = _values(operand, d, v, 2)
+    a, b = _pair(operand, d, v)
     return engine.bson_equal(a, b)
 
 
 def _ne(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
-    a, b = _values(operand, d, v, 2)
+    a, b = _pair(operand, d, v)
     return not engine.bson_equal(a, b)
 
 
 def _ordering(op: Callable[[Any, Any], bool]) -> Op:
     def compare(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
-        a, b = _values(operand, d, v, 2)
+        a, b = _pair(operand, d, v)
         return engine.bson_compare(op, a, b)
 
     return compare
@@ -225,7 +232,7 @@ def evaluate(spec: Any, doc: dict[str, Any], variables: dict[str, Any]) -> Any:
         return spec
     if kind is dict:
         if len(spec) == 1:
-            name, operand = next(iter(spec.items()))
+            ((name, operand),) = spec.items()
             if name[:1] == "$":
                 if name == "$literal":
                     return operand
@@ -257,16 +264,22 @@ Stage = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
 def _set_stage(spec: Any) -> Stage:
     if not isinstance(spec, dict) or not spec:
         raise Unsupported("$set")
-    fields = []
+    fields: list[tuple[str, list[str] | None, Any]] = []
     for path, expression in spec.items():
         if not isinstance(path, str) or path.startswith("$") or not path:
             raise Unsupported(path)
-        fields.append((path.split("."), expression))
+        fields.append((path, path.split(".") if "." in path else None, expression))
 
     def apply(doc: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
         out = dict(doc)
-        for parts, expression in fields:
+        for path, parts, expression in fields:
             value = evaluate(expression, doc, variables)
+            if parts is None:
+                if value is NOTHING:
+                    out.pop(path, None)
+                else:
+                    out[path] = value
+                continue
             target = out
             for part in parts[:-1]:
                 child = target.get(part)
@@ -354,7 +367,8 @@ def pipeline_update(pipeline: list[Any]) -> Stage | None:
 Projection = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-def _inclusion_tree(spec: Any) -> dict[str, Any]:
+def inclusion_tree(spec: Any) -> dict[str, Any]:
+    """The paths an inclusion ``$project`` keeps, as a tree (raises Unsupported otherwise)."""
     if not isinstance(spec, dict) or not spec:
         raise Unsupported("$project")
     tree: dict[str, Any] = {}
@@ -395,5 +409,5 @@ def _project(doc: dict[str, Any], tree: dict[str, Any]) -> dict[str, Any]:
 def inclusion_projection(spec: Any) -> Projection:
     """A function applying a ``$project`` stage made only of inclusions (dotted paths too):
     fields keep the document's order, as in MongoDB."""
-    tree = _inclusion_tree(spec)
+    tree = inclusion_tree(spec)
     return lambda doc: _project(doc, tree)

@@ -12,6 +12,7 @@ import datetime
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from bson import ObjectId
@@ -66,12 +67,12 @@ class IndexSpec:
         doc.update(self.options)
         return doc
 
-    @property
+    @cached_property
     def directions(self) -> list[int]:
         """1 or -1 per field (non-numeric index types such as "text" count as ascending)."""
         return [-1 if isinstance(d, int | float) and d < 0 else 1 for _, d in self.key]
 
-    @property
+    @cached_property
     def fields(self) -> list[str]:
         """The indexed paths in order."""
         return [f for f, _ in self.key]

@@ -17,6 +17,8 @@ Component = str | int
 
 def same_value(a: Any, b: Any) -> bool:
     """Equal value *and* equal BSON type (``1`` and ``1.0`` differ, as on the server)."""
+    if a is b:
+        return True
     if type(a) is not type(b):
         return False
     if isinstance(a, dict):
