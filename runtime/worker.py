@@ -139,7 +139,7 @@ class WorkerPool:
                 await scheduler.wait(0.5)
                 continue
             took = time.perf_counter() - asked
-            for _ in result.claimed or [None]:
+            for _ in range(len(result.claimed) or 1):
                 self.middleware.on_claim(name, bool(result.claimed), took)
             for held in result.claimed:
                 self._start(self.reactors[name], held)
