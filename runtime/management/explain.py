@@ -15,6 +15,7 @@ from typing import Any
 
 from pymongo.errors import OperationFailure
 
+from runtime.management.flow_notes import flow_notes
 from runtime.management.formatting import (
     compact,
     display_id,
@@ -170,8 +171,10 @@ async def explain(scope: Scope, reactor: str, source_id: Any) -> Explanation:
     changed = None
     if task is not None and exists and matches and error is None:
         changed = snapshot_hash(watched) != task.snapshot_hash
+    flow = (await flow_notes(scope, spec, doc, now)
+            if doc is not None and doc.get("status") == "pending" else [])
     facts = _Facts(spec, source_id, now, exists, matches, error, task, changed, paused,
-                   throttled, state)
+                   throttled, state, flow)
     status, summary, runs_at, notes = facts.judge()
     return Explanation(
         reactor=reactor, database=scope.database_name(spec), collection=spec.collection,
@@ -199,6 +202,8 @@ class _Facts:
     paused: PauseState | None
     throttled: datetime.datetime | None
     cluster: ClusterState
+    flow: list[str]
+    """Flow-control notes (slots, rate limit, priority) for a pending task."""
 
     def judge(self) -> tuple[ExplainState, str, datetime.datetime | None, list[str]]:
         """(state, summary, runs at, notes)."""
@@ -315,6 +320,7 @@ class _Facts:
                 runs_at = max(runs_at, self.throttled)
         if runs_at is not None:
             notes.extend(self._executor_notes())
+        notes.extend(self.flow)
         notes.extend(self._data_notes())
         return ExplainState.PENDING, summary, runs_at, notes
 

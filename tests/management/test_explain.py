@@ -166,3 +166,37 @@ def test_explain_with_a_runtime(mongodb_uri: str, db: Database[Doc], make_app: A
     text = explain_cli(app, mongodb_uri, db, "once", "bad")
     assert "task " in text and "failed, attempts 1" in text
     assert "state     failed for good after 1 attempt(s)" in text
+
+
+def test_explain_names_the_flow_control_that_holds_a_task(mongodb_uri: str, db: Database[Doc],
+                                                          make_app: AppBuilder) -> None:
+    app = make_app(
+        {"record": definition("      concurrency: {max: 1}\n"),
+         "keyed": definition("      concurrency: {key: '$note', max: 1}\n"
+                             "      rateLimit: {max: 2, per: 1h}\n"
+                             "      priority: {expression: '$n'}\n")},
+        {"record": handler("record"), "keyed": handler("keyed")})
+    now = server_now(db)
+    due = now - datetime.timedelta(seconds=5)
+    db.things.insert_many([{"_id": "a", "note": "go", "n": 1}, {"_id": "b", "note": "go", "n": 2},
+                           {"_id": "c", "note": "go", "n": 9}])
+    db.things_tasks.insert_many([
+        task_doc("a", "processing", slot="record#0", nextRunAt=now),
+        task_doc("b", "pending", nextRunAt=due),
+        task_doc("a", "processing", reactor="keyed", keySlot="keyed#k#0",
+                 concurrencyKey="k", concurrencyKeyValue="go", priority=1, nextRunAt=now),
+        task_doc("b", "pending", reactor="keyed", concurrencyKey="k",
+                 concurrencyKeyValue="go", priority=2, nextRunAt=due),
+        task_doc("c", "pending", reactor="keyed", concurrencyKey="k2",
+                 concurrencyKeyValue="other", priority=9, nextRunAt=due),
+    ])
+    db.reactgen_rate_limits.insert_one({"_id": "keyed", "tokens": 0.0, "refilledAt": now,
+                                        "max": 2, "perMs": 3_600_000})
+    with management(mongodb_uri, db, app) as api:
+        held = api.explain("record", "b")
+        assert any("1 of 1 executions are running (concurrency.max)" in n for n in held.notes)
+        keyed = api.explain("keyed", "b")
+        text = "\n".join(keyed.notes)
+        assert "waits for its key 'go': 1 of 1" in text
+        assert "rate limit 2 per 3600000 ms: the bucket is empty" in text
+        assert "priority 2: 1 due task(s) with a higher priority go first" in text
