@@ -2,31 +2,37 @@
 
 Usage: python bench/scale.py [--tasks 1000000] [--stream 2000] [--batch 10000] [--json FILE]
 
-One embedded server (in memory; its oplog sized so the runtime's saved stream position survives
-the bulk load), the one-reactor no-op app of bench/bench_support.py, one ``runtime serve``
-(``--concurrency 10``, ``--metrics-scope local``), in two phases:
+One embedded server (in memory; its oplog sized so that no stream position falls out of it), the
+one-reactor no-op app of bench/bench_support.py, one ``runtime serve`` (``--concurrency 10``,
+``--metrics-scope local``) at a time, in three phases:
 
-A. **0 task documents**: the runtime starts on empty collections (and creates its indexes:
-   ``reactgen_claim`` ``{reactor: 1, nextRunAt: 1}`` and the unique ``{reactor: 1,
-   sourceId: 1}``), then a stream of ``--stream`` inserts into ``items`` (batches of 100) is
-   planned and run to completion; the runtime is stopped.
-B. ``--tasks`` **task documents** are inserted directly (``insert_many(ordered=False)``, batches of
-   ``--batch``), each a copy of a ``completed`` task that phase A's runtime wrote (same fields,
-   ``nextRunAt: null``, ``history``...), with a new ``_id`` and a ``sourceId`` of its own (no
-   source document: they are history, as after months of work); then the same runtime is
-   started again (it resumes from its saved stream position, so nothing re-scans) and the same
-   stream of ``--stream`` new inserts runs to completion.
+A. **fresh start, 0 task documents**: the runtime starts on empty collections (and creates its
+   indexes, among them ``reactgen_claim`` ``{reactor: 1, nextRunAt: 1}`` and the unique
+   ``reactgen_task_key``), then a stream of ``--stream`` inserts into ``items`` (batches of 100)
+   is planned and run to completion; the runtime is stopped.
+B. **loaded while running**: a new runtime starts; while it runs, ``--tasks`` task documents are
+   inserted directly (``insert_many(ordered=False)``, batches of ``--batch``), each a copy of a
+   ``completed`` task that phase A's runtime wrote (same fields: ``nextRunAt: null``,
+   ``history``...) with a new ``_id`` and a ``sourceId`` of its own (no source document: they
+   are history, as after months of work); then the same stream of new inserts runs.
+C. **restarted**: the runtime is started again with the 1M task documents in place (it resumes
+   from its saved stream position) and the stream runs once more.
 
-Per phase it prints: runtime RSS (``VmRSS`` from ``/proc/<pid>/status`` sampled every 0.2 s
-while it runs, the maximum; and ``VmHWM``, the kernel's peak), the server's index keys and
-documents examined (``serverStatus().metrics.queryExecutor`` ``scanned`` / ``scannedObjects``
-deltas) during the stream, divided by the runtime's claim attempts (its
-``reactgen_claim_attempts`` counter) and by the tasks run, and the same deltas for the
-runtime's start-up (from process start until it plans). ``scanned`` counts every query of the
-runtime in the window (planner upserts, finalizes, wake-up reads, claims), so "keys per claim"
-is an upper bound of what a claim examines; what matters is that it does not grow with the
-number of task documents. Completion is detected from the handler start log and the runtime's
-``reactgen_task_executions`` counter, so the benchmark itself adds no queries to the window.
+The documents are loaded while a runtime runs because a restart after a bulk load that its
+planner has not read is a different test: the embedded server then filters the whole backlog of
+the change log in one getMore (see docs/benchmarks.md).
+
+Per phase it prints: runtime RSS (``VmRSS`` from ``/proc/<pid>/status`` when it leads, before
+the stream, and the maximum sampled every 0.2 s while it runs; ``VmHWM``, the kernel's peak), the
+server's index keys and documents examined (``serverStatus().metrics.queryExecutor``
+``scanned`` / ``scannedObjects`` deltas) during the stream, divided by the runtime's claim
+attempts (its ``reactgen_claim_attempts`` counter; a claim attempt is one claim round) and by the
+tasks run, and the same deltas for the start-up (process start until it leads, plus the load in
+phase B). ``scanned`` counts every query of the runtime in the window (planner upserts,
+finalizes, wake-up reads, claims), so "keys per claim" is an upper bound of what a claim
+examines; what matters is that it does not grow with the number of task documents. Completion
+is detected from the handler start log and the runtime's ``reactgen_task_executions`` counter,
+so the benchmark adds no queries of its own to the window.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +70,9 @@ SOURCE_OFFSET = 100_000_000  # sourceIds of the bulk-loaded tasks (never inserte
 
 
 def run_phase(name: str, workdir: Path, db: EmbeddedServer, client: Client, first_id: int,
-              stream: int) -> dict[str, Any]:
-    """Start one runtime, run ``stream`` inserts (ids from ``first_id``) to completion, stop it."""
+              stream: int, load: Callable[[], object] | None = None) -> dict[str, Any]:
+    """Start one runtime, (run ``load`` while it runs,) run ``stream`` inserts (ids from
+    ``first_id``) to completion, stop it."""
     port = free_port()
     before_start = server_counters(client)
     processes = start_reactgen(workdir, db.uri, 1, prefix=f"{name}-", extra_args=(
@@ -79,6 +87,10 @@ def run_phase(name: str, workdir: Path, db: EmbeddedServer, client: Client, firs
                        "the runtime to lead (plan)")
             ready_s = time.perf_counter() - started
             time.sleep(1.0)  # let start-up reads settle before the measured window
+            rss_ready = memory_kib(pid).get("VmRSS", 0)
+            if load is not None:
+                load()
+                time.sleep(5.0)  # the runtime's streams catch up with the load
             after_start = server_counters(client)
             rss_idle = memory_kib(pid).get("VmRSS", 0)
             metrics_before = scrape_metrics(port)
@@ -109,7 +121,7 @@ def run_phase(name: str, workdir: Path, db: EmbeddedServer, client: Client, firs
     return {
         "phase": name, "stream": stream, "elapsed_s": round(elapsed, 2),
         "tasks_per_s": round(stream / elapsed, 1), "ready_s": round(ready_s, 2),
-        "rss_idle_mib": round(rss_idle / 1024, 1),
+        "rss_ready_mib": round(rss_ready / 1024, 1), "rss_idle_mib": round(rss_idle / 1024, 1),
         "rss_max_mib": round(sampler.max_kib[pid] / 1024, 1),
         "rss_hwm_mib": round(hwm / 1024, 1), "rss_samples": sampler.samples,
         "claims": int(claims), "claim_misses": int(misses),
@@ -155,7 +167,7 @@ def bulk_load(client: Client, tasks: int, batch: int) -> tuple[float, dict[str, 
 
 
 def main() -> int:
-    """Run both phases and print the table."""
+    """Run the three phases and print the table."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=1_000_000)
@@ -164,9 +176,14 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     # The change log keeps every bulk-loaded document; 1 KiB per task is generous (a completed
-    # task is about 0.5 KiB of BSON).
+    # task is about 0.5 KiB of BSON), so no stream position falls out of it.
     oplog_mb = 256 + args.tasks // 1000
     total_began = time.perf_counter()
+    loaded: dict[str, Any] = {}
+
+    def load() -> None:
+        loaded["seconds"], loaded["template"] = bulk_load(client, args.tasks, args.batch)
+
     with sigterm_as_exit(), tempfile.TemporaryDirectory(prefix="reactgen-scale-") as tmp, \
             EmbeddedServer(oplog_size_mb=oplog_mb) as db:
         assert db.pid is not None
@@ -176,41 +193,49 @@ def main() -> int:
         print(f"phase A: 0 task documents, {args.stream:,} new documents", flush=True)
         zero = run_phase("zero", workdir, db, client, 1, args.stream)
         print(f"  {zero}", flush=True)
-        print(f"bulk load: {args.tasks:,} completed task documents", flush=True)
-        load_s, template = bulk_load(client, args.tasks, args.batch)
+        print(f"phase B: a running runtime; {args.tasks:,} completed task documents loaded, "
+              f"then {args.stream:,} new documents", flush=True)
+        running = run_phase("running", workdir, db, client, 1 + args.stream, args.stream, load)
+        print(f"  {running}", flush=True)
         count = client.app.items_tasks.estimated_document_count()
-        print(f"phase B: {count:,} task documents, {args.stream:,} new documents", flush=True)
-        big = run_phase("loaded", workdir, db, client, 1 + args.stream, args.stream)
-        print(f"  {big}", flush=True)
+        print(f"phase C: runtime restarted with {count:,} task documents, {args.stream:,} new "
+              "documents", flush=True)
+        restarted = run_phase("restarted", workdir, db, client, 1 + 2 * args.stream,
+                              args.stream)
+        print(f"  {restarted}", flush=True)
         server_rss = memory_kib(db.pid)
         indexes = [ix["name"] for ix in client.app.items_tasks.list_indexes()]
         client.close()
+    load_s, template = loaded["seconds"], loaded["template"]
     print(f"\nmachine: {machine()}; embedded server in memory (--oplog-size-mb {oplog_mb}); "
-          f"one `runtime serve --concurrency 10`; no-op handler; debounce 0\n")
-    print(f"Bulk load: {args.tasks:,} task documents in {load_s:.0f} s "
-          f"({args.tasks / load_s:,.0f}/s), batches of {args.batch:,}; task indexes: "
-          f"{', '.join(indexes)}; server RSS at the end "
-          f"{server_rss.get('VmRSS', 0) / 1024:,.0f} MiB; template fields: "
+          f"one `runtime serve --concurrency 10 --metrics-scope local`; no-op handler; "
+          "debounce 0\n")
+    print(f"Bulk load (phase B, while the runtime ran): {args.tasks:,} task documents in "
+          f"{load_s:.0f} s ({args.tasks / load_s:,.0f}/s), batches of {args.batch:,}; task "
+          f"indexes: {', '.join(indexes)}; server RSS at the end "
+          f"{server_rss.get('VmRSS', 0) / 1024:,.0f} MiB; copied fields: "
           f"{', '.join(sorted(template))}\n")
-    print(f"| task documents | runtime RSS idle / max / peak (MiB) | tasks/s ({args.stream:,} "
-          "new) | claim attempts (misses) | index keys examined per claim | documents "
-          "examined per claim | keys / docs examined per task | start-up keys / docs examined "
-          "| commands per task |")
-    print("|---:|---|---:|---:|---:|---:|---|---|---:|")
-    for label, r in (("0", zero), (f"{count:,}", big)):
-        print(f"| {label} | {r['rss_idle_mib']:.0f} / {r['rss_max_mib']:.0f} / "
-              f"{r['rss_hwm_mib']:.0f} | {r['tasks_per_s']:,.0f} | {r['claims']:,} "
-              f"({r['claim_misses']:,}) | {r['keys_per_claim']} | {r['docs_per_claim']} | "
-              f"{r['keys_per_task']} / {r['docs_per_task']} | {r['startup_keys']:,} / "
-              f"{r['startup_docs']:,} | {r['commands_per_task']} |")
-    print("\nCommands by name (stream phase, whole runtime life):\n")
-    for label, r in (("0", zero), (f"{count:,}", big)):
-        print(f"- {label} task documents: {r['commands']}")
+    print(f"| phase | task documents | runtime RSS ready / before stream / max / peak (MiB) | "
+          f"tasks/s ({args.stream:,} new) | claim attempts (misses) | index keys examined per "
+          "claim | documents examined per claim | keys / docs examined per task | start-up "
+          "keys / docs examined | commands per task |")
+    print("|---|---:|---|---:|---:|---:|---:|---|---|---:|")
+    rows = (("A: fresh start", "0", zero), ("B: loaded while running", f"{count:,}", running),
+            ("C: restarted", f"{count:,}", restarted))
+    for phase, label, r in rows:
+        print(f"| {phase} | {label} | {r['rss_ready_mib']:.0f} / {r['rss_idle_mib']:.0f} / "
+              f"{r['rss_max_mib']:.0f} / {r['rss_hwm_mib']:.0f} | {r['tasks_per_s']:,.0f} | "
+              f"{r['claims']:,} ({r['claim_misses']:,}) | {r['keys_per_claim']} | "
+              f"{r['docs_per_claim']} | {r['keys_per_task']} / {r['docs_per_task']} | "
+              f"{r['startup_keys']:,} / {r['startup_docs']:,} | {r['commands_per_task']} |")
+    print("\nCommands by name (whole runtime life per phase):\n")
+    for phase, _, r in rows:
+        print(f"- {phase}: {r['commands']}")
     print(f"\n_Total benchmark time: {time.perf_counter() - total_began:.0f} s._")
     if args.json:
         args.json.write_text(json.dumps({"tasks": count, "load_s": load_s, "zero": zero,
-                                         "loaded": big}, indent=2, default=str) + "\n",
-                             encoding="utf-8")
+                                         "running": running, "restarted": restarted},
+                                        indent=2, default=str) + "\n", encoding="utf-8")
     return 0
 
 

@@ -15,11 +15,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bson.int64 import Int64
+
 from runtime.embedded import engine
 
 NOTHING: Any = engine.mm_helpers.NOTHING
-_to_bool: Callable[[Any], bool] = engine.mm_helpers.mongodb_to_bool
-#: MongoDB truthiness (false, null, missing and 0 are false).
+_NUMBERS = (int, float, Int64)
+
+
+def _to_bool(value: Any) -> bool:
+    """MongoDB truthiness (false, null, missing and 0 are false), as the engine judges it."""
+    if value is True:
+        return True
+    if value is False or value is None or value is NOTHING:
+        return False
+    return not (type(value) in _NUMBERS and value == 0)
+
+
+#: MongoDB truthiness, for the compiled matcher's ``$expr``.
 to_bool = _to_bool
 
 Matcher = Callable[[dict[str, Any], dict[str, Any]], bool]

@@ -48,6 +48,7 @@ class Plan:
     index: str | None
     sorted_by_index: bool
     ids: Iterator[Key]
+    reverse: bool = False  # the index is read backwards
 
 
 def _usable(index: Index, bounds: dict[str, Bounds]) -> tuple[int, int]:
@@ -199,7 +200,8 @@ def _plan(coll: Collection, query: dict[str, Any],
     _, index, bounds, prefix, direction = best
     reverse = direction is False
     ordered = direction is not None
-    return Plan(index.spec.name, ordered, _scan(index, bounds, prefix, reverse, ordered)), False
+    return Plan(index.spec.name, ordered, _scan(index, bounds, prefix, reverse, ordered),
+                reverse), False
 
 
 def id_keys_for(values: list[Any]) -> list[Key]:
