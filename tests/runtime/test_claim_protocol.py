@@ -14,7 +14,7 @@ from pymongo.database import Database
 
 from runtime.claims import Claimer
 from runtime.reactor import KeyConcurrency, Policies, ReactorSpec
-from runtime.task_store import PENDING, TaskStore
+from runtime.task_store import DUE_ORDER, PENDING, PRIORITY_ORDER, TaskStore
 
 Db = Database[dict[str, Any]]
 LATER = datetime.timedelta(hours=1)
@@ -128,3 +128,43 @@ def test_two_instances_racing_for_one_key_run_it_once(db: Db) -> None:
 
     assert sorted(_run(db, body)) == [0, 1]
     assert db.src_tasks.count_documents({"keySlot": {"$exists": True}}) == 1
+
+
+def _keys_examined(db: Db) -> int:
+    status = db.client.admin.command("serverStatus")
+    return int(status["metrics"]["queryExecutor"]["scanned"])
+
+
+def test_claims_examine_the_same_keys_whatever_the_number_of_finished_tasks(db: Db) -> None:
+    """Claims are index-served: finished tasks (``nextRunAt: null``) and tasks due later are
+    outside the claim's index range, so keys examined per claim do not grow with them
+    (priority order: plus at most one key per distinct priority, the bounds checker's seeks).
+    """
+    db.src_tasks.create_index([("reactor", 1), ("nextRunAt", 1)], name="reactgen_claim")
+    db.src_tasks.create_index([("reactor", 1), ("priority", -1), ("nextRunAt", 1)],
+                              name="reactgen_priority_claim")
+    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=5)
+    db.src_tasks.insert_many([{"_id": f"due{i}", "reactor": "r", "sourceId": i,
+                               "status": PENDING, "priority": (0, 5, 9)[i % 3],
+                               "nextRunAt": past + datetime.timedelta(milliseconds=i),
+                               "snapshotHash": "h"} for i in range(20)])
+    examined: dict[int, list[int]] = {}
+    for finished in (100, 5_000):
+        db.src_tasks.insert_many([{"reactor": "r", "sourceId": f"x{finished}-{i}",
+                                   "status": "completed", "nextRunAt": None, "priority": i % 7}
+                                  for i in range(finished - len(examined) * 100)])
+
+        async def body(adb: Any) -> list[int]:
+            store = TaskStore(adb.src_tasks, 30_000, "me")
+            counts = []
+            for order in (DUE_ORDER, PRIORITY_ORDER):
+                before = _keys_examined(db)
+                found = await store.due_candidates("r", _now(), 10, order)
+                counts.append(_keys_examined(db) - before)
+                assert len(found) == 10
+            return counts
+
+        examined[finished] = _run(db, body)
+    assert examined[100] == examined[5_000], examined
+    due_order, priority_order = examined[5_000]
+    assert due_order <= 11 and priority_order <= 10 + 3 + 7 + 2, examined
