@@ -48,6 +48,52 @@ def task_key(reactor: ReactorSpec, source_id: Any, leader_token: int) -> dict[st
             "plannerToken": {"$not": {"$gt": leader_token}}}
 
 
+_TEMPLATES: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {}
+
+
+def _plan_template(reactor: ReactorSpec
+                   ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The parts of :func:`plan_update`'s pipeline that do not depend on the document (built
+    once per reactor policy: planning builds one pipeline per changed document)."""
+    debounce = reactor.policies.debounce
+    reset = reactor.policies.retry.reset_on_data_change
+    key = (reactor.name, debounce.delay_ms, debounce.max_wait_ms, reset)
+    cached = _TEMPLATES.get(key)
+    if cached is not None:
+        return cached
+    status = {"$ifNull": ["$status", "none"]}
+    running = {"$in": [status, RUNNING]}
+    anchor_stage = {"$set": {"_anchor": {"$cond": [
+        {"$and": ["$_changed", {"$not": [{"$in": [status, [PENDING, PROCESSING_DIRTY]]}]}]},
+        "$$NOW", "$firstChangeAt"]}}}
+    fields: dict[str, Any] = {
+        "reactor": reactor.name,
+        "status": {"$cond": ["$_changed", {"$cond": [running, PROCESSING_DIRTY, PENDING]},
+                             "$status"]},
+        "firstChangeAt": "$_anchor",
+        "nextRunAt": {"$cond": ["$_changed",
+                                {"$cond": [running, "$nextRunAt",
+                                           _debounced(reactor, "$_anchor")]},
+                                "$nextRunAt"]},
+        "dueAt": {"$cond": ["$_changed", {"$cond": [running, "$dueAt",
+                                                    _debounced(reactor, "$_anchor")]},
+                            "$dueAt"]},
+        "attempts": {"$cond": [{"$and": ["$_changed", reset, {"$not": [running]}]}, 0,
+                               {"$ifNull": ["$attempts", 0]}]},
+        "firstErrorAt": {"$cond": [{"$and": ["$_changed", reset]}, None,
+                                   {"$ifNull": ["$firstErrorAt", None]}]},
+        "lastError": {"$cond": [{"$and": ["$_changed", reset]}, None,
+                                {"$ifNull": ["$lastError", None]}]},
+        "createdAt": {"$ifNull": ["$createdAt", "$$NOW"]},
+        "updatedAt": {"$cond": ["$_changed", "$$NOW", "$updatedAt"]},
+        "skipReason": {"$cond": ["$_changed", None, "$skipReason"]},
+        "planningError": {"$cond": ["$_changed", "$$REMOVE", "$planningError"]},
+    }
+    template = (anchor_stage, fields, {"$unset": ["_changed", "_anchor", "expiresAt"]})
+    _TEMPLATES[key] = template
+    return template
+
+
 def plan_update(reactor: ReactorSpec, source_id: Any, snapshot: Any,
                 leader_token: int, claim_fields: dict[str, Any] | None = None) -> UpdateOne:
     """Upsert of one task after its source changed: a no-op unless the snapshot changed.
@@ -59,47 +105,23 @@ def plan_update(reactor: ReactorSpec, source_id: Any, snapshot: Any,
     with every plan, so they follow the source document.
     """
     digest = snapshot_hash(snapshot)
-    status = {"$ifNull": ["$status", "none"]}
-    running = {"$in": [status, RUNNING]}
-    reset = reactor.policies.retry.reset_on_data_change
+    anchor_stage, fields, unset_stage = _plan_template(reactor)
     # A task scheduled for expiry (its source was deleted or stopped matching) whose source
     # is back is a new task even if the watched values are the same as before.
     changed = {"$or": [{"$ne": [{"$ifNull": ["$snapshotHash", None]}, digest]},
                        {"$ne": [{"$type": "$expiresAt"}, "missing"]}]}
     pipeline: list[dict[str, Any]] = [
         {"$set": {"_changed": changed}},
-        {"$set": {"_anchor": {"$cond": [
-            {"$and": ["$_changed", {"$not": [{"$in": [status, [PENDING, PROCESSING_DIRTY]]}]}]},
-            "$$NOW", "$firstChangeAt"]}}},
+        anchor_stage,
         {"$set": {
-            "reactor": reactor.name,
+            **fields,
             "sourceId": {"$literal": source_id},
             "snapshot": {"$cond": ["$_changed", {"$literal": snapshot}, "$snapshot"]},
             "snapshotHash": digest,
-            "status": {"$cond": ["$_changed", {"$cond": [running, PROCESSING_DIRTY, PENDING]},
-                                 "$status"]},
-            "firstChangeAt": "$_anchor",
-            "nextRunAt": {"$cond": ["$_changed",
-                                    {"$cond": [running, "$nextRunAt",
-                                               _debounced(reactor, "$_anchor")]},
-                                    "$nextRunAt"]},
-            "dueAt": {"$cond": ["$_changed", {"$cond": [running, "$dueAt",
-                                                        _debounced(reactor, "$_anchor")]},
-                                "$dueAt"]},
-            "attempts": {"$cond": [{"$and": ["$_changed", reset, {"$not": [running]}]}, 0,
-                                   {"$ifNull": ["$attempts", 0]}]},
-            "firstErrorAt": {"$cond": [{"$and": ["$_changed", reset]}, None,
-                                       {"$ifNull": ["$firstErrorAt", None]}]},
-            "lastError": {"$cond": [{"$and": ["$_changed", reset]}, None,
-                                    {"$ifNull": ["$lastError", None]}]},
-            "createdAt": {"$ifNull": ["$createdAt", "$$NOW"]},
-            "updatedAt": {"$cond": ["$_changed", "$$NOW", "$updatedAt"]},
-            "skipReason": {"$cond": ["$_changed", None, "$skipReason"]},
-            "planningError": {"$cond": ["$_changed", "$$REMOVE", "$planningError"]},
             "plannerToken": leader_token,
             **{name: {"$literal": value} for name, value in (claim_fields or {}).items()},
         }},
-        {"$unset": ["_changed", "_anchor", "expiresAt"]},
+        unset_stage,
     ]
     return UpdateOne(task_key(reactor, source_id, leader_token), pipeline, upsert=True)
 
