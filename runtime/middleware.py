@@ -39,7 +39,8 @@ class Middleware:
         await call_next()
 
     def before_execution(self, reactor: ReactorSpec, task: dict[str, Any]) -> None:
-        """A claimed task is about to run (``task`` is the claimed document)."""
+        """A claimed task is about to run (``task`` is the claimed document, without its
+        ``history`` and ``lastTraceback``)."""
 
     def after_execution(self, reactor: ReactorSpec, task: dict[str, Any],
                         outcome: Outcome) -> None:

@@ -56,6 +56,8 @@ MAX_FINALIZE_BATCH = 500
 SLOT_FIELDS = {"slot": "$$REMOVE", "keySlot": "$$REMOVE"}
 """Set by every write that ends an execution: the concurrency slots (docs/architecture.md)
 are held exactly while the task runs."""
+CLAIMED_FIELDS = {"history": 0, "lastTraceback": 0}
+"""What a claim reads back: the task without its execution history (never needed to run it)."""
 Sort = Sequence[tuple[str, int]]
 DUE_ORDER: Sort = (("nextRunAt", 1),)
 PRIORITY_ORDER: Sort = (("priority", -1), ("nextRunAt", 1))
@@ -123,7 +125,7 @@ class TaskStore:
         claim = ObjectId()
         doc = await self.collection.find_one_and_update(
             self._due(reactor, now), self._claim_pipeline(claim), sort=list(order),
-            return_document=ReturnDocument.AFTER)
+            projection=CLAIMED_FIELDS, return_document=ReturnDocument.AFTER)
         return Claimed(doc, claim) if doc is not None else None
 
     async def due_candidates(self, reactor: str, now: datetime.datetime, limit: int,
@@ -135,7 +137,7 @@ class TaskStore:
         query = self._due(reactor, now)
         if exclude:
             query.update(exclude)
-        cursor = self.collection.find(query, sort=list(order), limit=limit)
+        cursor = self.collection.find(query, CLAIMED_FIELDS, sort=list(order), limit=limit)
         return await cursor.to_list(None)
 
     async def running(self, reactor: str) -> list[dict[str, Any]]:
