@@ -16,9 +16,12 @@ fast as it gets at low load). Otherwise:
 Order: due time, or ``priority`` first for reactors with priorities; every fourth round of
 such a reactor gives its first place to the oldest due task whatever its priority, so no
 priority starves. The batch size doubles after every round that got all it asked for and
-falls back to one after a round that did not, so a lone task is claimed with one command
-and a backlog with two or three per batch. docs/architecture.md ("Claims", "Flow control")
-explains why each step stays correct when instances crash.
+falls back to one after a round that found fewer due tasks, so a lone task is claimed with
+one command and a backlog with two or three per batch; a round that lost candidates to another
+instance keeps its size and starts its next round at a random place among the first
+``2 x wanted`` candidates, so instances stop chasing the same head of the queue.
+docs/architecture.md ("Claims", "Flow control") explains why each step stays correct when
+instances crash.
 """
 
 from __future__ import annotations
@@ -107,7 +110,11 @@ class Claimer:
         else:
             result = await self._batch_round(reactor, store, now, wanted, order, fairness)
         got = len(result.claimed)
-        self.batch[name] = min(MAX_BATCH, 2 * wanted) if got == wanted else 1
+        if got == wanted:
+            self.batch[name] = min(MAX_BATCH, 2 * wanted)
+        elif not result.contended:
+            self.batch[name] = 1  # nothing more was due: back to single claims
+        # Contended: keep the size; the next round starts at a random place instead.
         self.contended[name] = result.contended
         return result
 

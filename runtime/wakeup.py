@@ -27,6 +27,8 @@ from runtime.task_store import COMPLETED, FAILED, PENDING, RUNNING, SKIPPED
 
 log = logging.getLogger("runtime.wakeup")
 FINISHED = [COMPLETED, FAILED, SKIPPED]
+COALESCE_S = 0.005
+"""After a batch of several events, wait this long before the next getMore."""
 
 
 class WakeupListener:
@@ -115,6 +117,10 @@ class WakeupListener:
                     batch = await self.feed.next_batch()
                     for event in batch.events:
                         self._handle(event)
+                    if len(batch.events) > 1:
+                        # Busy: let events gather a moment, so that one getMore carries many
+                        # (a lone event, the low-load case, is passed on at once).
+                        await asyncio.sleep(COALESCE_S)
             except HistoryLost:
                 self.feed.resume_token = None
             except PyMongoError as exc:
