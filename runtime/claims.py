@@ -30,11 +30,22 @@ import datetime
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from runtime.rate_limit import RateLimiter
 from runtime.reactor import ReactorSpec
 from runtime.task_store import DUE_ORDER, PRIORITY_ORDER, RUNNING, Claimed, TaskStore
+
+
+class FlowLimit(StrEnum):
+    """What held a claim round back although due work existed."""
+
+    CONCURRENCY = "concurrency"
+    """Every cluster-wide or per-key concurrency slot it could take was held."""
+    RATE = "rate"
+    """The reactor's rate-limit bucket was empty."""
+
 
 MAX_BATCH = 64
 FAIRNESS_EVERY = 4

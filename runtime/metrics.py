@@ -81,8 +81,13 @@ START_DELAY = Histogram(
 
 CLAIMS = Counter(
     "reactgen_claim_attempts",
-    "Claim attempts (one findAndModify each), by reactor.",
+    "Claims: one per task a claim round took, plus one per round that took none, by reactor.",
     ["reactor"], registry=REGISTRY)
+CLAIMS_LIMITED = Counter(
+    "reactgen_claims_limited",
+    "Claim rounds that left due work waiting for flow control (limit: concurrency slots "
+    "held, or an empty rate-limit bucket), by reactor.",
+    ["reactor", "limit"], registry=REGISTRY)
 CLAIM_MISSES = Counter(
     "reactgen_claim_misses",
     "Claim attempts that found nothing due (another instance was faster, or a stale hint).",

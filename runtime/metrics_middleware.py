@@ -99,6 +99,11 @@ class MetricsMiddleware(Middleware):
         if self._known(reactor):
             metrics.LEASES_LOST.labels(reactor=reactor).inc()
 
+    def on_claim_limited(self, reactor: str, limit: str) -> None:
+        """A claim round held back by flow control."""
+        if self._known(reactor):
+            metrics.CLAIMS_LIMITED.labels(reactor=reactor, limit=limit).inc()
+
     # ------------------------------------------------------------------ planning (leader)
 
     async def around_planning(self, database: str, events: int, call_next: CallNext) -> None:

@@ -61,6 +61,10 @@ class Middleware:
     def on_lease_lost(self, reactor: str) -> None:
         """A running task's lease was found taken by another execution."""
 
+    def on_claim_limited(self, reactor: str, limit: str) -> None:
+        """A claim round left due work waiting because of ``limit`` (a
+        :class:`runtime.claims.FlowLimit`: ``concurrency`` or ``rate``)."""
+
     async def around_planning(self, database: str, events: int, call_next: CallNext) -> None:
         """Wrap the planning of one change-stream batch (leader only)."""
         await call_next()
@@ -143,6 +147,10 @@ class MiddlewareStack(Middleware):
     def on_lease_lost(self, reactor: str) -> None:
         """Fan out."""
         self._each("on_lease_lost", reactor)
+
+    def on_claim_limited(self, reactor: str, limit: str) -> None:
+        """Fan out."""
+        self._each("on_claim_limited", reactor, limit)
 
     def on_planned(self, reactor: str, tasks: int) -> None:
         """Fan out."""

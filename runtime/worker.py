@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from runtime.cancellation import consume_outcome, raise_if_cancelled
-from runtime.claims import Claimer, is_limited
+from runtime.claims import Claimer, FlowLimit, is_limited
 from runtime.middleware import Middleware
 from runtime.outcome import Outcome, OutcomeKind
 from runtime.rate_limit import RateLimiter
@@ -143,7 +143,10 @@ class WorkerPool:
                 self.middleware.on_claim(name, bool(result.claimed), took)
             for held in result.claimed:
                 self._start(self.reactors[name], held)
+            if result.blocked:
+                self.middleware.on_claim_limited(name, FlowLimit.CONCURRENCY)
             if result.retry_after_ms:
+                self.middleware.on_claim_limited(name, FlowLimit.RATE)
                 scheduler.throttle(
                     name, now + datetime.timedelta(milliseconds=result.retry_after_ms))
             if result.blocked:

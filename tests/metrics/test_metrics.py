@@ -35,6 +35,7 @@ from scenario import start
 from support import wait_until
 
 from runtime import metrics
+from runtime.claims import FlowLimit
 from runtime.cluster_metrics import FAMILIES, TASK_STATUSES, ClusterMetrics, resume_token_time
 from runtime.embedded.changelog import encode_token
 from runtime.meta import META_COLLECTION
@@ -118,6 +119,11 @@ async def test_middleware_hooks_feed_the_instance_families() -> None:
     middleware.on_lease_renewed(name)
     middleware.on_lease_renewed(name)
     middleware.on_lease_lost(name)
+    middleware.on_claim_limited(name, FlowLimit.RATE)
+    middleware.on_claim_limited(name, FlowLimit.CONCURRENCY)
+    middleware.on_claim_limited(name, FlowLimit.CONCURRENCY)
+    assert sample("reactgen_claims_limited_total", reactor=name, limit="rate") == 1
+    assert sample("reactgen_claims_limited_total", reactor=name, limit="concurrency") == 2
     assert sample("reactgen_lease_renewals_total", reactor=name) == 2
     assert sample("reactgen_leases_lost_total", reactor=name) == 1
     middleware.on_planned(name, 7)

@@ -10,7 +10,10 @@ times are the server's ``$$NOW``.
 from __future__ import annotations
 
 import datetime
+import re
 import signal
+import socket
+import urllib.request
 from typing import Any
 
 from conftest import AppBuilder, RuntimeFactory
@@ -48,6 +51,12 @@ async def handle(ctx):
 '''
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def _app(make_app: AppBuilder, policies: dict[str, Any], code: str = OBSERVING) -> Any:
     return make_app({"job": definition("jobs", schema=SCHEMA, watch=["n"], policies=policies)},
                     {"job": code})
@@ -71,9 +80,18 @@ def _max(db: Db, name: str = "active:all") -> int:
 def test_cluster_wide_concurrency_holds_across_three_instances(
         make_app: AppBuilder, start_runtime: RuntimeFactory, db: Db) -> None:
     app = _app(make_app, {"concurrency": {"max": 3}})
-    _three(start_runtime, app)
+    port = _free_port()
+    start_runtime(app, instance_id="a", args=["--concurrency", "10", "--metrics-port",
+                                              str(port)])
+    for name in ("b", "c"):
+        start_runtime(app, instance_id=name, args=["--concurrency", "10"])
     db.jobs.insert_many([{"_id": f"j{i}", "n": 1} for i in range(30)])
     _completed(db, 30)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    # Instance a's claim rounds found every slot held while work waited (and said so).
+    assert re.search(r'reactgen_claims_limited_total\{limit="concurrency",reactor="job"\} '
+                     r'[1-9]', text), text[-2000:]
     # 30 workers were idle across the three instances; never more than 3 ran at once,
     # and the limit was used (not serialised to one).
     assert _max(db) == 3
