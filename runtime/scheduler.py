@@ -69,6 +69,7 @@ class Scheduler:
         self.idle_poll = datetime.timedelta(milliseconds=idle_poll_ms)
         self.max_due_times = max_due_times
         self.throttled_until: dict[str, datetime.datetime] = {}
+        self.blocked_until: dict[str, datetime.datetime] = {}
         self.paused: set[str] = set()
         self.running: Counter[str] = Counter()
         self.stopping = False
@@ -185,6 +186,9 @@ class Scheduler:
         until = self.throttled_until.get(name)
         if until is not None and until > now:
             return False
+        blocked = self.blocked_until.get(name)
+        if blocked is not None and blocked > now:
+            return False
         return not self._limited(name)
 
     def next_reactor(self, now: datetime.datetime) -> str | None:
@@ -240,13 +244,16 @@ class Scheduler:
 
     def blocked(self, reactor: str, now: datetime.datetime) -> None:
         """Due work of ``reactor`` waits for a cluster-wide concurrency slot: try again when a
-        slot is freed (:meth:`slot_freed`, here or on another instance), or at the idle poll."""
+        slot is freed (:meth:`slot_freed`, here or on another instance), or at the idle poll.
+        Hints of new work meanwhile do not start rounds that would find the slots taken."""
         state = self._state[reactor]
         state.fresh = None
         state.poll_at = now + self.idle_poll
+        self.blocked_until[reactor] = now + self.idle_poll
 
     def slot_freed(self, reactor: str) -> None:
         """An execution of a reactor with cluster-wide limits ended: its work may go now."""
+        self.blocked_until.pop(reactor, None)
         self.note_due(reactor, datetime.datetime.min, key=_SLOT_KEY, fresh=False)
 
     def missed(self, reactor: str, now: datetime.datetime) -> None:
@@ -281,7 +288,9 @@ class Scheduler:
         run then (the end of a throttle counts), at most the idle poll away."""
         horizon = now + self.idle_poll
         for name, state in self._state.items():
-            if self._limited(name) or name in self.paused:
+            blocked = self.blocked_until.get(name)
+            if self._limited(name) or name in self.paused or (blocked is not None
+                                                              and blocked > now):
                 continue  # a finished execution, or the resume, makes a worker look again
             due = self._earliest(state)
             if due is None:

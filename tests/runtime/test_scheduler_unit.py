@@ -11,7 +11,7 @@ import datetime
 
 from pydantic import BaseModel
 
-from runtime.reactor import Policies, ReactorSpec
+from runtime.reactor import Policies, PriorityPolicy, ReactorSpec
 from runtime.scheduler import GRACE, Scheduler
 
 T0 = datetime.datetime(2030, 1, 1)
@@ -245,3 +245,34 @@ async def test_claimed_wakes_the_next_worker_and_wake_all_wakes_every_one() -> N
     scheduler.stopping = True
     scheduler.wake_all()
     await asyncio.wait_for(asyncio.gather(*pending), 5)
+
+
+def test_a_reactor_waiting_for_slots_ignores_new_work_until_a_slot_is_freed() -> None:
+    scheduler = idle_scheduler()
+    scheduler.note_due("r", at(100), key="t1")
+    assert scheduler.next_reactor(at(100)) == "r"
+    scheduler.blocked("r", at(100))  # every cluster-wide slot is held elsewhere
+    scheduler.note_due("r", at(110), key="t2")  # more work: it could not run either
+    assert scheduler.next_reactor(at(120)) is None
+    scheduler.slot_freed("r")  # an execution ended (here or on another instance)
+    assert scheduler.next_reactor(at(130)) == "r"
+
+
+def test_static_priority_orders_reactors_and_every_fourth_pick_goes_to_the_oldest() -> None:
+    low = ReactorSpec(name="low", collection="things", database=None, model=BaseModel,
+                      watched_model=BaseModel, filter={}, watch=None, pipeline=[],
+                      policies=Policies(), handler="h", trigger_fingerprint="", source="")
+    high = ReactorSpec(name="high", collection="things", database=None, model=BaseModel,
+                       watched_model=BaseModel, filter={}, watch=None, pipeline=[],
+                       policies=Policies(priority=PriorityPolicy(static=5)), handler="h",
+                       trigger_fingerprint="", source="")
+    scheduler = idle_scheduler(low, high)
+    picks = []
+    for i in range(8):
+        scheduler.note_due("low", at(100 + i), key=f"l{i}")  # older work of the low one
+        scheduler.note_due("high", at(200 + i), key=f"h{i}")
+        name = scheduler.next_reactor(at(1000 + i))
+        assert name is not None
+        picks.append(name)
+        scheduler.claimed(name, at(1000 + i))
+    assert picks.count("high") == 6 and picks.count("low") == 2, picks
