@@ -23,10 +23,12 @@ runtime sends for each task, in rounds of 1,000 source documents:
 * **wake-up stream**: a change stream on ``items_tasks`` (the shape of ``runtime/wakeup.py``,
   ``fullDocument: updateLookup``) drained after every claim round.
 
-It prints a markdown table: server CPU seconds per 1,000 tasks (utime + stime of the server
-process from ``/proc/<pid>/stat``, before and after the replay), commands per second, and per
-command type the count and the mean round trip in µs (client-side, from PyMongo's command
-monitoring: it includes the server's work and the loopback transport).
+It prints markdown tables: server CPU seconds per 1,000 tasks (utime + stime of the server
+process from ``/proc/<pid>/stat``, before and after the replay, and split by workload phase),
+commands per second, and per command type the count and the mean round trip in µs
+(client-side, from PyMongo's command monitoring: it includes the server's work and the loopback
+transport). ``--profile FILE`` runs the server under cProfile (CPU time) and writes its
+statistics to FILE on shutdown.
 """
 
 from __future__ import annotations

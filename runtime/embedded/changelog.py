@@ -23,7 +23,7 @@ from bson.timestamp import Timestamp
 
 from runtime.embedded.errors import CommandError
 from runtime.embedded.update_description import describe_update
-from runtime.embedded.wire import CODEC
+from runtime.embedded.wire import CODEC, encoded_size
 
 TOKEN_EVENT = 0
 TOKEN_INVALIDATE = 1
@@ -129,7 +129,7 @@ def _estimated_size(entry: ChangeEntry) -> int:
     size = ENTRY_OVERHEAD_BYTES
     for image in (entry.post_image, entry.pre_image):
         if image is not None:
-            size += len(bson.encode(image, codec_options=CODEC))
+            size += encoded_size(image)
     return size
 
 

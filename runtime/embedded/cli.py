@@ -9,8 +9,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 from runtime.embedded.state import ServerConfig
 
@@ -91,7 +90,7 @@ def run_from_args(args: argparse.Namespace, argv: list[str]) -> int:
                           enable_test_commands=args.enable_test_commands, fsync=args.fsync,
                           argv=["runtime", "db", *argv])
     try:
-        _run_profiled(lambda: _run_loop(run(config, int(args.checkpoint_mb * 1024 * 1024))))
+        _run_profiled(lambda: asyncio.run(run(config, int(args.checkpoint_mb * 1024 * 1024))))
     except StartupError as exc:
         print(f"runtime db: {exc}", file=sys.stderr)
         return 1
@@ -119,25 +118,3 @@ def _run_profiled(serve: Callable[[], None]) -> None:
         profiler.runcall(serve)
     finally:
         profiler.dump_stats(target)
-
-
-#: ``asyncio`` forces the standard event loop even where ``uvloop`` is installed.
-LOOP_ENV = "REACTGEN_EMBEDDED_LOOP"
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (less CPU per message), else None."""
-    if os.environ.get(LOOP_ENV) == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
-def _run_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run the server's coroutine on the fastest available event loop."""
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(main)

@@ -163,11 +163,15 @@ def bson_equal(a: Any, b: Any) -> bool:
 def bson_compare(op: Callable[[Any, Any], bool], a: Any, b: Any,
                  can_compare_types: bool = True) -> bool:
     """``op`` over BSON order; values of different types compare only if ``can_compare_types``."""
-    bracket_a, bracket_b = _key(a)[0], _key(b)[0]
-    if bracket_a != bracket_b:
-        return can_compare_types and bool(op(bracket_a, bracket_b))
+    kind = type(a)
+    if kind is type(b) and (kind is int or kind is str or (
+            kind is datetime.datetime and a.tzinfo is None and b.tzinfo is None)):
+        return bool(op(a, b))  # same plain type: Python's order is BSON's
+    key_a, key_b = _key(a), _key(b)
+    if key_a[0] != key_b[0]:
+        return can_compare_types and bool(op(key_a[0], key_b[0]))
     try:
-        return bool(op(_key(a), _key(b)))
+        return bool(op(key_a, key_b))
     except TypeError:
         return False
 

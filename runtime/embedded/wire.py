@@ -173,3 +173,18 @@ def encode_op_reply(response_to: int, request_id: int, doc: dict[str, Any]) -> b
     body = bson.encode(doc, codec_options=CODEC)
     payload = struct.pack("<iqii", 8, 0, 0, 1) + body
     return HEADER.pack(HEADER.size + len(payload), request_id, response_to, OP_REPLY) + payload
+
+
+# The last document sized by :func:`encoded_size` (a write checks the new document's size and
+# the change log then accounts for the same document: it is encoded once).
+_last_sized: list[Any] = [None, 0]
+
+
+def encoded_size(doc: dict[str, Any]) -> int:
+    """The BSON size of ``doc`` (stored documents are never changed, so the size of the one
+    sized last is remembered)."""
+    if _last_sized[0] is not doc:
+        _last_sized[0] = doc
+        _last_sized[1] = len(bson.encode(doc, codec_options=CODEC))
+    size: int = _last_sized[1]
+    return size

@@ -62,6 +62,9 @@ def test_get_more_counts_what_later_batches_read(client: Client, items: Coll) ->
 def test_aggregate_match_count_and_distinct(client: Client, items: Coll) -> None:
     assert examined(client, lambda: list(items.aggregate([{"$match": {"code": "c3"}}]))) == (1, 1)
     assert examined(client, lambda: list(items.aggregate([{"$match": {"n": 3}}]))) == (0, N)
+    with_expr = [{"$match": {"code": "c3", "$expr": {"$eq": ["$n", 3]}}}]
+    assert examined(client, lambda: list(items.aggregate(with_expr))) == (1, 1)
+    assert [d["_id"] for d in items.aggregate(with_expr)] == [3]
     assert examined(client, lambda: items.count_documents({"code": {"$in": ["c1", "c2"]}})) == (
         2, 2)
     assert examined(client, lambda: items.distinct("n", {"code": "c4"})) == (1, 1)

@@ -85,7 +85,7 @@ async def aggregate(ctx: CommandContext) -> dict[str, Any]:
     rest = pipeline
     if pipeline and "$match" in pipeline[0] and isinstance(pipeline[0]["$match"], dict):
         query, rest = pipeline[0]["$match"], pipeline[1:]
-        if "$expr" in query or "$text" in query or "$where" in query:
+        if "$text" in query or "$where" in query:
             query, rest = {}, pipeline
     source = list(matching(ctx, coll, query, None)) if coll is not None else []
     results = engine.run_pipeline(source, rest, _CollectionsOf(ctx), ctx.variables)

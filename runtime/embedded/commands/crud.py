@@ -26,7 +26,7 @@ from runtime.embedded.errors import CommandError, WriteError
 from runtime.embedded.ordering import MISSING, document_sort_key, get_path, value_key
 from runtime.embedded.storage import Collection
 from runtime.embedded.update_description import same_value
-from runtime.embedded.wire import MAX_BSON_SIZE
+from runtime.embedded.wire import MAX_BSON_SIZE, encoded_size
 
 MAX_ID_RETRIES = 3
 
@@ -206,9 +206,7 @@ def _update_one_statement(ctx: CommandContext, coll: Collection, stmt: Any,
 
 
 def _too_large(doc: dict[str, Any]) -> bool:
-    import bson
-
-    return len(bson.encode(doc)) > MAX_BSON_SIZE
+    return encoded_size(doc) > MAX_BSON_SIZE
 
 
 @command("update", in_transaction=True, retryable_write=True)
