@@ -22,7 +22,7 @@ from runtime.embedded.ordering import value_key
 
 Matcher = Callable[[dict[str, Any], dict[str, Any]], bool]
 Test = Callable[[Any], bool]
-NOTHING = compiled.NOTHING
+NOTHING: Any = engine.mm_helpers.NOTHING  # not compiled.NOTHING: import order (engine loads us)
 
 
 def _leaf(path: str) -> Callable[[dict[str, Any]], Any]:
