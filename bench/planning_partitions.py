@@ -1,16 +1,20 @@
 """Planning throughput with one planner vs partitioned planners (``--planner-partitions``).
 
 Usage: python bench/planning_partitions.py [--docs 20000] [--setups 1:1 3:3] [--rounds 2]
+       [--leader-ttl-ms 10000]
 
 Each setup is ``instances:partitions``. For each, in a fresh embedded server (in memory), a
 one-reactor app whose tasks are debounced by an hour (planned, never due: no handler runs, so
 only planning is measured) is started on that many ``runtime serve`` processes. Once every
 planner is planning, ``--docs`` documents are inserted in batches of 1,000 as fast as one
 client can, and the time is measured from the first insert until every document has its task
-(source writes -> task documents planned per second). Setups are interleaved over
-``--rounds`` and the best round of each is printed, with how the tasks were spread over the
-planning instances (each task's partition, hashed by the server, and that partition's lease
-owner, whose token the task must carry).
+(source writes -> task documents planned per second). Leases use ``--leader-ttl-ms`` (10 s by
+default: on a saturated 2-core machine the embedded server can take longer than the default 3 s
+to answer a renewal, and a lease that changes hands mid-run measures failovers, not planning).
+Setups are interleaved over ``--rounds`` and the best round of each is printed, with how the
+tasks were spread over the planning instances (each task's partition, hashed by the server,
+and that partition's lease owner, whose token the task must carry; "stale token": planned by
+an earlier holder of the partition).
 
 Prints a markdown table (recorded in docs/benchmarks.md).
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,6 +87,14 @@ def balanced(client: MongoClient[Doc], instances: int, partitions: int) -> bool:
     return len(owners) == partitions and max(counts) - min(counts) <= 1
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def per_planner(client: MongoClient[Doc], partitions: int) -> dict[str, int]:
     """Tasks per planning instance: each task's partition (hashed by the server) and that
     partition's lease owner, checking that the task carries the lease's token."""
@@ -102,8 +115,8 @@ def per_planner(client: MongoClient[Doc], partitions: int) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def run(instances: int, partitions: int, docs: int) -> dict[str, Any]:
-    """One measurement."""
+def run(instances: int, partitions: int, docs: int, ttl_ms: int) -> dict[str, Any]:
+    """One measurement (the runtime logs are copied to ``/tmp`` if it fails)."""
     with tempfile.TemporaryDirectory(prefix="reactgen-bench-") as tmp, EmbeddedServer() as db:
         workdir = Path(tmp)
         build_app(workdir)
@@ -115,31 +128,53 @@ def run(instances: int, partitions: int, docs: int) -> dict[str, Any]:
             processes.append(subprocess.Popen(
                 [sys.executable, "-m", "runtime", "serve", "--app", "benchapp", "--mongodb-uri",
                  db.uri, "--instance-id", f"bench-{index}", "--log-level", "WARNING",
-                 "--planner-partitions", str(partitions)],
+                 "--planner-partitions", str(partitions), "--leader-ttl-ms", str(ttl_ms)],
                 cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=log))
-        deadline = time.monotonic() + 60
-        while not (planning(client, partitions) and balanced(client, instances, partitions)):
-            if time.monotonic() > deadline:
-                raise SystemExit("planners did not start; see runtime-*.log")
-            time.sleep(0.05)
-        items, tasks = client.app.items, client.app.items_tasks
-        began = time.perf_counter()
-        for start in range(0, docs, BATCH):
-            items.insert_many([{"_id": i, "n": 1} for i in range(start, min(docs, start + BATCH))])
-        written = time.perf_counter() - began
-        while tasks.estimated_document_count() < docs or tasks.count_documents({}) < docs:
-            if time.perf_counter() - began > 600:
-                raise SystemExit("planning did not finish in 10 minutes")
-            time.sleep(0.02)
-        elapsed = time.perf_counter() - began
-        spread = per_planner(client, partitions)
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            process.wait(timeout=60)
-        return {"instances": instances, "partitions": partitions, "docs": docs,
-                "written": written, "elapsed": elapsed, "rate": docs / elapsed,
-                "spread": spread}
+        try:
+            return measure(client, processes, instances, partitions, docs, db.pid)
+        except SystemExit:
+            kept = Path(tempfile.mkdtemp(prefix="planning-partitions-failed-"))
+            for path in workdir.glob("runtime-*.log"):
+                shutil.copy(path, kept)
+            print(f"logs kept in {kept}", file=sys.stderr)
+            raise
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+
+
+def measure(client: MongoClient[Doc], processes: list[subprocess.Popen[bytes]],
+            instances: int, partitions: int, docs: int, server: int | None) -> dict[str, Any]:
+    """Wait until the planners plan, insert, and wait until every document has its task."""
+    deadline = time.monotonic() + 60
+    while not (planning(client, partitions) and balanced(client, instances, partitions)):
+        if time.monotonic() > deadline:
+            raise SystemExit("planners did not start; see runtime-*.log")
+        time.sleep(0.05)
+    items, tasks = client.app.items, client.app.items_tasks
+    cpu_before = [cpu_seconds(p.pid) for p in processes], cpu_seconds(server)
+    began = time.perf_counter()
+    for start in range(0, docs, BATCH):
+        items.insert_many([{"_id": i, "n": 1} for i in range(start, min(docs, start + BATCH))])
+    written = time.perf_counter() - began
+    while tasks.estimated_document_count() < docs or tasks.count_documents({}) < docs:
+        if time.perf_counter() - began > 300:
+            raise SystemExit("planning did not finish in 5 minutes")
+        time.sleep(0.02)
+    elapsed = time.perf_counter() - began
+    runtime_cpu = [cpu_seconds(p.pid) - before for p, before in zip(processes, cpu_before[0],
+                                                                     strict=True)]
+    server_cpu = cpu_seconds(server) - cpu_before[1]
+    spread = per_planner(client, partitions)
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        process.wait(timeout=60)
+    return {"instances": instances, "partitions": partitions, "docs": docs,
+            "written": written, "elapsed": elapsed, "rate": docs / elapsed,
+            "spread": spread, "runtime_cpu": runtime_cpu, "server_cpu": server_cpu}
 
 
 def main() -> int:
@@ -149,12 +184,13 @@ def main() -> int:
     parser.add_argument("--setups", nargs="+", default=["1:1", "3:3"],
                         help="instances:partitions, e.g. 1:1 3:3 1:3")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--leader-ttl-ms", type=int, default=10_000)
     args = parser.parse_args()
     setups = [tuple(int(x) for x in s.split(":")) for s in args.setups]
     best: dict[tuple[int, ...], dict[str, Any]] = {}
     for _ in range(args.rounds):
         for setup in setups:
-            result = run(setup[0], setup[1], args.docs)
+            result = run(setup[0], setup[1], args.docs, args.leader_ttl_ms)
             if setup not in best or result["rate"] > best[setup]["rate"]:
                 best[setup] = result
     cpu = next((line.split(":", 1)[1].strip() for line in
@@ -162,15 +198,19 @@ def main() -> int:
                platform.processor())
     print(f"machine: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"embedded server in memory; {args.docs} inserts in batches of {BATCH}; "
-          f"best of {args.rounds} interleaved rounds\n")
+          f"best of {args.rounds} interleaved rounds; --leader-ttl-ms {args.leader_ttl_ms}\n")
     print("| planner instances | partitions | inserts done (s) | all tasks planned (s) | "
-          "tasks planned/s | tasks per planning instance |")
-    print("|---:|---:|---:|---:|---:|---|")
+          "tasks planned/s | CPU s per 1,000 tasks: busiest runtime / all runtimes / server | "
+          "tasks per planning instance |")
+    print("|---:|---:|---:|---:|---:|---|---|")
     for setup in setups:
         r = best[setup]
         spread = ", ".join(f"{name}: {n:,}" for name, n in r["spread"].items())
+        per_k = 1000 / r["docs"]
+        cpu = (f"{max(r['runtime_cpu']) * per_k:.2f} / {sum(r['runtime_cpu']) * per_k:.2f} / "
+               f"{r['server_cpu'] * per_k:.2f}")
         print(f"| {r['instances']} | {r['partitions']} | {r['written']:.2f} | "
-              f"{r['elapsed']:.2f} | {r['rate']:,.0f} | {spread} |")
+              f"{r['elapsed']:.2f} | {r['rate']:,.0f} | {cpu} | {spread} |")
     return 0
 
 

@@ -15,9 +15,10 @@ owners of leases that ran out: they are dead or stalled), and
 * takes free partitions (released, expired or new) while it holds fewer than its share,
   ``ceil(partitions / live instances)``; a partition left free for a whole TTL is taken by
   anyone, so no partition stays unplanned because the live count is off;
-* holds more than its share only until a live instance holds fewer: then it gives one
-  partition up per round (planning stopped first, then the lease released), and that instance
-  takes it at its next round.
+* when it holds more than ``floor(partitions / live)`` while a live instance holds fewer, it
+  gives one partition up per round (planning stopped first, then the lease released); an
+  instance below its share takes it at its next round, never the one that gave it up (unless
+  it stays free for a TTL). The holdings converge to at most one apart.
 
 A crashed holder's partition is taken within the TTL plus one round, and the new holder
 continues from the partition's saved position. The partition count is cluster-wide: see
@@ -168,6 +169,7 @@ class PartitionManager:
         self.held: dict[str, _Held] = {}
         self._wake = asyncio.Event()
         self._stopping = False
+        self._forfeited: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
     def held_labels(self) -> list[str]:
@@ -180,7 +182,14 @@ class PartitionManager:
         return self._task
 
     def nudge(self) -> None:
-        """Run a round now (a planner found a newer holder's mark)."""
+        """Run a round now."""
+        self._wake.set()
+
+    def forfeit(self, partition: Partition) -> None:
+        """A partition's planner found a newer holder's mark and stopped: give the partition
+        up at the next round (which does nothing if its lease is already gone), so that it is
+        never held without being planned; whoever takes it next gets a newer token."""
+        self._forfeited.add(partition.lease_id)
         self._wake.set()
 
     async def run(self) -> None:
@@ -201,6 +210,10 @@ class PartitionManager:
 
     async def round(self) -> None:
         """Renew, then read the cluster's leases and instances, then take or give up."""
+        forfeited, self._forfeited = self._forfeited, set()
+        for lease_id in forfeited:
+            if lease_id in self.held:
+                await self._release(self.held[lease_id])
         await self._renew()
         leases: dict[str, dict[str, Any]] = {}
         for database in sorted({p.database for p in self.partitions}):
@@ -210,6 +223,7 @@ class PartitionManager:
                  for doc in await self.meta.live_instances(STALE_AFTER_MS)}
         live = (set(beats) - _gone(leases, beats, now)) | {self.instance}
         share = math.ceil(len(self.partitions) / len(live))
+        fair = len(self.partitions) // len(live)
         holding: dict[str, int] = {}
         for doc in leases.values():
             if doc.get("owner") and _valid(doc, now):
@@ -222,10 +236,12 @@ class PartitionManager:
                 continue
             long_free = lease is not None and _free_since(lease) + datetime.timedelta(
                 milliseconds=self.ttl_ms) <= now
-            if len(self.held) < share or long_free:
+            given_up = lease is not None and lease.get("owner") is None and lease.get(
+                "releasedBy") == self.instance
+            if (len(self.held) < share and not given_up) or long_free:
                 await self._take(partition)
-        needy = [name for name in live if name != self.instance and holding.get(name, 0) < share]
-        if len(self.held) > share and needy and not self._stopping:
+        needy = [name for name in live if name != self.instance and holding.get(name, 0) < fair]
+        if len(self.held) > fair and needy and not self._stopping:
             surplus = max(self.held.values(), key=lambda h: h.partition.index)
             log_event(log, logging.INFO, "handing a partition over to balance the load",
                       event="partitions.rebalance", instance=self.instance,

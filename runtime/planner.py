@@ -97,7 +97,9 @@ class DatabasePlanner:
         self.due_hint = due_hint
         self.now = now
         self.middleware = middleware or Middleware()
-        stream = [partition.stream_stage(), *pipeline] if partition else pipeline
+        # The partition's stage last: the database hashes only the events that the compiled
+        # pipeline kept (the source collections' relevant changes).
+        stream = [*pipeline, partition.stream_stage()] if partition else pipeline
         self.feed = ChangeFeed(db, stream, batch_size=batch_max, max_await_ms=500)
         self.scans = ScanRunner(db, self.meta, self.by_collection, self.plan_ids,
                                 self.sweep_orphans, leader_token, partition)

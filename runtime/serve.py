@@ -191,7 +191,8 @@ class Runtime:
         factory = self._planner_factory(partition.database)
         manager = self.partitions
         planner = Planner([lambda t: factory(t, partition)],
-                          on_deposed=manager.nudge if manager is not None else None)
+                          on_deposed=(lambda: manager.forfeit(partition))
+                          if manager is not None else None)
         self.partition_planners[partition.lease_id] = planner
         await planner.start(token)
 

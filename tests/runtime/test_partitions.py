@@ -8,6 +8,7 @@ belongs to is computed by the tests on the server too, never locally.
 
 from __future__ import annotations
 
+import datetime
 import re
 import signal
 import subprocess
@@ -19,7 +20,18 @@ from conftest import AppBuilder, RuntimeFactory
 from pymongo import MongoClient
 from pymongo.database import Database
 from runtime_harness import RuntimeProcess
-from scenario import build, count, fail_point, ms, runs_of, start, stays, task_of
+from scenario import (
+    build,
+    build_many,
+    count,
+    fail_point,
+    ms,
+    runs_of,
+    server_now,
+    start,
+    stays,
+    task_of,
+)
 from support import wait_until
 
 from runtime.meta import epoch_base
@@ -330,3 +342,29 @@ def test_a_deposed_partition_holder_cannot_overwrite_its_successor(
     a.wait_for_log(r"event=(planner\.deposed|partitions\.lost)", timeout=10)
     final = task_of(db, x)
     assert final is not None and final["snapshot"] == {"n": 3} and final["plannerToken"] == token
+
+
+def test_time_driven_crossings_are_planned_by_each_documents_partition(
+        make_app: AppBuilder, start_runtime: RuntimeFactory, db: Database[Doc]) -> None:
+    # Crossings of a ``$$NOW`` filter are planned by the partition owning the document (so its
+    # task carries that partition's token), within a second, once, and the pass is recorded
+    # in the partition's document.
+    due = '    trigger:\n      filter: {$lte: ["$dueAt", "$$NOW"]}\n      watch: [n]\n'
+    app = build_many(make_app, {"record": (due, "")})
+    processes = {name: start(start_runtime, app, name, *FLAGS) for name in ("a", "b", "c")}
+    _stable(db, processes)
+    now = server_now(db)
+    ids = [f"t{i}" for i in range(12)]
+    db.things.insert_many([{"_id": key, "n": 1, "dueAt": now + datetime.timedelta(seconds=2)}
+                           for key in ids])
+    wait_until(lambda: _runs_once(db, ids), timeout=20)
+    for key, run in ((key, runs_of(db, key)[0]) for key in ids):
+        late = ms(run["startedAt"] - (now + datetime.timedelta(seconds=2)))
+        assert 0 <= late < 1000, f"{key} started {late:.0f} ms after its moment"
+    leases, partition_of = _leases(db), _partition_of(db)
+    assert len(set(partition_of.values())) > 1
+    for key in ids:
+        assert task_of(db, key)["plannerToken"] == leases[partition_of[key]]["token"]
+    wait_until(lambda: all("record" in ((d.get("planning") or {}).get("timePassAt") or {})
+                           for d in _leases(db).values()), timeout=10)
+    stays(lambda: db.runs.count_documents({}) == len(ids), 1.0, "a crossing ran twice")
