@@ -186,9 +186,22 @@ class ChangeLog:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
 
+    def _index_after(self, seq: int) -> int:
+        """The position of the first entry with a sequence number greater than ``seq``.
+
+        Sequence numbers are usually consecutive (assigned on append): then it is arithmetic.
+        A deque is slow to index in the middle, so bisecting a long log is the fallback.
+        """
+        first = self.entries[0].seq
+        if self.entries[-1].seq - first == len(self.entries) - 1:
+            return min(len(self.entries), max(0, seq - first + 1))
+        return bisect.bisect_right(self.entries, seq, key=_seq_of)
+
     def get(self, seq: int) -> ChangeEntry | None:
         """The entry with sequence number ``seq``, if the log still holds it."""
-        index = bisect.bisect_left(self.entries, seq, key=_seq_of)
+        if not self.entries:
+            return None
+        index = self._index_after(seq - 1)
         if index < len(self.entries) and self.entries[index].seq == seq:
             return self.entries[index]
         return None
@@ -196,12 +209,19 @@ class ChangeLog:
     def after(self, seq: int) -> Iterator[ChangeEntry]:
         """Entries with a sequence number greater than ``seq``, oldest first.
 
-        The caller must not append while it iterates (nothing awaits in between).
+        The caller must not append while it iterates (nothing awaits in between). Readers
+        are usually near the end of the log: the entries are then taken from the tail, so
+        a read costs what it returns, not the length of the log.
         """
         if not self.entries or seq >= self.last_seq:
             return iter(())
-        start = bisect.bisect_right(self.entries, seq, key=_seq_of)
-        return itertools.islice(self.entries, start, None)
+        start = self._index_after(seq)
+        count = len(self.entries) - start
+        if start <= count:
+            return itertools.islice(self.entries, start, None)
+        tail = list(itertools.islice(reversed(self.entries), count))
+        tail.reverse()
+        return iter(tail)
 
     def require_available(self, seq: int) -> None:
         """Raise 286 if the entries after ``seq`` are no longer all in the log."""
