@@ -216,6 +216,18 @@ def read_commands(paths: list[Path]) -> dict[str, int]:
     return dict(sorted(commands.items(), key=lambda item: -item[1]))
 
 
+def read_notes(paths: list[Path]) -> dict[str, int]:
+    """The notes among the per-process counts (keys starting with ``_``, e.g. mongodash's
+    ``_failed.<command>``), summed."""
+    notes: dict[str, int] = {}
+    for path in paths:
+        if path.exists():
+            for name, count in json.loads(path.read_text()).items():
+                if name.startswith("_"):
+                    notes[name] = notes.get(name, 0) + int(count)
+    return notes
+
+
 # ------------------------------------------------------------------ handler start logs
 
 

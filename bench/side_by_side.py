@@ -26,14 +26,15 @@ mongodash (npm package pinned in ``bench/mongodash/package-lock.json``; run
 ``npm ci --prefix bench/mongodash`` once), configured as a user tuning it for throughput would,
 with public options only: ``reactiveTaskConcurrency: 10`` per process (default 5; the same as
 reactgen's), task ``debounce: 0`` and ``watchProjection: {n: 1}``, ``monitoring.enabled:
-false``, its MongoClient with ``ignoreUndefined: true``, plus a non-partial claim index
-``{task: 1, nextRunAt: 1, _id: 1}`` beside its partial ``polling_idx`` (the embedded server's
-planner does not use partial indexes, so without it every claim would scan the tasks
+false``, its MongoClient with ``ignoreUndefined: true`` (without it the driver sends
+``$changeStream: {resumeAfter: null}``, which the embedded server rejects), plus a non-partial
+claim index ``{task: 1, nextRunAt: 1, _id: 1}`` beside its partial ``polling_idx`` (the embedded
+server's planner does not use partial indexes, so without it every claim would scan the tasks
 collection; the extra ``_id`` key only avoids the embedded server's IndexOptionsConflict with
 ``polling_idx``, which has the same keys). Internal, non-public options (worker poll 200 ms ..
 10 s with jitter, planner batches of 1,000 events or a 500 ms window) keep their defaults.
 See ``bench/mongodash/run.js`` for the details and the workaround it applies on servers that
-evaluate ``{$expr: {}}`` as false.
+evaluate ``{$expr: {}}`` as false. One round takes about 3 minutes.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from bench_support import (
     median,
     percentile,
     read_commands,
+    read_notes,
     sigterm_as_exit,
     start_reactgen,
     stop_processes,
@@ -127,8 +129,11 @@ def run(system: str, instances: int, docs: int, samples: int, keep: bool) -> Mea
             measure_throughput(client, starts, db.pid, result)
             stop_processes(processes)
             processes = []
-            result.commands = read_commands([workdir / f"commands-{i}.json"
-                                             for i in range(instances)])
+            files = [workdir / f"commands-{i}.json" for i in range(instances)]
+            result.commands = read_commands(files)
+            remarks = read_notes(files)
+            if remarks:
+                print(f"  {system} notes (failed commands, workarounds): {remarks}", flush=True)
             result.per_instance = starts.per_process(instances)
             client.close()
     finally:

@@ -12,10 +12,14 @@
  *   - reactiveTaskConcurrency 10 (the same as reactgen's --concurrency 10; default 5);
  *   - debounce 0 on the task (default 1000 ms);
  *   - monitoring disabled (no prom-client, no registry pushes; reactgen runs without metrics);
- *   - the MongoClient gets `ignoreUndefined: true` (a property mongodash leaves `undefined`
- *     is then omitted instead of being sent as BSON null);
- *   - a NON-partial {task: 1, nextRunAt: 1} index is created beside mongodash's own partial
- *     `polling_idx` (see below);
+ *   - the MongoClient gets `ignoreUndefined: true`: a property mongodash leaves `undefined`
+ *     is then omitted instead of being sent as BSON null. Needed on the embedded server:
+ *     mongodash opens its change stream with `resumeAfter: undefined` when it has no saved
+ *     token, the driver sends `$changeStream: {resumeAfter: null}`, and the embedded server
+ *     rejects it ("BSON field '$changeStream.resumeAfter' is the wrong type, expected type
+ *     'object'"), so the leader drops its planner at once and nothing is ever planned;
+ *   - a NON-partial claim index {task: 1, nextRunAt: 1, _id: 1} is created beside mongodash's
+ *     own partial `polling_idx` (see below);
  *   - internal options (worker poll 200 ms..10 s, planner batch 1,000 events / 500 ms window)
  *     stay at their defaults: they are not public API (only `mongodash/testing` changes them).
  *   Environment knobs for experiments: BENCH_MONGODASH_CONCURRENCY (default 10),
@@ -25,19 +29,23 @@
  *
  * Why the non-partial index: mongodash's claim filter {task: {$in}, nextRunAt: {$lte: now,
  * $type: 'date'}, status: {$nin: [...]}} implies its partial filter, so MongoDB serves it from
- * `polling_idx`; the embedded server's query planner (as measured for issue 9) never uses a
- * partial index, so without the extra index every claim scans the whole tasks collection.
- * The extra index has the same keys and no filter, which is what MongoDB would use anyway.
+ * `polling_idx`; the embedded server's query planner never uses a partial index, so without
+ * the extra index every claim scans the whole tasks collection (about 2,000 keys and documents
+ * examined per task at 2,000 tasks). It cannot have exactly `polling_idx`'s keys: the embedded
+ * server refuses an index whose keys equal an existing index's with other options
+ * (IndexOptionsConflict, 85), hence the trailing `_id` (the order after the equality on `task`
+ * is still `nextRunAt`, the claim's sort).
  *
  * Database commands are counted with the driver's command monitoring (`monitorCommands: true`,
  * one count per `commandStarted` event, by command name; heartbeats of the server monitor are
  * not commands and are not counted, like PyMongo's) and written as JSON to <commands-file> on
- * SIGTERM, after mongodash has stopped.
+ * SIGTERM, after mongodash has stopped. Keys starting with `_` in that file are notes, not
+ * commands: `_failed.<command>` counts failed commands (the first 20 are logged on stderr).
  *
  * Embedded-server workaround (only here, only when needed): mongodash's change-stream $match
  * gives a task without a `filter` the clause {$expr: {}}, which MongoDB treats as true (an empty
- * document is truthy). The embedded server of commit 2632e5a evaluated it as false in query
- * filters, so every insert event was dropped and no task was ever planned. The script probes
+ * document is truthy). The embedded server up to commit 2632e5a evaluated it as false in query
+ * filters and $match, so every insert event was dropped and no task was ever planned. The script probes
  * that ({$expr: {}} against a one-document scratch collection in database `bench_probe`); if
  * the server drops it, the task gets the constant filter {$eq: [1, 1]} (aggregation syntax, true
  * for every document), which mongodash compiles to {$expr: {$eq: [1, 1]}}. The choice is
@@ -90,6 +98,16 @@ async function main() {
     const client = new MongoClient(uri, { monitorCommands: true, ignoreUndefined });
     client.on('commandStarted', (event) => {
         counts[event.commandName] = (counts[event.commandName] || 0) + 1;
+    });
+    // Failed commands are logged (the first 20) and counted as "_failed.<name>" notes.
+    let failures = 0;
+    client.on('commandFailed', (event) => {
+        const key = `_failed.${event.commandName}`;
+        counts[key] = (counts[key] || 0) + 1;
+        if (failures++ < 20) {
+            console.error(`[mongodash ${instanceId}] command ${event.commandName} failed:`,
+                event.failure && event.failure.message);
+        }
     });
     await client.connect();
     if (!partialOnly) {
