@@ -11,6 +11,7 @@ that produced no event, a high-water-mark token for the position; both compare l
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -396,6 +397,10 @@ def _invalidate(stream: ChangeStreamCursor, entry: ChangeEntry,
     return result
 
 
+SCAN_CHUNK = 5_000
+"""Log entries one read of a change stream looks at before it yields to other clients."""
+
+
 def collect(stream: ChangeStreamCursor, log: ChangeLog, catalog: Catalog,
             batch_size: int | None, variables: dict[str, Any]) -> list[dict[str, Any]]:
     """Events available now after the stream's position (advancing it).
@@ -410,8 +415,12 @@ def collect(stream: ChangeStreamCursor, log: ChangeLog, catalog: Catalog,
         return batch
     if stream.pending_invalidate is None:
         log.require_available(stream.position)
-        for entry in log.after(stream.position):
+        for scanned, entry in enumerate(log.after(stream.position)):
             if limit is not None and len(batch) >= limit:
+                break
+            if scanned >= SCAN_CHUNK:
+                # A long backlog that the stream filters out is read in chunks, so other
+                # clients are served in between (the getMore goes on after yielding).
                 break
             event = None
             in_scope = _in_scope(stream, entry) and not _before_start(stream, entry)
@@ -461,6 +470,9 @@ async def next_batch(stream: ChangeStreamCursor, log: ChangeLog, catalog: Catalo
         remaining = deadline - time.monotonic()
         if batch or stream.closed or remaining <= 0:
             return batch
+        if stream.position < log.last_seq and stream.pending_invalidate is None:
+            await asyncio.sleep(0)  # more backlog to read: let other clients in first
+            continue
         await log.wait(remaining)
 
 

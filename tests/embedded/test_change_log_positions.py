@@ -5,11 +5,14 @@ head or the tail of a long log, and across evictions."""
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 from bson.timestamp import Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pymongo.database import Database
 
+from runtime.embedded.change_streams import SCAN_CHUNK
 from runtime.embedded.changelog import ChangeEntry, ChangeLog
 
 
@@ -34,3 +37,16 @@ def test_after_and_get_match_a_plain_scan(count: int, gaps: bool, evict: int,
     found = log.get(probe)
     assert (found.seq if found else None) == next((e.seq for e in kept if e.seq == probe),
                                                   None)
+
+
+def test_a_stream_reads_past_a_long_filtered_backlog_in_one_get_more(
+        db: Database[dict[str, Any]]) -> None:
+    """More log entries than one read looks at (``SCAN_CHUNK``) belong to another collection:
+    the getMore reads them chunk by chunk (yielding to other clients in between) and still
+    returns the one event of its own collection."""
+    with db.watched.watch(max_await_time_ms=5_000) as stream:
+        for start in range(0, SCAN_CHUNK * 2 + 500, 1_000):
+            db.other.insert_many([{"_id": i} for i in range(start, start + 1_000)])
+        db.watched.insert_one({"_id": "mine"})
+        event = stream.next()
+    assert event["operationType"] == "insert" and event["documentKey"] == {"_id": "mine"}
