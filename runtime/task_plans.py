@@ -48,13 +48,20 @@ def task_key(reactor: ReactorSpec, source_id: Any, leader_token: int) -> dict[st
             "plannerToken": {"$not": {"$gt": leader_token}}}
 
 
-_TEMPLATES: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {}
+_TEMPLATES: dict[tuple[Any, ...],
+                 tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]] = {}
 
 
 def _plan_template(reactor: ReactorSpec
-                   ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+                   ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """The parts of :func:`plan_update`'s pipeline that do not depend on the document (built
-    once per reactor policy: planning builds one pipeline per changed document)."""
+    once per reactor policy: planning builds one pipeline per changed document).
+
+    Facts used more than once are computed once into temporary fields (``_running``,
+    ``_fresh``, ``_next``), and the retry policy's ``resetOnDataChange`` is folded in here:
+    every statement of a planner's bulk write carries this pipeline, so its size is what the
+    database decodes and evaluates per planned document.
+    """
     debounce = reactor.policies.debounce
     reset = reactor.policies.retry.reset_on_data_change
     key = (reactor.name, debounce.delay_ms, debounce.max_wait_ms, reset)
@@ -62,34 +69,41 @@ def _plan_template(reactor: ReactorSpec
     if cached is not None:
         return cached
     status = {"$ifNull": ["$status", "none"]}
-    running = {"$in": [status, RUNNING]}
-    anchor_stage = {"$set": {"_anchor": {"$cond": [
-        {"$and": ["$_changed", {"$not": [{"$in": [status, [PENDING, PROCESSING_DIRTY]]}]}]},
-        "$$NOW", "$firstChangeAt"]}}}
+    facts: list[dict[str, Any]] = [
+        {"$set": {"_running": {"$in": [status, RUNNING]},
+                  "_waiting": {"$in": [status, [PENDING, PROCESSING_DIRTY]]}}},
+        # _fresh: changed and not running, so due again (a running task becomes dirty and
+        # keeps its lease and due time); _anchor: the first unprocessed change.
+        {"$set": {"_fresh": {"$and": ["$_changed", {"$not": ["$_running"]}]},
+                  "_anchor": {"$cond": [{"$and": ["$_changed", {"$not": ["$_waiting"]}]},
+                                        "$$NOW", "$firstChangeAt"]}}},
+        {"$set": {"_next": _debounced(reactor, "$_anchor")}},
+    ]
+    kept_or_reset: dict[str, Any] = {
+        "attempts": {"$cond": ["$_fresh", 0, {"$ifNull": ["$attempts", 0]}]},
+        "firstErrorAt": {"$cond": ["$_changed", None, {"$ifNull": ["$firstErrorAt", None]}]},
+        "lastError": {"$cond": ["$_changed", None, {"$ifNull": ["$lastError", None]}]},
+    } if reset else {
+        "attempts": {"$ifNull": ["$attempts", 0]},
+        "firstErrorAt": {"$ifNull": ["$firstErrorAt", None]},
+        "lastError": {"$ifNull": ["$lastError", None]},
+    }
     fields: dict[str, Any] = {
         "reactor": reactor.name,
-        "status": {"$cond": ["$_changed", {"$cond": [running, PROCESSING_DIRTY, PENDING]},
+        "status": {"$cond": ["$_changed", {"$cond": ["$_running", PROCESSING_DIRTY, PENDING]},
                              "$status"]},
         "firstChangeAt": "$_anchor",
-        "nextRunAt": {"$cond": ["$_changed",
-                                {"$cond": [running, "$nextRunAt",
-                                           _debounced(reactor, "$_anchor")]},
-                                "$nextRunAt"]},
-        "dueAt": {"$cond": ["$_changed", {"$cond": [running, "$dueAt",
-                                                    _debounced(reactor, "$_anchor")]},
-                            "$dueAt"]},
-        "attempts": {"$cond": [{"$and": ["$_changed", reset, {"$not": [running]}]}, 0,
-                               {"$ifNull": ["$attempts", 0]}]},
-        "firstErrorAt": {"$cond": [{"$and": ["$_changed", reset]}, None,
-                                   {"$ifNull": ["$firstErrorAt", None]}]},
-        "lastError": {"$cond": [{"$and": ["$_changed", reset]}, None,
-                                {"$ifNull": ["$lastError", None]}]},
+        "nextRunAt": {"$cond": ["$_fresh", "$_next", "$nextRunAt"]},
+        "dueAt": {"$cond": ["$_fresh", "$_next", "$dueAt"]},
+        **kept_or_reset,
         "createdAt": {"$ifNull": ["$createdAt", "$$NOW"]},
         "updatedAt": {"$cond": ["$_changed", "$$NOW", "$updatedAt"]},
         "skipReason": {"$cond": ["$_changed", None, "$skipReason"]},
         "planningError": {"$cond": ["$_changed", "$$REMOVE", "$planningError"]},
     }
-    template = (anchor_stage, fields, {"$unset": ["_changed", "_anchor", "expiresAt"]})
+    unset = {"$unset": ["_changed", "_running", "_waiting", "_fresh", "_anchor", "_next",
+                        "expiresAt"]}
+    template = (facts, fields, unset)
     _TEMPLATES[key] = template
     return template
 
@@ -105,14 +119,14 @@ def plan_update(reactor: ReactorSpec, source_id: Any, snapshot: Any,
     with every plan, so they follow the source document.
     """
     digest = snapshot_hash(snapshot)
-    anchor_stage, fields, unset_stage = _plan_template(reactor)
+    facts, fields, unset_stage = _plan_template(reactor)
     # A task scheduled for expiry (its source was deleted or stopped matching) whose source
     # is back is a new task even if the watched values are the same as before.
     changed = {"$or": [{"$ne": [{"$ifNull": ["$snapshotHash", None]}, digest]},
                        {"$ne": [{"$type": "$expiresAt"}, "missing"]}]}
     pipeline: list[dict[str, Any]] = [
         {"$set": {"_changed": changed}},
-        anchor_stage,
+        *facts,
         {"$set": {
             **fields,
             "sourceId": {"$literal": source_id},
