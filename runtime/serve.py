@@ -264,7 +264,8 @@ class Runtime:
                                       instance_id=settings.instance_id,
                                       on_lease=self.scheduler.note_lease,
                                       on_finished=self._finished,
-                                      on_pause=self.scheduler.pause)
+                                      on_pause=self.scheduler.pause,
+                                      reactors=self.scheduler.reactors)
             self._background.append(asyncio.create_task(listener.run()))
         self.scheduler.start(self.clock.now())
         await self._learn_next_due(stores)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
@@ -40,7 +40,8 @@ class WakeupListener:
                  on_leader_change: Callable[[Any, Any], None], *, instance_id: str,
                  on_lease: Callable[[str, Any, datetime.datetime], None],
                  on_finished: Callable[[str, Any], None],
-                 on_pause: Callable[[str, bool], None] | None = None) -> None:
+                 on_pause: Callable[[str, bool], None] | None = None,
+                 reactors: Iterable[str] = ()) -> None:
         self.db = db
         self.instance_id = instance_id
         # Filtered on the server (this stream runs on every instance): tasks that are pending,
@@ -59,9 +60,15 @@ class WakeupListener:
         if watch_meta:
             # The lease, throttles and reactor states (pauses); not the planners' positions,
             # scan checkpoints or instance heartbeats, which change all the time.
+            names = sorted(reactors)
+            # Named ids rather than a prefix regex: an exact filter the server evaluates
+            # cheaply for every entry of its change log.
+            ids: Any = ([f"throttle:{n}" for n in names] + [f"{REACTOR_PREFIX}{n}" for n in names]
+                        if names else None)
             wanted += [{"ns.coll": META_COLLECTION, "documentKey._id": LEADER_ID},
                        {"ns.coll": META_COLLECTION,
-                        "documentKey._id": {"$regex": f"^(throttle|{REACTOR_PREFIX[:-1]}):"}}]
+                        "documentKey._id": {"$in": ids} if ids is not None else
+                        {"$regex": f"^(throttle|{REACTOR_PREFIX[:-1]}):"}}]
         pipeline: list[dict[str, Any]] = [
             {"$match": {"operationType": {"$in": ["insert", "update", "replace"]},
                         "$or": wanted}},
