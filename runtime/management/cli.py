@@ -566,13 +566,15 @@ async def _instances(management: Management, args: argparse.Namespace) -> ExitCo
             _print(json_line(instance))
         return ExitCode.OK
     now = state.server_time
+    partitioned = any(i.partitions for i in state.instances)
     rows = [[i.instance, i.host or "-", str(i.pid or "-"), i.version or "-",
              "yes" if i.leader else "", f"{i.running if i.running is not None else '-'}/"
              f"{i.concurrency if i.concurrency is not None else '-'}",
              relative(i.heartbeat_at, now), "live" if i.live else "stale",
-             ",".join(i.reactors)] for i in state.instances]
+             ",".join(i.reactors)] + ([",".join(i.partitions) or "-"] if partitioned else [])
+            for i in state.instances]
     _print(table(["INSTANCE", "HOST", "PID", "VERSION", "LEADER", "RUNNING", "HEARTBEAT",
-                  "STATE", "REACTORS"], rows))
+                  "STATE", "REACTORS"] + (["PARTITIONS"] if partitioned else []), rows))
     lease = state.leader
     if lease is not None and lease.valid:
         _print(f"leader: {lease.owner} (token {lease.token}, lease until "

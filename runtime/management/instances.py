@@ -75,6 +75,9 @@ class InstanceInfo:
     live: bool
     heartbeat_age_seconds: float | None
     """Server now minus ``heartbeatAt``."""
+    partitions: list[str] = field(default_factory=list)
+    """Planner partitions it held at its last heartbeat (``<db>:<k>/<N>``; only with
+    ``--planner-partitions`` > 1)."""
 
     @classmethod
     def from_document(cls, doc: Doc, now: datetime.datetime,
@@ -92,7 +95,8 @@ class InstanceInfo:
                    _int(doc.get("running")), [str(r) for r in doc.get("paused") or []],
                    leads, _date(doc.get("startedAt")), heartbeat,
                    live=age is not None and age <= LIVE_WINDOW.total_seconds(),
-                   heartbeat_age_seconds=age)
+                   heartbeat_age_seconds=age,
+                   partitions=[str(p) for p in doc.get("partitions") or []])
 
 
 @dataclass(frozen=True)

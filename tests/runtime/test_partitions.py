@@ -34,6 +34,7 @@ from scenario import (
 )
 from support import wait_until
 
+from runtime.management import ManagementSync
 from runtime.meta import epoch_base
 
 Doc = dict[str, Any]
@@ -137,6 +138,18 @@ def test_three_instances_each_plan_one_partition_and_every_document_once(
     processes = {name: start(start_runtime, app, name, *FLAGS) for name in ("a", "b", "c")}
     held = _stable(db, processes)
     assert sorted(held.values()) == ["a", "b", "c"]
+    # `runtime instances` shows who holds which partition (from the heartbeats).
+    host, port = db.client.address
+    with ManagementSync(f"mongodb://{host}:{port}", db.name) as api:
+
+        def one_each() -> dict[str, list[str]] | None:
+            shown = {i.instance: i.partitions for i in api.instances().instances
+                     if len(i.partitions) == 1}
+            return shown if len(shown) == 3 else None
+
+        shown = wait_until(one_each, timeout=10, message="each instance shows one partition")
+    assert sorted(p for held in shown.values() for p in held) == [
+        f"{db.name}:{k}/{N}" for k in range(N)], shown
     ids = [f"d{i:03}" for i in range(300)]
     for chunk in range(0, len(ids), 50):
         db.things.insert_many([{"_id": i, "n": 1} for i in ids[chunk:chunk + 50]])
