@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 from runtime.embedded.process import EmbeddedServer
+from runtime.reactor import Policies, ReactorSpec
 
 __all__ = ["ServerFactory", "wait_until", "wait_until_async"]
 
@@ -69,3 +70,14 @@ class ServerFactory(Protocol):
     def __call__(self, *, in_memory: bool = False, **options: Any) -> EmbeddedServer:
         """Start a new server; ``options`` are passed to :class:`EmbeddedServer`."""
         ...
+
+
+def reactor_spec(name: str = "r", collection: str = "things", **policies: Any) -> ReactorSpec:
+    """A reactor as the scheduler, claims and metrics see it: a name, a collection and
+    ``policies`` (keyword arguments of :class:`runtime.reactor.Policies`); no model or trigger."""
+    from pydantic import BaseModel
+
+    return ReactorSpec(name=name, collection=collection, database=None, model=BaseModel,
+                       watched_model=BaseModel, filter={}, watch=None, pipeline=[],
+                       policies=Policies(**policies), handler="h", trigger_fingerprint="",
+                       source="")

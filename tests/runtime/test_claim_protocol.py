@@ -11,22 +11,14 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 from pymongo.database import Database
+from support import reactor_spec
 
 from runtime.claims import Claimer
-from runtime.reactor import KeyConcurrency, Policies, ReactorSpec
+from runtime.reactor import KeyConcurrency
 from runtime.task_store import DUE_ORDER, PENDING, PRIORITY_ORDER, TaskStore
 
 Db = Database[dict[str, Any]]
 LATER = datetime.timedelta(hours=1)
-
-
-def _spec(name: str = "r", **policies: Any) -> ReactorSpec:
-    from pydantic import BaseModel
-
-    return ReactorSpec(name=name, collection="src", database=None, model=BaseModel,
-                       watched_model=BaseModel, filter={}, watch=None, pipeline=[],
-                       policies=Policies(**policies), handler="h", trigger_fingerprint="f",
-                       source="s.yaml")
 
 
 def _run(db: Db, body: Callable[[Any], Awaitable[Any]]) -> Any:
@@ -116,7 +108,7 @@ def test_two_instances_racing_for_one_key_run_it_once(db: Db) -> None:
     db.src_tasks.create_index("keySlot", unique=True,
                               partialFilterExpression={"keySlot": {"$exists": True}})
     _due_tasks(db, 4, concurrencyKey="acme")
-    spec = _spec(key_concurrency=KeyConcurrency("$customer", 1))
+    spec = reactor_spec(collection="src", key_concurrency=KeyConcurrency("$customer", 1))
 
     async def body(adb: Any) -> tuple[int, int]:
         mine = Claimer({"r": spec}, {"r": TaskStore(adb.src_tasks, 30_000, "me")}, None)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 
-from pydantic import BaseModel
+from support import reactor_spec
 
-from runtime.reactor import Policies, PriorityPolicy, ReactorSpec
+from runtime.reactor import PriorityPolicy, ReactorSpec
 from runtime.scheduler import GRACE, Scheduler
 
 T0 = datetime.datetime(2030, 1, 1)
@@ -26,10 +26,7 @@ def at(ms: float) -> datetime.datetime:
 
 def spec(name: str = "r", concurrency: int | None = None) -> ReactorSpec:
     """A reactor as far as the scheduler cares (name and policies)."""
-    return ReactorSpec(name=name, collection="things", database=None, model=BaseModel,
-                       watched_model=BaseModel, filter={}, watch=None, pipeline=[],
-                       policies=Policies(concurrency=concurrency), handler="h",
-                       trigger_fingerprint="", source="")
+    return reactor_spec(name, concurrency=concurrency)
 
 
 def idle_scheduler(*reactors: ReactorSpec, **options: int) -> Scheduler:
@@ -259,14 +256,8 @@ def test_a_reactor_waiting_for_slots_ignores_new_work_until_a_slot_is_freed() ->
 
 
 def test_static_priority_orders_reactors_and_every_fourth_pick_goes_to_the_oldest() -> None:
-    low = ReactorSpec(name="low", collection="things", database=None, model=BaseModel,
-                      watched_model=BaseModel, filter={}, watch=None, pipeline=[],
-                      policies=Policies(), handler="h", trigger_fingerprint="", source="")
-    high = ReactorSpec(name="high", collection="things", database=None, model=BaseModel,
-                       watched_model=BaseModel, filter={}, watch=None, pipeline=[],
-                       policies=Policies(priority=PriorityPolicy(static=5)), handler="h",
-                       trigger_fingerprint="", source="")
-    scheduler = idle_scheduler(low, high)
+    scheduler = idle_scheduler(reactor_spec("low"),
+                               reactor_spec("high", priority=PriorityPolicy(static=5)))
     picks = []
     for i in range(8):
         scheduler.note_due("low", at(100 + i), key=f"l{i}")  # older work of the low one

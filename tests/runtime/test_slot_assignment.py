@@ -8,20 +8,17 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
+from support import reactor_spec
 
 from runtime.claims import Claimer
-from runtime.reactor import KeyConcurrency, Policies, ReactorSpec
+from runtime.reactor import KeyConcurrency, ReactorSpec
 
 KEYS = ["a", "b", "c"]
 
 
 def _spec(cluster: int | None, per_key: int | None) -> ReactorSpec:
     key = KeyConcurrency("$k", per_key) if per_key is not None else None
-    return ReactorSpec(name="r", collection="src", database=None, model=BaseModel,
-                       watched_model=BaseModel, filter={}, watch=None, pipeline=[],
-                       policies=Policies(cluster_concurrency=cluster, key_concurrency=key),
-                       handler="h", trigger_fingerprint="f", source="s.yaml")
+    return reactor_spec(collection="src", cluster_concurrency=cluster, key_concurrency=key)
 
 
 @st.composite
