@@ -74,6 +74,21 @@ CODE_NAMES: dict[int, str] = {
     24: "LockTimeout",
     22: "InvalidBSON",
     13: "Unauthorized",
+    4: "NoSuchKey",
+    15: "Overflow",
+    16: "InvalidLength",
+    18: "AuthenticationFailed",
+    29: "NonExistentPath",
+    30: "InvalidPath",
+    31: "RoleNotFound",
+    51: "UserAlreadyExists",
+    68: "IndexAlreadyExists",
+    146: "ExceededMemoryLimit",
+    197: "InvalidIndexSpecificationOption",
+    238: "NotImplemented",
+    241: "ConversionFailure",
+    334: "MechanismUnavailable",
+    10334: "BSONObjectTooLarge",
 }
 
 # Error codes whose failure of a change-stream getMore the driver may resume from; the server
