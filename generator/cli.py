@@ -26,6 +26,17 @@ def _print_problems(exc: BuildError, project: Path) -> None:
         print("  " + problem.render(project).replace("\n", "\n  "), file=sys.stderr)
 
 
+def _allowed(args: argparse.Namespace) -> tuple[Path, ...]:
+    """Folders outside the schemas folder that ``$ref`` may read (``--allow-ref-outside``)."""
+    return tuple(Path(folder) for folder in args.allow_ref_outside or ())
+
+
+def _add_ref_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--allow-ref-outside", action="append", metavar="DIR", default=[],
+                         help="also let schema $refs read files in DIR (repeatable); by "
+                         "default they must stay inside the schemas folder")
+
+
 def _cache_dir(project: Path) -> Path:
     return project / ".reactgen" / "cache" / "models"
 
@@ -37,7 +48,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     project = Path.cwd()
     started = time.perf_counter()
     result = build(Path(args.schemas), Path(args.out), project, _cache_dir(project),
-                   force=args.force)
+                   force=args.force, allow_ref_outside=_allowed(args))
     elapsed = (time.perf_counter() - started) * 1000
     if result.up_to_date:
         print(f"reactgen: {args.out} is up to date ({elapsed:.0f} ms)")
@@ -56,7 +67,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from generator.build import stale_files
 
     project = Path.cwd()
-    stale = stale_files(Path(args.schemas), Path(args.out), project, _cache_dir(project))
+    stale = stale_files(Path(args.schemas), Path(args.out), project, _cache_dir(project),
+                        _allowed(args))
     if stale:
         print(f"reactgen: {args.out} is out of date; run `reactgen build {args.schemas}`:",
               file=sys.stderr)
@@ -71,7 +83,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """``reactgen validate schemas/``: only validate."""
     from generator.cron import load_all
 
-    reactors, crons = load_all(Path(args.schemas))
+    reactors, crons = load_all(Path(args.schemas), _allowed(args))
     print(f"reactgen: {len(reactors) + len(crons)} definition(s) valid")
     return EXIT_OK
 
@@ -104,13 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("schemas", help="folder with *.reactor.yaml files (or one file)")
     build.add_argument("--out", default="generated", help="output package folder")
     build.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    _add_ref_option(build)
     build.set_defaults(func=cmd_build)
     check = commands.add_parser("check", help="exit 3 if the output is out of date (for CI)")
     check.add_argument("schemas")
     check.add_argument("--out", default="generated")
+    _add_ref_option(check)
     check.set_defaults(func=cmd_check)
     validate = commands.add_parser("validate", help="validate definitions only")
     validate.add_argument("schemas")
+    _add_ref_option(validate)
     validate.set_defaults(func=cmd_validate)
     new = commands.add_parser("new", help="scaffold a reactor definition")
     new.add_argument("name", help="reactor name (its permanent task id)")

@@ -11,14 +11,13 @@ from __future__ import annotations
 import difflib
 import json
 import zoneinfo
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, is_dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 from croniter import croniter
 
 from generator.definitions import NAME_PATTERN, CompiledReactor, relative_to_file
@@ -27,6 +26,7 @@ from generator.errors import BuildError, Problem
 from generator.identifiers import module_name
 from generator.indexes import IndexPlan, task_indexes
 from generator.loader import (
+    FormatValidator,
     RawDefinition,
     _describe,
     find_definitions,
@@ -99,7 +99,7 @@ def cron_schema() -> dict[str, Any]:
 
 def validate_cron(raw: RawDefinition) -> list[Problem]:
     """Check a parsed cron definition against the format's JSON Schema."""
-    validator = jsonschema.Draft202012Validator(cron_schema())
+    validator = FormatValidator(cron_schema())
     problems = []
     for error in sorted(validator.iter_errors(raw.data), key=lambda e: list(map(str, e.path))):
         if list(error.absolute_path) == ["schedule"] and error.validator == "oneOf" and not any(
@@ -194,7 +194,7 @@ def compile_cron(raw: RawDefinition) -> CompiledCron:
     """Compile a cron definition already validated against the format."""
     data = raw.data
     name = data.get("name") or cron_stem(raw.path)
-    if "name" not in data and not NAME_PATTERN.match(name):
+    if "name" not in data and not NAME_PATTERN.fullmatch(name):
         raise BuildError([raw.problem("", f"the file name gives the cron job name {name!r}, "
                                       "which is not a valid name",
                                       "add name: <letters, digits, _ . -> (starting with a "
@@ -258,8 +258,10 @@ def check_names(reactors: list[CompiledReactor], crons: list[CompiledCron]) -> l
     return problems
 
 
-def load_all(root: Path) -> tuple[list[CompiledReactor], list[CompiledCron]]:
-    """Reactors and cron jobs below ``root``, every problem of both reported at once."""
+def load_all(root: Path, allow_ref_outside: Sequence[Path] = ()
+             ) -> tuple[list[CompiledReactor], list[CompiledCron]]:
+    """Reactors and cron jobs below ``root``, every problem of both reported at once
+    (schema ``$ref``s may point into ``root`` and ``allow_ref_outside``)."""
     from generator.build import load_and_compile
 
     problems: list[Problem] = []
@@ -267,7 +269,7 @@ def load_all(root: Path) -> tuple[list[CompiledReactor], list[CompiledCron]]:
     cron_paths = find_cron_definitions(root)
     if find_definitions(root) or not cron_paths:
         try:
-            reactors = load_and_compile(root)
+            reactors = load_and_compile(root, allow_ref_outside)
         except BuildError as exc:
             problems.extend(exc.problems)
     crons: list[CompiledCron] = []

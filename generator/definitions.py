@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import keyword
 import os
 import re
@@ -13,7 +12,7 @@ from typing import Any
 
 from bson import json_util
 
-from generator import filters, pipelines, time_triggers
+from generator import extended_json, filters, pipelines, time_triggers
 from generator.durations import parse_duration
 from generator.errors import BuildError, Problem
 from generator.flow_control import FlowControl, parse_flow_control
@@ -29,7 +28,9 @@ from runtime.reactor import (
     TimeTrigger,
 )
 
-NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
+"""Reactor and cron job names; always used with ``fullmatch`` (``$`` would allow a final
+newline)."""
 
 
 @dataclass
@@ -168,18 +169,16 @@ def _policies(raw: RawDefinition, flow: FlowControl) -> Policies:
 
 def _extended_json(raw: RawDefinition, pointer: str, value: Any) -> Any:
     try:
-        return json_util.loads(json.dumps(value))
-    except (TypeError, ValueError) as exc:
-        raise BuildError([raw.problem(pointer, f"invalid MongoDB Extended JSON: {exc}",
-                                      "dates are written {$date: '2024-01-01T00:00:00Z'}")]
-                         ) from exc
+        return extended_json.decode(value, pointer)
+    except extended_json.ExtendedJsonError as exc:
+        raise BuildError([raw.problem(exc.pointer, exc.message, exc.hint)]) from exc
 
 
 def compile_definition(raw: RawDefinition) -> CompiledReactor:
     """Compile a definition already validated against the definition format."""
     data = raw.data
     name = data.get("name") or definition_stem(raw.path)
-    if "name" not in data and not NAME_PATTERN.match(name):
+    if "name" not in data and not NAME_PATTERN.fullmatch(name):
         raise BuildError([raw.problem("", f"the file name gives the reactor name {name!r}, "
                                       "which is not a valid reactor name",
                                       "add name: <letters, digits, _ . -> (starting with a "
@@ -194,7 +193,8 @@ def compile_definition(raw: RawDefinition) -> CompiledReactor:
                                       "choose another name, e.g. prefix it with the "
                                       "collection name")])
     collection = data["collection"]
-    schema, schema_source = resolve_schema(raw.path, data["schema"], "/schema", raw.line_of)
+    schema, schema_source = resolve_schema(raw.path, data["schema"], "/schema", raw.line_of,
+                                           raw.reference_roots)
     if "model" in data:
         model_class = data["model"]
         if model_class in RESERVED or keyword.iskeyword(model_class):
@@ -216,7 +216,7 @@ def compile_definition(raw: RawDefinition) -> CompiledReactor:
             else:
                 filters.check_query(spec, "/trigger/filter", paths)
             clock_triggers = time_triggers.find_time_triggers(spec, "/trigger/filter")
-            query = filters.normalise_filter(spec)
+            query = filters.normalise_filter(_extended_json(raw, "/trigger/filter", spec))
         watch = trigger.get("watch")
         projection: dict[str, Any] | None
         fields: list[WatchedField] = []
@@ -260,7 +260,6 @@ def compile_definition(raw: RawDefinition) -> CompiledReactor:
             touched = None
     except filters.FilterError as exc:
         raise BuildError([raw.problem(exc.pointer, exc.message, exc.hint)]) from exc
-    query = _extended_json(raw, "/trigger/filter", query)
     schema_label = (relative_to_file(schema_source, raw.path) if schema_source is not None
                     else "inline in the definition")
     policies = _policies(raw, parse_flow_control(raw, schema, schema_label))

@@ -14,9 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from bson import json_util
-
-from generator import filters
+from generator import extended_json, filters
 from generator.durations import parse_duration
 from generator.errors import BuildError, Problem
 from generator.loader import RawDefinition
@@ -202,10 +200,9 @@ def _constant_hint(value: Any, schema: dict[str, Any], purpose: _Purpose) -> str
 def _decode(raw: RawDefinition, pointer: str, value: Any, problems: list[Problem]) -> Any:
     """Extended JSON literals (``{$date: ...}``) in an expression as BSON values."""
     try:
-        return json_util.loads(json.dumps(value))
-    except (TypeError, ValueError) as exc:
-        problems.append(raw.problem(pointer, f"invalid MongoDB Extended JSON: {exc}",
-                                    "dates are written {$date: '2024-01-01T00:00:00Z'}"))
+        return extended_json.decode(value, pointer)
+    except extended_json.ExtendedJsonError as exc:
+        problems.append(raw.problem(exc.pointer, exc.message, exc.hint))
         return None
 
 

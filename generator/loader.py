@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -17,6 +18,13 @@ from typing import Any
 import jsonschema
 import yaml
 
+from generator.bounded_load import (
+    LoadLimitError,
+    check_values,
+    load_json,
+    load_yaml,
+    read_bounded,
+)
 from generator.errors import BuildError, Problem
 
 DEFINITION_SUFFIXES = (".reactor.yaml", ".reactor.yml", ".reactor.json")
@@ -29,6 +37,8 @@ class RawDefinition:
     path: Path
     data: dict[str, Any]
     lines: dict[str, int]
+    reference_roots: tuple[Path, ...] = ()
+    """Folders a ``schema: {$ref: ...}`` may point into (empty: the definition's folder)."""
 
     def line_of(self, pointer: str) -> int | None:
         """The line of the closest enclosing node of ``pointer``."""
@@ -66,53 +76,52 @@ def definition_stem(path: Path) -> str:
     return path.stem
 
 
-def _yaml_lines(node: yaml.Node, pointer: str, lines: dict[str, int]) -> None:
-    lines[pointer] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
-            child = pointer_join(pointer, key)
-            _yaml_lines(value_node, child, lines)
-            lines[child] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _yaml_lines(item, pointer_join(pointer, index), lines)
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys instead of silently keeping the last one."""
-
-
-def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen.add(key)
-    return dict(loader.construct_mapping(node))
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-                              _mapping_without_duplicates)
-# Timestamps stay strings: durations and dates in filters are interpreted by us, not by YAML.
-_StrictLoader.yaml_implicit_resolvers = {
-    k: [(tag, regexp) for tag, regexp in v if tag != "tag:yaml.org,2002:timestamp"]
-    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
 def parse_yaml_with_lines(text: str) -> tuple[Any, dict[str, int]]:
-    """YAML data (duplicate keys rejected, timestamps kept as strings) and each pointer's line.
+    """YAML data (duplicate and non-string keys rejected, timestamps kept as strings) and
+    each pointer's line, within the bounds of :mod:`generator.bounded_load`.
 
-    Raises ``yaml.YAMLError``.
+    Raises ``yaml.YAMLError`` and :class:`generator.bounded_load.LoadLimitError`.
     """
+    data, lines = load_yaml(text)
+    check_values(data, lines)
+    return data, lines
+
+
+def limit_problem(path: Path, exc: LoadLimitError, kind: str = "") -> Problem:
+    """A broken loading bound (size, nesting, aliases, keys, numbers) as a problem."""
+    prefix = f"{kind}: " if kind else ""
+    return Problem(path, exc.pointer, f"{prefix}{exc.message}", exc.hint, exc.line)
+
+
+def read_data_file(path: Path, kind: str = "") -> tuple[Any, dict[str, int]]:
+    """Data of a JSON or YAML file and each pointer's line (YAML only), within the bounds.
+
+    Every failure (unreadable, too large, bad syntax, beyond a bound) is a
+    :class:`BuildError` naming the file and line; ``kind`` names the file in messages
+    (e.g. "schema file").
+    """
+    inside = f" in {kind}" if kind else ""
+    try:
+        text = read_bounded(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BuildError([Problem(path, "", f"cannot read {kind or 'file'}: {exc}")]) from exc
+    except LoadLimitError as exc:
+        raise BuildError([limit_problem(path, exc, kind)]) from exc
     lines: dict[str, int] = {}
-    node = yaml.compose(text, Loader=_StrictLoader)
-    if node is not None:
-        _yaml_lines(node, "", lines)
-    data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+    try:
+        if path.suffix == ".json":
+            data = load_json(text)
+            check_values(data)
+        else:
+            data, lines = parse_yaml_with_lines(text)
+    except json.JSONDecodeError as exc:
+        raise BuildError([Problem(path, "", f"invalid JSON{inside}: {exc.msg} (column "
+                                  f"{exc.colno})", "fix the JSON syntax (no trailing commas, "
+                                  "keys in double quotes)", exc.lineno)]) from exc
+    except yaml.YAMLError as exc:
+        raise BuildError([yaml_problem(path, exc, f"YAML{inside}")]) from exc
+    except LoadLimitError as exc:
+        raise BuildError([limit_problem(path, exc, kind)]) from exc
     return data, lines
 
 
@@ -131,23 +140,9 @@ def yaml_problem(path: Path, exc: yaml.YAMLError, what: str = "YAML") -> Problem
 
 
 def parse_file(path: Path) -> RawDefinition:
-    """Parse a YAML or JSON definition; syntax errors become a :class:`BuildError`."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BuildError([Problem(path, "", f"cannot read file: {exc}")]) from exc
-    lines: dict[str, int] = {}
-    try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            data, lines = parse_yaml_with_lines(text)
-    except json.JSONDecodeError as exc:
-        raise BuildError([Problem(path, "", f"invalid JSON: {exc.msg} (column {exc.colno})",
-                                  "fix the JSON syntax (no trailing commas, keys in double "
-                                  "quotes)", exc.lineno)]) from exc
-    except yaml.YAMLError as exc:
-        raise BuildError([yaml_problem(path, exc)]) from exc
+    """Parse a YAML or JSON definition; syntax errors and broken bounds become a
+    :class:`BuildError`."""
+    data, lines = read_data_file(path)
     if not isinstance(data, dict):
         raise BuildError([Problem(path, "", "a reactor definition must be a mapping, not "
                                   f"{type(data).__name__}",
@@ -272,9 +267,44 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+@cache
+def python_pattern(pattern: str) -> re.Pattern[str]:
+    """A JSON Schema (ECMA-262) ``pattern`` compiled for Python with ECMA's meaning of ``$``.
+
+    In Python ``$`` also matches before a final newline, so ``^[a-z]+$`` would accept
+    ``"orders\\n"``; every ``$`` outside a character class becomes ``\\Z`` (the very end).
+    """
+    converted: list[str] = []
+    escaped = in_class = False
+    for char in pattern:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "[":
+            in_class = True
+        elif char == "]":
+            in_class = False
+        elif char == "$" and not in_class:
+            char = "\\Z"
+        converted.append(char)
+    return re.compile("".join(converted))
+
+
+def _ecma_pattern(validator: Any, pattern: str, instance: Any,
+                  schema: Mapping[str, Any]) -> Iterator[jsonschema.ValidationError]:
+    if isinstance(instance, str) and not python_pattern(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+FormatValidator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+    jsonschema.Draft202012Validator, {"pattern": _ecma_pattern})
+"""Draft 2020-12 validation of the definition formats, with ECMA-262 ``pattern`` anchors."""
+
+
 def validate_definition(raw: RawDefinition) -> list[Problem]:
     """Check a parsed definition against the definition format's JSON Schema."""
-    validator = jsonschema.Draft202012Validator(definition_schema())
+    validator = FormatValidator(definition_schema())
     problems = []
     for error in sorted(validator.iter_errors(raw.data), key=lambda e: list(map(str, e.path))):
         message, hint, extra = _describe(error)

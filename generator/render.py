@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import textwrap
 from typing import Any
 
@@ -102,12 +103,15 @@ def py_comment(text: str, label: str = "") -> str:
 
 
 def is_plain_json(value: Any) -> bool:
-    """Only JSON types (so a Python literal can express it without imports)."""
+    """Only JSON types and finite floats (so a Python literal can express it without
+    imports)."""
     if isinstance(value, dict):
         return all(isinstance(k, str) and is_plain_json(v) for k, v in value.items())
     if isinstance(value, list):
         return all(is_plain_json(v) for v in value)
-    return value is None or isinstance(value, str | bool | int | float)
+    if isinstance(value, float):
+        return math.isfinite(value)  # repr(nan) is not Python: those go through json_util
+    return value is None or isinstance(value, str | bool | int)
 
 
 class ConstantName:
@@ -139,6 +143,8 @@ def py_literal(value: Any, indent: int = 0) -> str:
     if isinstance(value, tuple):
         inner = ", ".join(py_literal(v, indent) for v in value)
         return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"cannot render the non-finite number {value!r} as a literal")
     if isinstance(value, bool | int | float) or value is None:
         return repr(value)
     raise TypeError(f"cannot render {type(value).__name__} as a literal")

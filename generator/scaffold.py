@@ -9,13 +9,13 @@ from pathlib import Path
 from generator.errors import BuildError, Problem
 from generator.identifiers import class_name
 
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")  # used with fullmatch
 
 
 def scaffold(name: str, collection: str, directory: Path) -> list[Path]:
     """Write ``<name>.reactor.yaml`` (and ``<collection>.schema.json`` if missing)."""
     definition = directory / f"{name}.reactor.yaml"
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise BuildError([Problem(definition, "/name", f"invalid reactor name {name!r}",
                                   "start with a letter; use letters, digits, _ . -")])
     if not collection or "$" in collection or "\x00" in collection:

@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 import difflib
-import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 
 from generator.errors import BuildError, Problem
-from generator.loader import parse_yaml_with_lines, yaml_problem
+from generator.loader import read_data_file
+from generator.schema_refs import RefError, external_ref, resolve_ref
 
 
 def resolve_schema(definition_file: Path, spec: dict[str, Any], pointer: str,
-                   line_of: Callable[[str], int | None]) -> tuple[dict[str, Any], Path | None]:
+                   line_of: Callable[[str], int | None],
+                   roots: Sequence[Path] = ()) -> tuple[dict[str, Any], Path | None]:
     """The document schema of a definition and the file it came from (None when inline).
 
-    ``{"$ref": "order.schema.json"}`` is resolved relative to the definition file; the
-    referenced file must be a JSON (or YAML) object and a valid draft 2020-12 schema.
+    ``{"$ref": "order.schema.json"}`` is resolved relative to the definition file and must
+    stay inside one of ``roots`` (default: the definition's folder); the referenced file must
+    be a JSON (or YAML) object and a valid draft 2020-12 schema with only local ``$ref``s.
     ``line_of`` gives the line of a JSON pointer in the definition file (for inline schemas).
     """
     source: Path | None = None
@@ -31,13 +32,29 @@ def resolve_schema(definition_file: Path, spec: dict[str, Any], pointer: str,
     if set(spec) == {"$ref"} and isinstance(spec["$ref"], str) and not spec["$ref"].startswith(
             "#"):
         ref = spec["$ref"]
-        source = (definition_file.parent / ref).resolve()
+        here = f"{pointer}/$ref"
+        try:
+            source = resolve_ref(definition_file, ref, roots or (definition_file.parent,))
+        except RefError as exc:
+            raise BuildError([Problem(definition_file, here, exc.message, exc.hint,
+                                      line_of(here))]) from exc
         if not source.is_file():
-            raise BuildError([Problem(definition_file, f"{pointer}/$ref",
+            raise BuildError([Problem(definition_file, here,
                                       f"schema file {ref!r} not found (looked at {source})",
                                       "fix the path (it is relative to the definition file) "
-                                      "or inline the schema", line_of(f"{pointer}/$ref"))])
+                                      "or inline the schema", line_of(here))])
         schema, file_lines = _read_schema_file(source)
+    external = external_ref(schema)
+    if external is not None:
+        inner, ref = external
+        message = (f"reference {ref!r} to another file inside a document schema; only local "
+                   "references (#/$defs/...) are followed")
+        hint = "move the referenced schema under $defs and refer to it as #/$defs/<name>"
+        if source is not None:
+            raise BuildError([Problem(source, inner, message, hint,
+                                      _closest_line(file_lines, inner))])
+        raise BuildError([Problem(definition_file, f"{pointer}{inner}", message, hint,
+                                  line_of(f"{pointer}{inner}"))])
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:
@@ -77,22 +94,7 @@ def _closest_line(lines: dict[str, int], pointer: str) -> int | None:
 
 def _read_schema_file(source: Path) -> tuple[dict[str, Any], dict[str, int]]:
     """A referenced schema file (JSON or YAML) and, for YAML, the line of each pointer."""
-    try:
-        text = source.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BuildError([Problem(source, "", f"cannot read schema file: {exc}")]) from exc
-    lines: dict[str, int] = {}
-    try:
-        if source.suffix in (".yaml", ".yml"):
-            schema, lines = parse_yaml_with_lines(text)
-        else:
-            schema = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BuildError([Problem(source, "", f"invalid JSON in schema file: {exc.msg} "
-                                  f"(column {exc.colno})", "fix the JSON syntax",
-                                  exc.lineno)]) from exc
-    except yaml.YAMLError as exc:
-        raise BuildError([yaml_problem(source, exc, "YAML in schema file")]) from exc
+    schema, lines = read_data_file(source, "schema file")
     if not isinstance(schema, dict):
         raise BuildError([Problem(source, "", "a JSON Schema must be an object, not "
                                   f"{type(schema).__name__}",
@@ -100,19 +102,24 @@ def _read_schema_file(source: Path) -> tuple[dict[str, Any], dict[str, int]]:
     return schema, lines
 
 
-def _deref(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+def _deref(schema: Any, root: dict[str, Any]) -> dict[str, Any]:
+    """The subschema ``schema`` refers to; a boolean schema ``true`` is the empty schema (and
+    ``false``, which allows nothing, is treated alike: it declares no type)."""
+    if not isinstance(schema, dict):
+        return {}
+    current: dict[str, Any] = schema
     seen = 0
-    while "$ref" in schema and isinstance(schema["$ref"], str) and schema["$ref"].startswith(
-            "#/") and seen < 32:
+    while "$ref" in current and isinstance(current["$ref"], str) and current[
+            "$ref"].startswith("#/") and seen < 32:
         target: Any = root
-        for token in schema["$ref"][2:].split("/"):
+        for token in current["$ref"][2:].split("/"):
             token = token.replace("~1", "/").replace("~0", "~")
             if not isinstance(target, dict) or token not in target:
                 return {}
             target = target[token]
-        schema = target if isinstance(target, dict) else {}
+        current = target if isinstance(target, dict) else {}
         seen += 1
-    return schema
+    return current
 
 
 def _is_array(schema: dict[str, Any]) -> bool:
