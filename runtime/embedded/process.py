@@ -113,7 +113,8 @@ class EmbeddedServer:
             runs the server with ``--in-memory``; its data is then lost on stop/restart.
         oplog_size_mb: Passed as ``--oplog-size-mb`` when given.
         enable_test_commands: Passes ``--enable-test-commands`` (test-only commands).
-        host: Interface to listen on (``--host``).
+        host: Interface to listen on (``--host``). A non-loopback address needs ``auth``
+            or ``allow_unauthenticated_remote``.
         port: Port to listen on; ``0`` (the default) lets the server pick a free one.
         extra_args: Further arguments appended to ``runtime db``.
         startup_timeout: Seconds allowed for the child to print its URI.
@@ -122,6 +123,10 @@ class EmbeddedServer:
             running in memory. The file is kept after the server stops.
         python: The Python interpreter that runs the server.
         env: Extra environment variables for the child (on top of ``os.environ``).
+        auth: Passes ``--auth``: clients must authenticate (SCRAM) and hold the roles
+            their commands need.
+        users_file: Passed as ``--users-file`` (JSON or YAML list of users).
+        allow_unauthenticated_remote: Passes ``--allow-unauthenticated-remote``.
     """
 
     def __init__(
@@ -137,6 +142,9 @@ class EmbeddedServer:
         log_path: Path | str | None = None,
         python: str = sys.executable,
         env: dict[str, str] | None = None,
+        auth: bool = False,
+        users_file: Path | str | None = None,
+        allow_unauthenticated_remote: bool = False,
     ) -> None:
         self.dbpath: Path | None = Path(dbpath) if dbpath is not None else None
         self.oplog_size_mb = oplog_size_mb
@@ -146,6 +154,9 @@ class EmbeddedServer:
         self.startup_timeout = startup_timeout
         self.python = python
         self.env: dict[str, str] = dict(env or {})
+        self.auth = auth
+        self.users_file: Path | None = Path(users_file) if users_file is not None else None
+        self.allow_unauthenticated_remote = allow_unauthenticated_remote
         self._requested_port = port
         self._log_path: Path | None = Path(log_path) if log_path is not None else None
         self._process: subprocess.Popen[bytes] | None = None
@@ -210,6 +221,12 @@ class EmbeddedServer:
             argv += ["--oplog-size-mb", str(self.oplog_size_mb)]
         if self.enable_test_commands:
             argv.append("--enable-test-commands")
+        if self.auth:
+            argv.append("--auth")
+        if self.users_file is not None:
+            argv += ["--users-file", str(self.users_file)]
+        if self.allow_unauthenticated_remote:
+            argv.append("--allow-unauthenticated-remote")
         argv += self.extra_args
         return argv
 

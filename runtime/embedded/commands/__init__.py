@@ -8,6 +8,7 @@ from runtime.embedded.commands import (  # noqa: F401  (imported for registratio
     handshake,
     testing,
     transactions,
+    users,
 )
 from runtime.embedded.commands.registry import COMMANDS, CommandInfo
 

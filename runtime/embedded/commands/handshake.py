@@ -1,4 +1,9 @@
-"""Handshake and server-information commands (hello, ping, buildInfo, sessions, ...)."""
+"""Handshake and server-information commands (hello, ping, buildInfo, sessions, ...).
+
+``hello`` also answers ``saslSupportedMechs: "<db>.<user>"`` with that user's mechanisms and
+runs the first SCRAM step of ``speculativeAuthenticate`` (PyMongo 4 and the Node.js driver
+send both), as mongod does.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from bson.int64 import Int64
 from runtime.embedded.commands.registry import GENERIC_FIELDS, CommandContext, command
 from runtime.embedded.errors import CommandError
 from runtime.embedded.planner import QUERY_EXECUTOR
+from runtime.embedded.users import Mechanism
 from runtime.embedded.wire import MAX_BSON_SIZE, MAX_MESSAGE_SIZE
 
 SERVER_VERSION = "7.0.14"
@@ -63,6 +69,14 @@ async def hello(ctx: CommandContext) -> dict[str, Any]:
     del reply["topologyVersion"]  # omitted on purpose: drivers then poll instead of streaming
     if ctx.name != "hello":
         reply["ismaster"] = True
+    if "saslSupportedMechs" in ctx.body:
+        mechanisms = state.auth.supported_mechanisms(ctx.body["saslSupportedMechs"])
+        if mechanisms is not None:
+            reply["saslSupportedMechs"] = mechanisms
+    if "speculativeAuthenticate" in ctx.body:
+        speculative = state.auth.speculative(ctx.body["speculativeAuthenticate"], conn)
+        if speculative is not None:
+            reply["speculativeAuthenticate"] = speculative
     return reply
 
 
@@ -89,7 +103,7 @@ async def get_parameter(ctx: CommandContext) -> dict[str, Any]:
         "featureCompatibilityVersion": {"version": "7.0"},
         "transactionLifetimeLimitSeconds": ctx.state.transaction_lifetime_s,
         "requireApiVersion": False,
-        "authenticationMechanisms": [],
+        "authenticationMechanisms": [str(m) for m in Mechanism],
     }
     if ctx.body.get("getParameter") == "*":
         return {**params, "ok": 1.0}
@@ -127,6 +141,8 @@ async def get_cmd_line_opts(ctx: CommandContext) -> dict[str, Any]:
         parsed["storage"] = {"dbPath": config.dbpath}
     if config.enable_test_commands:
         parsed["setParameter"] = {"enableTestCommands": "1"}
+    if config.auth:
+        parsed["security"] = {"authorization": "enabled"}
     return {"argv": list(config.argv), "parsed": parsed, "ok": 1.0}
 
 
@@ -165,12 +181,6 @@ async def host_info(ctx: CommandContext) -> dict[str, Any]:
 async def whats_my_uri(ctx: CommandContext) -> dict[str, Any]:
     """The client's address."""
     return {"you": ctx.connection.get("peer", ""), "ok": 1.0}
-
-
-@command("connectionStatus")
-async def connection_status(ctx: CommandContext) -> dict[str, Any]:
-    """No authentication: nobody is authenticated and nothing is required."""
-    return {"authInfo": {"authenticatedUsers": [], "authenticatedUserRoles": []}, "ok": 1.0}
 
 
 @command("listCommands")
