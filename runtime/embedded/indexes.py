@@ -19,6 +19,7 @@ from bson import ObjectId
 from sortedcontainers import SortedList
 
 from runtime.embedded.errors import CommandError, WriteError
+from runtime.embedded.names import check_index_name
 from runtime.embedded.ordering import (
     BOTTOM,
     MISSING,
@@ -235,8 +236,95 @@ class Index:
         return low, high
 
 
+#: ``expireAfterSeconds`` of a (non-clustered) TTL index is at most this (mongod 7.0).
+MAX_EXPIRE_AFTER_SECONDS = 2**31 - 1
+#: Fields an index specification may have (mongod 7.0); others are
+#: InvalidIndexSpecificationOption (197).
+INDEX_SPEC_FIELDS = frozenset({
+    "v", "key", "name", "ns", "background", "unique", "hidden", "partialFilterExpression",
+    "sparse", "expireAfterSeconds", "storageEngine", "weights", "default_language",
+    "language_override", "textIndexVersion", "2dsphereIndexVersion", "bits", "min", "max",
+    "bucketSize", "collation", "wildcardProjection", "coarsestIndexedLevel",
+    "finestIndexedLevel", "dropDups", "originalSpec", "prepareUnique", "clustered",
+    "columnstoreProjection", "columnstoreCompressor"})
+_BOOLEAN_OPTIONS = ("unique", "sparse", "hidden", "background", "prepareUnique")
+_DOCUMENT_OPTIONS = ("partialFilterExpression", "collation", "storageEngine", "weights",
+                     "wildcardProjection")
+
+
+def ttl_problem(value: Any) -> str | None:
+    """Why ``value`` is not a valid ``expireAfterSeconds`` of a TTL index (``None`` if it is)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return (f"TTL index 'expireAfterSeconds' option must be numeric, but received a type "
+                f"of '{type(value).__name__}'")
+    if value != value:
+        return "TTL index 'expireAfterSeconds' option must not be NaN"
+    if value < 0:
+        return "TTL index 'expireAfterSeconds' option cannot be less than 0"
+    if value > MAX_EXPIRE_AFTER_SECONDS:
+        return ("TTL index 'expireAfterSeconds' option must be within an acceptable range "
+                f"(0 to {MAX_EXPIRE_AFTER_SECONDS}), try a lower number")
+    return None
+
+
+def _type_error(name: str, value: Any, expected: str) -> CommandError:
+    return CommandError(14, f"The field '{name}' must be {expected}, but got "
+                        f"{type(value).__name__} in an index specification")
+
+
+def check_index_spec(raw: Any, position: int) -> dict[str, Any]:
+    """Validate entry ``position`` of ``createIndexes.indexes`` as mongod 7.0 does.
+
+    Stricter than :func:`parse_index_spec`, which also reads stored specifications (older data
+    must stay loadable): codes TypeMismatch (14), FailedToParse (9), CannotCreateIndex (67),
+    BadValue (2), InvalidIndexSpecificationOption (197).
+    """
+    if not isinstance(raw, dict):
+        raise CommandError(14, f"BSON field 'createIndexes.indexes.{position}' is the wrong "
+                           f"type '{type(raw).__name__}', expected type 'object'")
+    for required in ("key", "name"):
+        if required not in raw:
+            raise CommandError(9, f"The '{required}' field is a required property of an index "
+                               f"specification (createIndexes.indexes.{position})")
+    key = raw["key"]
+    if not isinstance(key, dict):
+        raise _type_error("key", key, "an object")
+    if not key:
+        raise CommandError(67, "Index keys cannot be an empty object: 'key' needs at least one "
+                           "field")
+    for path, direction in key.items():
+        if isinstance(direction, str) and (type(direction) is not str
+                                           or direction not in INDEX_PLUGINS):
+            raise CommandError(67, f"Unknown index plugin '{direction}' for field '{path}'; "
+                               "use 1, -1 or one of " + ", ".join(sorted(INDEX_PLUGINS)))
+    name = check_index_name(raw["name"])
+    unknown = sorted(k for k in raw if k not in INDEX_SPEC_FIELDS)
+    if unknown:
+        raise CommandError(197, f"The field '{unknown[0]}' is not valid for an index "
+                           f"specification (index '{name}')")
+    for option in _BOOLEAN_OPTIONS:
+        value = raw.get(option)
+        if value is not None and (not isinstance(value, bool | int | float)):
+            raise _type_error(option, value, "a boolean")
+    for option in _DOCUMENT_OPTIONS:
+        value = raw.get(option)
+        if value is not None and not isinstance(value, dict):
+            raise _type_error(option, value, "an object")
+    if "expireAfterSeconds" in raw:
+        if list(key) == ["_id"]:
+            raise CommandError(197, "The field 'expireAfterSeconds' is not valid for an _id "
+                               f"index specification (index '{name}')")
+        if len(key) != 1:
+            raise CommandError(67, "TTL indexes are single-field indexes, compound indexes do "
+                               f"not support TTL (index '{name}')")
+        problem = ttl_problem(raw["expireAfterSeconds"])
+        if problem is not None:
+            raise CommandError(67, f"{problem} (index '{name}')")
+    return raw
+
+
 def parse_index_spec(raw: dict[str, Any]) -> IndexSpec:
-    """Validate one entry of ``createIndexes.indexes``."""
+    """Validate one entry of ``createIndexes.indexes`` (or a stored index specification)."""
     key = raw.get("key")
     name = raw.get("name")
     if not isinstance(key, dict) or not key:
@@ -248,7 +336,7 @@ def parse_index_spec(raw: dict[str, Any]) -> IndexSpec:
             raise CommandError(67, f"bad index key pattern field name {path!r}")
         if isinstance(direction, bool) or not (
             (isinstance(direction, int | float) and direction != 0)
-            or (isinstance(direction, str) and direction in INDEX_PLUGINS)
+            or (type(direction) is str and direction in INDEX_PLUGINS)
         ):
             raise CommandError(67, f"bad index key pattern value {direction!r} for {path!r}")
     partial = raw.get("partialFilterExpression")

@@ -17,6 +17,7 @@ from bson.binary import Binary
 from runtime.embedded import engine
 from runtime.embedded.errors import CommandError
 from runtime.embedded.indexes import Index, IndexSpec
+from runtime.embedded.names import check_collection
 from runtime.embedded.ordering import Key, id_key
 
 ID_INDEX = "_id_"
@@ -125,8 +126,9 @@ class Catalog:
 
     def create(self, db: str, name: str, options: dict[str, Any] | None = None,
                collection_uuid: Binary | None = None) -> Collection:
-        """Create a collection (the caller checks that it does not exist)."""
-        validate_collection_name(db, name)
+        """Create a collection (the caller checks that it does not exist and, for a client's
+        request, :func:`~runtime.embedded.names.check_new_collection`)."""
+        check_collection(db, name)
         coll = Collection(db, name, options, collection_uuid)
         self.databases.setdefault(db, {})[name] = coll
         return coll
@@ -151,9 +153,7 @@ class Catalog:
             yield from self.collections(db)
 
 
+
 def validate_collection_name(db: str, name: str) -> None:
-    """Reject names MongoDB rejects (InvalidNamespace, 73)."""
-    if not db or any(c in db for c in '/\\. "$\x00'):
-        raise CommandError(73, f"Invalid database name: '{db}'")
-    if not name or "$" in name or "\x00" in name or name.startswith("."):
-        raise CommandError(73, f"Invalid collection name: '{name}'")
+    """Reject names no collection may have (InvalidNamespace, 73); see :mod:`names`."""
+    check_collection(db, name)

@@ -272,7 +272,9 @@ def test_torn_tail_record_is_ignored(fresh_server: ServerFactory, connect: Any,
     assert "ignoring torn record" in server.log_path.read_text()
 
 
-def test_damaged_snapshot_refuses_to_start(fresh_server: ServerFactory, connect: Any) -> None:
+def test_damaged_snapshot_record_is_set_aside(fresh_server: ServerFactory,
+                                              connect: Any) -> None:
+    # Issue 10: one damaged record no longer blocks start-up; it goes to quarantine/.
     server = fresh_server()
     assert server.dbpath is not None
     connect(server).app.c.insert_many([{"_id": i, "pad": "p" * 100} for i in range(100)])
@@ -281,8 +283,10 @@ def test_damaged_snapshot_refuses_to_start(fresh_server: ServerFactory, connect:
     data = bytearray(snapshot.read_bytes())
     data[len(data) // 2] ^= 0xFF
     snapshot.write_bytes(bytes(data))
-    with pytest.raises(EmbeddedServerError, match="damaged"):
-        server.restart()
+    server.restart()
+    assert "app" in connect(server).list_database_names()
+    assert "set aside snapshot.bson bytes" in server.log_path.read_text()
+    assert list((server.dbpath / "quarantine").iterdir())
 
 
 def test_second_server_on_same_dbpath_is_refused(fresh_server: ServerFactory,

@@ -7,6 +7,13 @@ from typing import Any
 from bson.int64 import Int64
 
 from runtime.embedded import engine
+from runtime.embedded.commands import arguments
+from runtime.embedded.commands.catalog_args import (
+    check_bool,
+    check_collection_options,
+    check_filter,
+    wrong_type,
+)
 from runtime.embedded.commands.registry import (
     GENERIC_FIELDS,
     CommandContext,
@@ -15,7 +22,8 @@ from runtime.embedded.commands.registry import (
 )
 from runtime.embedded.cursors import first_batch_reply
 from runtime.embedded.errors import CommandError
-from runtime.embedded.indexes import parse_index_spec
+from runtime.embedded.indexes import check_index_spec, parse_index_spec, ttl_problem
+from runtime.embedded.names import check_collection, check_new_collection, split_namespace
 from runtime.embedded.storage import ID_INDEX, Collection
 
 _CREATE_OPTIONS = {"capped", "size", "max", "validator", "validationLevel", "validationAction",
@@ -49,6 +57,8 @@ async def create(ctx: CommandContext) -> dict[str, Any]:
     """Create a collection with options."""
     name = ctx.collection_name()
     _reject_unknown_fields(ctx, _CREATE_FIELDS)
+    check_new_collection(ctx.db, name)
+    check_collection_options(ctx.body, "create")
     if ctx.access.collection(ctx.db, name) is not None:
         raise CommandError(48, f"Collection {ctx.namespace(name)} already exists.")
     options = {k: v for k, v in ctx.body.items()
@@ -63,9 +73,14 @@ async def create(ctx: CommandContext) -> dict[str, Any]:
 async def coll_mod(ctx: CommandContext) -> dict[str, Any]:
     """Change collection options (e.g. ``changeStreamPreAndPostImages``) or an index's TTL."""
     _reject_unknown_fields(ctx, _COLL_MOD_FIELDS)
-    coll = _require(ctx, ctx.collection_name())
-    changes = {k: v for k, v in ctx.body.items() if k in _CREATE_OPTIONS and k != "comment"}
+    name = ctx.collection_name()
+    check_collection(ctx.db, name)
+    check_collection_options(ctx.body, "collMod")
     index_change = doc_option(ctx.body, "index")
+    if index_change is not None:
+        _check_index_change(index_change)
+    coll = _require(ctx, name)
+    changes = {k: v for k, v in ctx.body.items() if k in _CREATE_OPTIONS and k != "comment"}
     reply: dict[str, Any] = {"ok": 1.0}
     if index_change is not None:
         target = None
@@ -76,6 +91,10 @@ async def coll_mod(ctx: CommandContext) -> dict[str, Any]:
         if target is None:
             raise CommandError(27, "cannot find index for collMod")
         if "expireAfterSeconds" in index_change:
+            if target.spec.name == ID_INDEX or len(target.spec.key) != 1:
+                raise CommandError(72, f"collMod: index '{target.spec.name}' cannot become a "
+                                   "TTL index: TTL indexes are single-field indexes on a field "
+                                   "other than _id")
             reply["expireAfterSeconds_old"] = target.spec.expire_after_seconds
             ctx.state.store.set_index_ttl(ctx.unit, coll, target.spec.name,
                                           float(index_change["expireAfterSeconds"]))
@@ -86,10 +105,39 @@ async def coll_mod(ctx: CommandContext) -> dict[str, Any]:
     return reply
 
 
+_INDEX_CHANGE_FIELDS = frozenset({"name", "keyPattern", "expireAfterSeconds", "hidden",
+                                  "unique", "prepareUnique", "forceNonUnique"})
+
+
+def _check_index_change(change: dict[str, Any]) -> None:
+    """``collMod.index``: types (TypeMismatch 14), unknown fields (40415), the TTL rule
+    (InvalidOptions 72)."""
+    unknown = sorted(k for k in change if k not in _INDEX_CHANGE_FIELDS)
+    if unknown:
+        raise CommandError(40415, f"BSON field 'collMod.index.{unknown[0]}' is an unknown field.")
+    if "name" in change and not isinstance(change["name"], str):
+        raise wrong_type("collMod.index.name", change["name"], "string")
+    if "keyPattern" in change and not isinstance(change["keyPattern"], dict):
+        raise wrong_type("collMod.index.keyPattern", change["keyPattern"], "object")
+    if ("name" in change) == ("keyPattern" in change):
+        raise CommandError(72, "collMod.index needs exactly one of 'name' and 'keyPattern' to "
+                           "say which index to change")
+    for flag in ("hidden", "unique", "prepareUnique", "forceNonUnique"):
+        check_bool(change, flag, "collMod.index")
+    if "expireAfterSeconds" in change:
+        ttl = change["expireAfterSeconds"]
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+            raise wrong_type("collMod.index.expireAfterSeconds", ttl, "long")
+        problem = ttl_problem(ttl)
+        if problem is not None:
+            raise CommandError(72, f"collMod: {problem}")
+
+
 @command("drop")
 async def drop(ctx: CommandContext) -> dict[str, Any]:
     """Drop a collection."""
     name = ctx.collection_name()
+    check_collection(ctx.db, name)
     coll = _require(ctx, name)
     count = len(coll.indexes)
     ctx.state.store.drop_collection(ctx.unit, coll)
@@ -108,11 +156,13 @@ async def drop_database(ctx: CommandContext) -> dict[str, Any]:
 async def rename_collection(ctx: CommandContext) -> dict[str, Any]:
     """Rename ``db.a`` to ``db.b`` (``dropTarget`` honoured)."""
     source, target = ctx.body.get("renameCollection"), ctx.body.get("to")
-    if not isinstance(source, str) or not isinstance(target, str) or "." not in source \
-            or "." not in target:
-        raise CommandError(73, "renameCollection and to must be full namespaces 'db.collection'")
-    src_db, src_name = source.split(".", 1)
-    dst_db, dst_name = target.split(".", 1)
+    src_db, src_name = split_namespace(source, "renameCollection")
+    dst_db, dst_name = split_namespace(target, "renameCollection.to")
+    check_bool(ctx.body, "dropTarget", "renameCollection")
+    check_bool(ctx.body, "stayTemp", "renameCollection")
+    check_new_collection(dst_db, dst_name)
+    if (src_db, src_name) == (dst_db, dst_name):
+        raise CommandError(20, f"Can't rename a collection to itself: {source}")
     store = ctx.state.store
     coll = store.catalog.get(src_db, src_name)
     if coll is None:
@@ -129,14 +179,16 @@ async def rename_collection(ctx: CommandContext) -> dict[str, Any]:
 @command("listCollections", in_transaction=True)
 async def list_collections(ctx: CommandContext) -> dict[str, Any]:
     """Collections of the database, filtered."""
-    query = engine.validate_filter(ctx.body.get("filter"))
+    check_bool(ctx.body, "nameOnly", "listCollections")
+    check_bool(ctx.body, "authorizedCollections", "listCollections")
+    query = engine.validate_filter(check_filter(ctx.body, "listCollections"))
     name_only = bool(ctx.body.get("nameOnly"))
     infos = []
     for coll in ctx.state.store.catalog.collections(ctx.db):
         info = coll.info()
         if engine.matches(query, info, ctx.variables):
             infos.append({"name": info["name"], "type": "collection"} if name_only else info)
-    batch_size = (ctx.body.get("cursor") or {}).get("batchSize")
+    batch_size = arguments.cursor_batch_size(ctx.body)
     return first_batch_reply(ctx.state.cursors, f"{ctx.db}.$cmd.listCollections", iter(infos),
                              batch_size)
 
@@ -144,7 +196,9 @@ async def list_collections(ctx: CommandContext) -> dict[str, Any]:
 @command("listDatabases", admin_only=True)
 async def list_databases(ctx: CommandContext) -> dict[str, Any]:
     """Databases that hold at least one collection."""
-    query = engine.validate_filter(ctx.body.get("filter"))
+    check_bool(ctx.body, "nameOnly", "listDatabases")
+    check_bool(ctx.body, "authorizedDatabases", "listDatabases")
+    query = engine.validate_filter(check_filter(ctx.body, "listDatabases"))
     databases = []
     for name in sorted(ctx.state.store.catalog.databases):
         entry: dict[str, Any] = {"name": name, "sizeOnDisk": Int64(0), "empty": False}
@@ -158,9 +212,14 @@ async def create_indexes(ctx: CommandContext) -> dict[str, Any]:
     """Create indexes (existing identical ones are a no-op; conflicting ones are errors)."""
     name = ctx.collection_name()
     raw = ctx.body.get("indexes")
-    if not isinstance(raw, list) or not raw:
+    if raw is None:
+        raise CommandError(40414, "BSON field 'createIndexes.indexes' is missing but a "
+                           "required field")
+    if not isinstance(raw, list):
+        raise wrong_type("createIndexes.indexes", raw, "array")
+    if not raw:
         raise CommandError(2, "Must specify at least one index to create")
-    specs = [parse_index_spec(r) for r in raw]
+    specs = [parse_index_spec(check_index_spec(r, i)) for i, r in enumerate(raw)]
     created = ctx.access.collection(ctx.db, name) is None
     coll = ctx.access.ensure(ctx.db, name)
     before = len(coll.indexes)
@@ -189,7 +248,7 @@ async def list_indexes(ctx: CommandContext) -> dict[str, Any]:
     name = ctx.collection_name()
     coll = _require(ctx, name)
     docs = [i.spec.to_document() for i in coll.indexes.values()]
-    batch_size = (ctx.body.get("cursor") or {}).get("batchSize")
+    batch_size = arguments.cursor_batch_size(ctx.body)
     return first_batch_reply(ctx.state.cursors, ctx.namespace(f"$cmd.listIndexes.{name}"),
                              iter(docs), batch_size)
 
@@ -197,8 +256,16 @@ async def list_indexes(ctx: CommandContext) -> dict[str, Any]:
 @command("dropIndexes", "deleteIndexes")
 async def drop_indexes(ctx: CommandContext) -> dict[str, Any]:
     """Drop one index by name or key, several by name, or all but ``_id_`` with ``"*"``."""
-    coll = _require(ctx, ctx.collection_name())
     wanted = ctx.body.get("index")
+    if wanted is None:
+        raise CommandError(40414, "BSON field 'dropIndexes.index' is missing but a required "
+                           "field")
+    if isinstance(wanted, list) and not all(isinstance(n, str) for n in wanted):
+        bad = next(n for n in wanted if not isinstance(n, str))
+        raise wrong_type("dropIndexes.index", bad, "string")
+    if not isinstance(wanted, str | list | dict):
+        raise wrong_type("dropIndexes.index", wanted, "string, array or object")
+    coll = _require(ctx, ctx.collection_name())
     count = len(coll.indexes)
     names: list[str]
     if wanted == "*":
@@ -206,7 +273,7 @@ async def drop_indexes(ctx: CommandContext) -> dict[str, Any]:
     elif isinstance(wanted, str):
         names = [wanted]
     elif isinstance(wanted, list):
-        names = [str(n) for n in wanted]
+        names = list(wanted)
     elif isinstance(wanted, dict):
         names = [i.spec.name for i in coll.indexes.values() if dict(i.spec.key) == wanted]
         if not names:
