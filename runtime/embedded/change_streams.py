@@ -42,6 +42,10 @@ ALLOWED_STAGES = frozenset(
 )
 EXPANDED_EVENTS = frozenset({"create", "createIndexes", "dropIndexes", "modify"})
 DEFAULT_AWAIT_MS = 1000
+#: The longest one getMore waits for events, whatever its ``maxTimeMS`` (which may be up to
+#: 2^31-1 ms): it then answers with an empty batch and the driver simply asks again, so a
+#: forgotten connection or a hostile value never holds a server task for days.
+MAX_AWAIT_MS = 10_000
 _FULL_DOCUMENT = ("default", "updateLookup", "whenAvailable", "required")
 _BEFORE_CHANGE = ("off", "whenAvailable", "required")
 
@@ -456,15 +460,14 @@ def _before_start_of_log(stream: ChangeStreamCursor, log: ChangeLog) -> bool:
 
 
 async def next_batch(stream: ChangeStreamCursor, log: ChangeLog, catalog: Catalog,
-                     batch_size: int | None, max_time_ms: Any,
+                     batch_size: int | None, max_time_ms: int | None,
                      variables: dict[str, Any]) -> list[dict[str, Any]]:
-    """A getMore: events now, or wait for a commit up to ``maxTimeMS`` (default 1 s)."""
+    """A getMore: events now, or wait for a commit up to ``maxTimeMS`` (validated by the
+    dispatcher; default 1 s, at most :data:`MAX_AWAIT_MS`)."""
     if not batch_size:
         batch_size = None  # a getMore's batchSize 0 (or none) means "no limit"
-    wait_ms: float = DEFAULT_AWAIT_MS
-    if isinstance(max_time_ms, int | float) and not isinstance(max_time_ms, bool):
-        wait_ms = max_time_ms
-    deadline = time.monotonic() + max(0, wait_ms) / 1000
+    wait_ms = DEFAULT_AWAIT_MS if max_time_ms is None else max_time_ms
+    deadline = time.monotonic() + min(max(0, wait_ms), MAX_AWAIT_MS) / 1000
     while True:
         batch = collect(stream, log, catalog, batch_size, variables)
         remaining = deadline - time.monotonic()

@@ -1,16 +1,22 @@
 """MongoDB wire protocol framing: OP_MSG, the legacy OP_QUERY handshake and OP_REPLY.
 
-Only framing lives here; what a command means is decided by :mod:`runtime.embedded.dispatcher`.
+Only framing lives here; what a command means is decided by :mod:`runtime.embedded.state`.
+Broken framing (a length that is out of range or does not match the bytes) is a
+:class:`ProtocolViolation` and closes the connection; anything wrong inside a well-framed
+message is a :class:`BadRequest`, answered with an error reply.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any
 
 import bson
 from bson.codec_options import CodecOptions
+
+from runtime.embedded.crc32c import crc32c
 
 OP_REPLY = 1
 OP_QUERY = 2004
@@ -21,6 +27,9 @@ HEADER = struct.Struct("<iiii")
 MAX_MESSAGE_SIZE = 48_000_000
 MAX_BSON_SIZE = 16 * 1024 * 1024
 
+#: Opcodes removed in MongoDB 6.0 (OP_UPDATE .. OP_KILL_CURSORS), refused like mongod does.
+LEGACY_OP_CODES = frozenset(range(2001, 2008))
+
 FLAG_CHECKSUM_PRESENT = 1 << 0
 FLAG_MORE_TO_COME = 1 << 1
 FLAG_EXHAUST_ALLOWED = 1 << 16
@@ -29,6 +38,27 @@ _KNOWN_REQUIRED_FLAGS = FLAG_CHECKSUM_PRESENT | FLAG_MORE_TO_COME
 # tz_aware=False keeps datetimes naive UTC exactly as PyMongo sends them; documents keep the
 # order of their keys (dict) as BSON requires.
 CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=False, uuid_representation=4)
+
+
+class WireError(IntEnum):
+    """Error codes of malformed messages (mongod's)."""
+
+    PROTOCOL_ERROR = 17
+    INVALID_BSON = 22
+    ILLEGAL_OP_MSG_FLAG = 223
+    CHECKSUM_MISMATCH = 282
+    NOT_AN_OBJECT = 10065
+    TWO_BODIES = 40430
+    DUPLICATE_SEQUENCE = 40431
+    UNKNOWN_SECTION = 40432
+    BODY_AND_SEQUENCE = 40433
+    NO_BODY = 40587
+    OP_QUERY_REMOVED = 5739101
+
+
+LEGACY_REMOVED_MESSAGE = ("{} is no longer supported. The client driver may require an upgrade. "
+                          "For more details see "
+                          "https://dochub.mongodb.org/core/legacy-opcode-removal")
 
 
 class ProtocolViolation(Exception):
@@ -77,25 +107,28 @@ def parse_header(data: bytes) -> Header:
 def _decode_document(data: bytes, offset: int, limit: int) -> tuple[dict[str, Any], int]:
     """Decode the document at ``offset``, which must end by ``limit`` (no copy of ``data``)."""
     if offset + 4 > limit:
-        raise BadRequest(17, "truncated BSON document")
+        raise BadRequest(WireError.PROTOCOL_ERROR, "truncated BSON document")
     (size,) = struct.unpack_from("<i", data, offset)
     if size < 5 or offset + size > limit:
-        raise BadRequest(17, "BSON document length out of range")
+        raise BadRequest(WireError.PROTOCOL_ERROR, "BSON document length out of range")
     try:
         doc = bson.decode(data[offset : offset + size], codec_options=CODEC)
     except Exception as exc:  # bson raises several unrelated exception types
-        raise BadRequest(22, f"invalid BSON: {exc}") from exc
+        raise BadRequest(WireError.INVALID_BSON, f"invalid BSON: {exc}") from exc
     return doc, offset + size
 
 
 def parse_op_msg(header: Header, payload: bytes) -> Request:
     """Decode an OP_MSG body (everything after the header)."""
     if len(payload) < 5:
-        raise BadRequest(17, "OP_MSG too short")
+        raise BadRequest(WireError.PROTOCOL_ERROR, "OP_MSG too short")
     (flags,) = struct.unpack_from("<I", payload, 0)
     if flags & 0xFFFF & ~_KNOWN_REQUIRED_FLAGS:
-        raise BadRequest(223, f"unknown required OP_MSG flag bits {flags:#x}")
+        raise BadRequest(WireError.ILLEGAL_OP_MSG_FLAG,
+                         f"unknown required OP_MSG flag bits {flags:#x}")
     end = len(payload) - (4 if flags & FLAG_CHECKSUM_PRESENT else 0)
+    if end < 5:
+        raise BadRequest(WireError.PROTOCOL_ERROR, "OP_MSG too short for its checksum")
     offset = 4
     body: dict[str, Any] | None = None
     sequences: dict[str, list[dict[str, Any]]] = {}
@@ -104,21 +137,27 @@ def parse_op_msg(header: Header, payload: bytes) -> Request:
         offset += 1
         if kind == 0:
             if body is not None:
-                raise BadRequest(40430, "OP_MSG has more than one body section")
+                raise BadRequest(WireError.TWO_BODIES, "OP_MSG has more than one body section")
             body, offset = _decode_document(payload, offset, end)
         elif kind == 1:
             if offset + 4 > end:
-                raise BadRequest(17, "truncated document sequence")
+                raise BadRequest(WireError.PROTOCOL_ERROR, "truncated document sequence")
             (size,) = struct.unpack_from("<i", payload, offset)
             seq_end = offset + size
             if size < 5 or seq_end > end:
-                raise BadRequest(17, "document sequence length out of range")
+                raise BadRequest(WireError.PROTOCOL_ERROR, "document sequence length out of range")
             name_end = payload.find(b"\x00", offset + 4, seq_end)
             if name_end < 0:
-                raise BadRequest(17, "document sequence identifier not terminated")
-            name = payload[offset + 4 : name_end].decode("utf-8", "replace")
+                raise BadRequest(WireError.PROTOCOL_ERROR,
+                                 "document sequence identifier not terminated")
+            try:
+                name = payload[offset + 4 : name_end].decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadRequest(WireError.PROTOCOL_ERROR, "document sequence identifier is not "
+                                 "valid UTF-8") from None
             if name in sequences:
-                raise BadRequest(40431, f"duplicate document sequence {name!r}")
+                raise BadRequest(WireError.DUPLICATE_SEQUENCE,
+                                 f"duplicate document sequence {name!r}")
             docs: list[dict[str, Any]] = []
             pos = name_end + 1
             while pos < seq_end:
@@ -127,12 +166,13 @@ def parse_op_msg(header: Header, payload: bytes) -> Request:
             sequences[name] = docs
             offset = seq_end
         else:
-            raise BadRequest(40432, f"unknown OP_MSG section kind {kind}")
+            raise BadRequest(WireError.UNKNOWN_SECTION, f"unknown OP_MSG section kind {kind}")
     if body is None:
-        raise BadRequest(40587, "OP_MSG has no body section")
+        raise BadRequest(WireError.NO_BODY, "OP_MSG has no body section")
     for name, docs in sequences.items():
         if name in body:
-            raise BadRequest(40433, f"duplicate field {name!r} in body and document sequence")
+            raise BadRequest(WireError.BODY_AND_SEQUENCE,
+                             f"duplicate field {name!r} in body and document sequence")
         body[name] = docs
     return Request(
         request_id=header.request_id,
@@ -144,18 +184,40 @@ def parse_op_msg(header: Header, payload: bytes) -> Request:
     )
 
 
+def checksum_flagged(payload: bytes) -> bool:
+    """Whether an OP_MSG payload says it ends with a CRC-32C checksum."""
+    return len(payload) >= 4 and bool(payload[0] & FLAG_CHECKSUM_PRESENT)
+
+
+def verify_checksum(header: Header, payload: bytes) -> None:
+    """Check an OP_MSG's CRC-32C trailer (over the header and everything before the trailer);
+    ChecksumMismatch (282) as on mongod if it does not match."""
+    if len(payload) < 8:
+        raise BadRequest(WireError.PROTOCOL_ERROR, "OP_MSG too short for its checksum")
+    raw_header = HEADER.pack(header.length, header.request_id, header.response_to,
+                             header.op_code)
+    (expected,) = struct.unpack_from("<I", payload, len(payload) - 4)
+    body = memoryview(payload)[:-4]
+    if crc32c(body, crc32c(raw_header)) != expected:
+        raise BadRequest(WireError.CHECKSUM_MISMATCH, "OP_MSG checksum does not match contents")
+
+
 def parse_op_query(header: Header, payload: bytes) -> tuple[str, Request]:
     """Decode a legacy OP_QUERY; returns the full collection name and the command."""
     if len(payload) < 4:
-        raise BadRequest(17, "OP_QUERY too short")
+        raise BadRequest(WireError.PROTOCOL_ERROR, "OP_QUERY too short")
     name_end = payload.find(b"\x00", 4)
     if name_end < 0:
-        raise BadRequest(17, "OP_QUERY collection name not terminated")
+        raise BadRequest(WireError.PROTOCOL_ERROR, "OP_QUERY collection name not terminated")
     full_name = payload[4:name_end].decode("utf-8", "replace")
     offset = name_end + 1 + 8  # numberToSkip, numberToReturn
     query, _ = _decode_document(payload, offset, len(payload))
     if "$query" in query:
-        query = dict(query["$query"])
+        wrapped = query["$query"]
+        if not isinstance(wrapped, dict):
+            raise BadRequest(WireError.NOT_AN_OBJECT, "invalid parameter: expected an object "
+                             "($query)")
+        query = dict(wrapped)
     if "$db" not in query:
         query["$db"] = full_name.split(".", 1)[0]
     return full_name, Request(request_id=header.request_id, op_code=OP_QUERY, body=query)
@@ -168,10 +230,13 @@ def encode_op_msg(response_to: int, request_id: int, doc: dict[str, Any]) -> byt
     return HEADER.pack(HEADER.size + len(payload), request_id, response_to, OP_MSG) + payload
 
 
-def encode_op_reply(response_to: int, request_id: int, doc: dict[str, Any]) -> bytes:
-    """Encode a legacy OP_REPLY carrying one document (handshake over OP_QUERY)."""
+def encode_op_reply(response_to: int, request_id: int, doc: dict[str, Any],
+                    query_failure: bool = False) -> bytes:
+    """Encode a legacy OP_REPLY carrying one document (handshake over OP_QUERY);
+    ``query_failure`` sets the QueryFailure flag (``$err`` replies)."""
     body = bson.encode(doc, codec_options=CODEC)
-    payload = struct.pack("<iqii", 8, 0, 0, 1) + body
+    flags = 8 | (2 if query_failure else 0)  # AwaitCapable, QueryFailure
+    payload = struct.pack("<iqii", flags, 0, 0, 1) + body
     return HEADER.pack(HEADER.size + len(payload), request_id, response_to, OP_REPLY) + payload
 
 

@@ -5,13 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from runtime.embedded import change_streams, engine
+from runtime.embedded.commands import arguments
+from runtime.embedded.commands.arguments import Fields
 from runtime.embedded.commands.crud import check_collation, check_hint, matching
-from runtime.embedded.commands.registry import (
-    GENERIC_FIELDS,
-    CommandContext,
-    command,
-    int_option,
-)
+from runtime.embedded.commands.registry import GENERIC_FIELDS, CommandContext, command
 from runtime.embedded.cursors import first_batch_reply
 from runtime.embedded.errors import CommandError, WriteError
 from runtime.embedded.ordering import id_key, value_key
@@ -33,9 +30,10 @@ class _CollectionsOf:
 
 
 def _pipeline(ctx: CommandContext) -> list[dict[str, Any]]:
-    pipeline = ctx.body.get("pipeline")
-    if not isinstance(pipeline, list) or not all(isinstance(s, dict) for s in pipeline):
-        raise CommandError(14, "'pipeline' option must be specified as an array of objects")
+    pipeline = Fields(ctx.body, "aggregate").array("pipeline", required=True)
+    assert pipeline is not None
+    if not all(isinstance(s, dict) for s in pipeline):
+        raise CommandError(14, "Each element of the 'pipeline' array must be an object")
     for stage in pipeline:
         if len(stage) != 1:
             raise CommandError(40323, "A pipeline stage specification object must contain "
@@ -48,7 +46,13 @@ async def aggregate(ctx: CommandContext) -> dict[str, Any]:
     """Run a pipeline; a leading ``$changeStream`` opens a change stream instead."""
     pipeline = _pipeline(ctx)
     target = ctx.body.get("aggregate")
-    if ctx.body.get("explain"):
+    fields = Fields(ctx.body, "aggregate")
+    for flag in ("explain", "allowDiskUse", "bypassDocumentValidation"):
+        fields.boolean(flag)
+    fields.document("let")
+    fields.document("collation")
+    arguments.hint(fields)
+    if fields.boolean("explain"):
         raise CommandError(2, "explain is not supported by the embedded server")
     for key in ctx.body:
         if key not in _AGGREGATE_FIELDS and key not in GENERIC_FIELDS:
@@ -56,10 +60,10 @@ async def aggregate(ctx: CommandContext) -> dict[str, Any]:
     check_collation(ctx.body.get("collation"))
     ctx.variables = engine.let_variables(ctx.body.get("let"), ctx.variables)
     cursor_opts = ctx.body.get("cursor")
-    if cursor_opts is None and not ctx.body.get("explain"):
+    if cursor_opts is None:
         raise CommandError(9, "The 'cursor' option is required, except for aggregate with the "
                            "explain argument")
-    batch_size = int_option(cursor_opts or {}, "batchSize")
+    batch_size = arguments.cursor_batch_size(ctx.body)
     if pipeline and "$changeStream" in pipeline[0]:
         if ctx.transaction is not None:
             raise CommandError(263, "Cannot run a $changeStream in a transaction")
@@ -68,7 +72,7 @@ async def aggregate(ctx: CommandContext) -> dict[str, Any]:
         if "$changeStream" in stage:
             raise CommandError(40602, "$changeStream is only valid as the first stage in a "
                                "pipeline.")
-    if not isinstance(target, str):
+    if type(target) is not str:
         if target == 1:
             raise CommandError(40324, "collection-less aggregate stages ($currentOp, "
                                "$listLocalSessions, $documents) are not supported")
@@ -99,7 +103,7 @@ def _open_change_stream(ctx: CommandContext, target: Any, pipeline: list[dict[st
                         batch_size: int | None) -> dict[str, Any]:
     if target == 1:
         coll = None
-    elif isinstance(target, str):
+    elif type(target) is str:
         coll = target
     else:
         raise CommandError(73, "'aggregate' needs a collection name or 1")
@@ -122,8 +126,8 @@ def _write_results(ctx: CommandContext, writer: dict[str, Any],
             target_db, target_coll = ctx.db, spec
             if isinstance(spec, dict):
                 target_db, target_coll = spec.get("db", ctx.db), spec.get("coll")
-            if not isinstance(target_coll, str):
-                raise CommandError(14, "$out needs a collection name")
+            if type(target_coll) is not str or type(target_db) is not str:
+                raise CommandError(14, "$out needs a collection name (and a database name)")
             store = ctx.state.store
             existing = store.catalog.get(target_db, target_coll)
             if existing is not None:
@@ -145,7 +149,7 @@ def _new_id() -> Any:
 
 
 def _merge(ctx: CommandContext, spec: Any, results: list[dict[str, Any]]) -> None:
-    if isinstance(spec, str):
+    if type(spec) is str:
         spec = {"into": spec}
     if not isinstance(spec, dict):
         raise CommandError(14, "$merge needs a collection name or a specification object")
@@ -153,8 +157,8 @@ def _merge(ctx: CommandContext, spec: Any, results: list[dict[str, Any]]) -> Non
     target_db, target_coll = ctx.db, into
     if isinstance(into, dict):
         target_db, target_coll = into.get("db", ctx.db), into.get("coll")
-    if not isinstance(target_coll, str):
-        raise CommandError(14, "$merge 'into' must name a collection")
+    if type(target_coll) is not str or type(target_db) is not str:
+        raise CommandError(14, "$merge 'into' must name a collection (and a database)")
     on = spec.get("on", "_id")
     on_fields = [on] if isinstance(on, str) else list(on) if isinstance(on, list) else []
     if not on_fields or not all(isinstance(f, str) and f for f in on_fields):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,12 +14,12 @@ from bson import ObjectId
 from bson.int64 import Int64
 
 from runtime.embedded import change_streams, engine
+from runtime.embedded.commands import arguments
+from runtime.embedded.commands.arguments import Fields
 from runtime.embedded.commands.registry import (
     GENERIC_FIELDS,
     CommandContext,
     command,
-    doc_option,
-    int_option,
     sort_option,
 )
 from runtime.embedded.cursors import QueryCursor, first_batch_reply
@@ -54,7 +55,7 @@ def check_hint(coll: Collection | None, hint: Any) -> None:
     """Reject a ``hint`` naming no index (the planner chooses on its own either way)."""
     if hint is None or coll is None or hint == {"$natural": 1} or hint == {"$natural": -1}:
         return
-    if isinstance(hint, str):
+    if type(hint) is str:  # bson's Code is an (unhashable) str subclass
         found = hint in coll.indexes
     elif isinstance(hint, dict) and hint:
         found = any(dict(i.spec.key) == hint for i in coll.indexes.values())
@@ -100,11 +101,10 @@ def _prepare_insert(raw: Any) -> dict[str, Any]:
     return doc
 
 
-def _statements(ctx: CommandContext, field: str) -> list[Any]:
-    value = ctx.body.get(field)
-    if not isinstance(value, list):
-        raise CommandError(14, f"BSON field '{ctx.name}.{field}' is missing or not an array")
-    return value
+def _statements(ctx: CommandContext, field: str) -> list[dict[str, Any]]:
+    statements = Fields(ctx.body, ctx.name).documents(field, required=True)
+    assert statements is not None
+    return statements
 
 
 def _write_reply(n: int, errors: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -125,7 +125,7 @@ async def insert(ctx: CommandContext) -> dict[str, Any]:
     """Insert documents; ordered batches stop at the first error."""
     name = ctx.collection_name()
     docs = _statements(ctx, "documents")
-    ordered = ctx.body.get("ordered", True) is not False
+    ordered = Fields(ctx.body, ctx.name).boolean("ordered", True)
     coll = ctx.access.ensure(ctx.db, name)
     n = 0
     errors: list[dict[str, Any]] = []
@@ -175,7 +175,7 @@ def _update_one_statement(ctx: CommandContext, coll: Collection, stmt: Any,
     update = stmt.get("u")
     if not isinstance(update, dict | list):
         raise WriteError(14, "BSON field 'update.updates.u' must be an object or an array")
-    multi = bool(stmt.get("multi", False))
+    multi = Fields(stmt, "update.updates").boolean("multi")
     is_replacement = isinstance(update, dict) and not engine.is_operator_update(update)
     if is_replacement and multi:
         raise WriteError(9, "multi update is not supported for replacement-style update")
@@ -194,11 +194,9 @@ def _update_one_statement(ctx: CommandContext, coll: Collection, stmt: Any,
             new = engine.apply_update(old, update, query, array_filters, False, ctx.variables)
         matched += 1
         if not same_value(old, new):
-            if len(new) and _too_large(new):
-                raise WriteError(17419, "Resulting document after update is larger than 16 MiB")
             ctx.access.replace(coll, old, new, is_replacement)
             modified += 1
-    if not targets and stmt.get("upsert"):
+    if not targets and Fields(stmt, "update.updates").boolean("upsert"):
         doc = _upsert_document(query, update, array_filters, ctx.variables)
         ctx.access.insert(coll, doc)
         upserted.append({"index": index, "_id": doc["_id"]})
@@ -215,7 +213,8 @@ async def update(ctx: CommandContext) -> dict[str, Any]:
     ctx.variables = engine.let_variables(ctx.body.get("let"), ctx.variables)
     name = ctx.collection_name()
     statements = _statements(ctx, "updates")
-    ordered = ctx.body.get("ordered", True) is not False
+    arguments.check_update_statements(statements)
+    ordered = Fields(ctx.body, ctx.name).boolean("ordered", True)
     coll = ctx.access.ensure(ctx.db, name)
     matched = modified = 0
     upserted: list[dict[str, Any]] = []
@@ -242,7 +241,8 @@ async def delete(ctx: CommandContext) -> dict[str, Any]:
     ctx.variables = engine.let_variables(ctx.body.get("let"), ctx.variables)
     name = ctx.collection_name()
     statements = _statements(ctx, "deletes")
-    ordered = ctx.body.get("ordered", True) is not False
+    arguments.check_delete_statements(statements)
+    ordered = Fields(ctx.body, ctx.name).boolean("ordered", True)
     coll = ctx.access.collection(ctx.db, name)
     n = 0
     errors: list[dict[str, Any]] = []
@@ -251,7 +251,7 @@ async def delete(ctx: CommandContext) -> dict[str, Any]:
             if not isinstance(stmt, dict):
                 raise WriteError(14, "delete statement must be an object")
             query = engine.validate_filter(stmt.get("q"))
-            limit = stmt.get("limit", 0)
+            limit = arguments.safe_long(stmt.get("limit") or 0)
             if limit not in (0, 1):
                 raise WriteError(9, "The limit field in delete objects must be 0 or 1")
             if coll is None:
@@ -279,7 +279,9 @@ def _results(ctx: CommandContext, coll: Collection | None, query: dict[str, Any]
     docs: Iterator[dict[str, Any]] = matching(ctx, coll, query, sort,
                                               skip + limit if limit else None)
     if skip or limit:
-        docs = itertools.islice(docs, skip, skip + limit if limit else None)
+        # islice takes at most sys.maxsize (mongod's limits are 64-bit: they can add up past it)
+        stop = min(skip + limit, sys.maxsize) if limit else None
+        docs = itertools.islice(docs, min(skip, sys.maxsize), stop)
     if projection:
         variables = ctx.variables
         docs = (engine.project(d, projection, variables, query) for d in docs)
@@ -315,19 +317,18 @@ async def find(ctx: CommandContext) -> dict[str, Any]:
             raise CommandError(2, f"find option '{key}' is not supported by the embedded server")
         if key not in _FIND_FIELDS and key not in _FIND_UNSUPPORTED and key not in GENERIC_FIELDS:
             raise CommandError(40415, f"BSON field 'find.{key}' is an unknown field.")
+    fields = arguments.check_find(ctx.body)
     ctx.variables = engine.let_variables(ctx.body.get("let"), ctx.variables)
     check_collation(ctx.body.get("collation"))
     name = ctx.collection_name()
     query = engine.validate_filter(ctx.body.get("filter"))
     sort = sort_option(ctx.body)
-    projection = doc_option(ctx.body, "projection")
-    skip = int_option(ctx.body, "skip", 0) or 0
-    raw_limit = ctx.body.get("limit", 0)
-    if isinstance(raw_limit, bool) or not isinstance(raw_limit, int | float):
-        raise CommandError(14, "BSON field 'limit' is the wrong type, expected a number")
-    single_batch = bool(ctx.body.get("singleBatch")) or raw_limit < 0
-    limit = abs(int(raw_limit))
-    batch_size = int_option(ctx.body, "batchSize")
+    projection = fields.document("projection")
+    skip = fields.integer("skip", 0) or 0
+    raw_limit = fields.integer("limit", 0, minimum=None) or 0
+    single_batch = fields.boolean("singleBatch") or raw_limit < 0
+    limit = min(abs(raw_limit), arguments.INT64_MAX)
+    batch_size = fields.integer("batchSize")
     coll = ctx.access.collection(ctx.db, name)
     check_hint(coll, ctx.body.get("hint"))
     results = _Materialising(_results(ctx, coll, query, sort, skip, limit or None, projection))
@@ -348,18 +349,17 @@ async def find(ctx: CommandContext) -> dict[str, Any]:
 @command("getMore", in_transaction=True)
 async def get_more(ctx: CommandContext) -> dict[str, Any]:
     """Next batch of a find, aggregate or change-stream cursor."""
-    cursor_id = ctx.body.get("getMore")
-    coll = ctx.body.get("collection")
-    if not isinstance(coll, str):
-        raise CommandError(40414, "BSON field 'getMore.collection' is missing but a required "
-                           "field")
+    fields = Fields(ctx.body, "getMore")
+    cursor_id = fields.long("getMore", required=True)
+    coll = fields.string("collection", required=True)
+    assert coll is not None
     cursor = ctx.state.cursors.get(cursor_id, ctx.namespace(coll))
-    batch_size = int_option(ctx.body, "batchSize")
+    batch_size = fields.integer("batchSize")
     if isinstance(cursor, change_streams.ChangeStreamCursor):
         try:
             batch = await change_streams.next_batch(
                 cursor, ctx.state.store.changelog, ctx.state.store.catalog, batch_size,
-                ctx.body.get("maxTimeMS"), ctx.variables)
+                arguments.max_time_ms("getMore", ctx.body), ctx.variables)
         except CommandError:
             # A stream that failed (history lost, missing image, modified _id) is dead, as on
             # a real server; the client resumes with a new aggregate if it can.
@@ -380,9 +380,12 @@ async def get_more(ctx: CommandContext) -> dict[str, Any]:
 @command("killCursors", in_transaction=True)
 async def kill_cursors(ctx: CommandContext) -> dict[str, Any]:
     """Close cursors."""
-    ids = ctx.body.get("cursors")
-    if not isinstance(ids, list):
-        raise CommandError(14, "BSON field 'killCursors.cursors' must be an array")
+    fields = Fields(ctx.body, "killCursors")
+    fields.string("killCursors")
+    ids = fields.array("cursors", required=True) or []
+    for index, cursor_id in enumerate(ids):
+        if isinstance(cursor_id, bool) or not isinstance(cursor_id, int):
+            raise arguments.wrong_type(f"killCursors.cursors.{index}", cursor_id, ("long",))
     killed: list[Any] = []
     missing: list[Any] = []
     for cursor_id in ids:
@@ -398,13 +401,18 @@ async def find_and_modify(ctx: CommandContext) -> dict[str, Any]:
     check_collation(ctx.body.get("collation"))
     name = ctx.collection_name()
     body = ctx.body
-    query = engine.validate_filter(body.get("query"))
+    args = Fields(body, ctx.name)
+    query = args.document("query") or {}
     sort = sort_option(body)
-    remove = bool(body.get("remove", False))
+    remove = args.boolean("remove")
     update = body.get("update")
-    fields = doc_option(body, "fields")
-    return_new = bool(body.get("new", False))
-    upsert = bool(body.get("upsert", False))
+    if update is not None:
+        update = arguments.update_argument(update)
+    fields = args.document("fields")
+    return_new = args.boolean("new")
+    upsert = args.boolean("upsert")
+    args.documents("arrayFilters")
+    arguments.hint(args)
     if remove and (update is not None or upsert or return_new):
         raise CommandError(9, "Cannot specify remove together with update, upsert or new")
     if not remove and not isinstance(update, dict | list):
@@ -454,13 +462,13 @@ async def count(ctx: CommandContext) -> dict[str, Any]:
     """Count matching documents (``skip``/``limit`` honoured)."""
     check_collation(ctx.body.get("collation"))
     name = ctx.collection_name()
-    query = engine.validate_filter(ctx.body.get("query"))
+    query = Fields(ctx.body, "count").document("query") or {}
+    skip = arguments.count_number(ctx.body, "skip")
+    limit = min(abs(arguments.count_number(ctx.body, "limit")), arguments.INT64_MAX)
     coll = ctx.access.collection(ctx.db, name)
     check_hint(coll, ctx.body.get("hint"))
     if coll is None:
         return {"n": 0, "ok": 1.0}
-    skip = int_option(ctx.body, "skip", 0) or 0
-    limit = abs(int(ctx.body.get("limit", 0) or 0))
     if not query and not skip and not limit:
         return {"n": len(coll.docs), "ok": 1.0}
     n = sum(1 for _ in _results(ctx, coll, query, None, skip, limit or None, None))
@@ -472,10 +480,10 @@ async def distinct(ctx: CommandContext) -> dict[str, Any]:
     """Distinct values of a field (array elements counted individually)."""
     check_collation(ctx.body.get("collation"))
     name = ctx.collection_name()
-    key = ctx.body.get("key")
-    if not isinstance(key, str):
-        raise CommandError(14, "BSON field 'distinct.key' must be a string")
-    query = engine.validate_filter(ctx.body.get("query"))
+    fields = Fields(ctx.body, "distinct")
+    key = fields.string("key", required=True)
+    assert key is not None
+    query = fields.document("query") or {}
     coll = ctx.access.collection(ctx.db, name)
     values: dict[Any, Any] = {}
     if coll is not None:

@@ -18,6 +18,7 @@ from typing import Any
 from bson.int64 import Int64
 
 from runtime.embedded import engine, planner
+from runtime.embedded.commands import arguments
 from runtime.embedded.commands.registry import CommandContext, command, sort_option
 from runtime.embedded.errors import CommandError
 from runtime.embedded.storage import Collection
@@ -44,10 +45,8 @@ class _Query:
 
 
 def _number(body: dict[str, Any], name: str) -> int:
-    value = body.get(name, 0) or 0
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise CommandError(14, f"BSON field '{name}' is the wrong type, expected a number")
-    return abs(int(value))
+    value = arguments.Fields(body, "explain").integer(name, 0, minimum=None) or 0
+    return min(abs(value), arguments.INT64_MAX)
 
 
 def _first(body: dict[str, Any], field: str, kind: str) -> dict[str, Any]:
@@ -61,7 +60,7 @@ def _first(body: dict[str, Any], field: str, kind: str) -> dict[str, Any]:
 def _describe(name: str, body: dict[str, Any]) -> _Query:
     """The read an explainable command performs."""
     target = body.get(name)
-    if not isinstance(target, str) or not target:
+    if type(target) is not str or not target:
         raise CommandError(73, f"'{name}' needs a collection name string")
     if name == "find":
         return _Query(target, engine.validate_filter(body.get("filter")), sort_option(body),
