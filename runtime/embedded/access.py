@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from runtime.embedded import planner
+from runtime.embedded import deadlines, planner
 from runtime.embedded.datastore import DataStore, WriteUnit
+from runtime.embedded.document_rules import Write, check_storable
 from runtime.embedded.errors import CommandError, WriteError
 from runtime.embedded.ordering import Key, id_key
 from runtime.embedded.storage import Collection
@@ -56,7 +57,9 @@ class Access(Protocol):
 
 def _documents(coll: Collection, keys: Iterator[Key]) -> Iterator[dict[str, Any]]:
     docs = coll.docs
+    tick = deadlines.tick
     for key in keys:
+        tick()
         doc = docs.get(key)
         if doc is not None:
             yield doc
@@ -145,6 +148,7 @@ class TransactionAccess:
         touched = self.txn.touched
         seen: set[Key] = set()
         for key in keys:
+            deadlines.tick()
             entry = touched.get((coll.db, coll.name, key))
             if entry is not None:
                 seen.add(key)
@@ -198,6 +202,7 @@ class TransactionAccess:
                     raise index.duplicate_error(doc)
 
     def insert(self, coll: Collection, doc: dict[str, Any]) -> None:
+        check_storable(doc, Write.INSERT)
         key = id_key(doc["_id"])
         entry = self._touch(coll, key)
         if entry.current is not None:
@@ -208,6 +213,7 @@ class TransactionAccess:
 
     def replace(self, coll: Collection, old: dict[str, Any], new: dict[str, Any],
                 is_replacement: bool) -> None:
+        check_storable(new, Write.UPDATE)
         key = id_key(old["_id"])
         entry = self._touch(coll, key)
         self._check_unique(coll, new, key)

@@ -27,7 +27,9 @@ from sortedcontainers import SortedList
 
 from runtime.embedded.changelog import ChangeEntry, ChangeLog
 from runtime.embedded.clock import ClusterClock
+from runtime.embedded.document_rules import Write, check_storable
 from runtime.embedded.indexes import Index, IndexSpec, parse_index_spec
+from runtime.embedded.names import check_collection, check_new_collection
 from runtime.embedded.ordering import (
     BOOLEAN,
     DATE,
@@ -41,7 +43,7 @@ from runtime.embedded.ordering import (
     id_key,
     value_key,
 )
-from runtime.embedded.persistence import Persistence
+from runtime.embedded.persistence import Persistence, record_label
 from runtime.embedded.storage import ID_INDEX, Catalog, Collection
 from runtime.embedded.wire import CODEC
 
@@ -61,6 +63,17 @@ class WriteUnit:
     entries: list[ChangeEntry] = field(default_factory=list)
     lsid: dict[str, Any] | None = None
     txn_number: Any = None
+    #: How to take back each in-memory change, in the order they were made: a unit whose log
+    #: record cannot be written is undone, so memory never holds what the log does not.
+    undo: list[Callable[[], object]] = field(default_factory=list)
+
+    def rollback(self) -> None:
+        """Undo every in-memory change of this unit, newest first, and forget them."""
+        for step in reversed(self.undo):
+            step()
+        self.undo.clear()
+        self.ops.clear()
+        self.entries.clear()
 
 
 def _utcnow() -> datetime.datetime:
@@ -87,6 +100,16 @@ class DataStore:
         """Make a unit durable and visible to change streams; returns its cluster time."""
         if not unit.ops and not unit.entries:
             return self.clock.now()
+        last_seq = self.changelog.last_seq
+        try:
+            return self._commit(unit)
+        except BaseException:
+            # Nothing reached the log: take the changes back so memory matches it.
+            self.changelog.last_seq = last_seq
+            unit.rollback()
+            raise
+
+    def _commit(self, unit: WriteUnit) -> Timestamp:
         ts = self.clock.tick()
         for index, entry in enumerate(unit.entries):
             entry.cluster_time = ts
@@ -105,6 +128,7 @@ class DataStore:
                 events.append(RawBSONDocument(raw))
             self.persistence.append({"ts": ts, "ops": unit.ops, "events": events,
                                      "sizes": [e.size for e in unit.entries]})
+        unit.undo.clear()
         self.changelog.append(unit.entries, assign=False)
         return ts
 
@@ -128,9 +152,11 @@ class DataStore:
 
     def insert(self, unit: WriteUnit, coll: Collection, doc: dict[str, Any]) -> None:
         """Insert a document (uniqueness is checked here)."""
+        check_storable(doc, Write.INSERT)
         key = id_key(doc["_id"])
         coll.check_unique(doc, key, replacing=False)
         coll.put(doc, None)
+        unit.undo.append(lambda: coll.remove(doc))
         unit.ops.append({"op": "put", "db": coll.db, "coll": coll.name, "doc": doc})
         if self._publishes(coll.db, coll.name):
             unit.entries.append(self._entry("insert", coll, coll.db,
@@ -139,9 +165,11 @@ class DataStore:
     def replace(self, unit: WriteUnit, coll: Collection, old: dict[str, Any],
                 new: dict[str, Any], is_replacement: bool) -> None:
         """Store ``new`` in place of ``old`` (an update, or a whole-document replacement)."""
+        check_storable(new, Write.UPDATE)
         key = id_key(old["_id"])
         coll.check_unique(new, key, replacing=True, previous=old)
         coll.put(new, old)
+        unit.undo.append(lambda: coll.put(old, new))
         unit.ops.append({"op": "put", "db": coll.db, "coll": coll.name, "doc": new})
         if self._publishes(coll.db, coll.name):
             if is_replacement:
@@ -158,6 +186,7 @@ class DataStore:
     def delete(self, unit: WriteUnit, coll: Collection, doc: dict[str, Any]) -> None:
         """Remove a document."""
         coll.remove(doc)
+        unit.undo.append(lambda: coll.put(doc, None))
         unit.ops.append({"op": "del", "db": coll.db, "coll": coll.name, "id": doc["_id"]})
         if self._publishes(coll.db, coll.name):
             unit.entries.append(self._entry(
@@ -173,8 +202,10 @@ class DataStore:
 
     def create_collection(self, unit: WriteUnit, db: str, name: str,
                           options: dict[str, Any]) -> Collection:
-        """Create a collection."""
+        """Create a collection (the name checked as a client may create it)."""
+        check_new_collection(db, name)
         coll = self.catalog.create(db, name, options)
+        unit.undo.append(lambda: self.catalog.drop(db, name))
         unit.ops.append({"op": "create", "db": db, "coll": name, "options": options,
                          "uuid": coll.uuid})
         if self._publishes(db, name):
@@ -184,10 +215,12 @@ class DataStore:
 
     def drop_collection(self, unit: WriteUnit, coll: Collection) -> None:
         """Drop a collection (a ``drop`` event; collection streams then invalidate)."""
-        self.catalog.drop(coll.db, coll.name)
-        unit.ops.append({"op": "drop", "db": coll.db, "coll": coll.name})
-        if self._publishes(coll.db, coll.name):
-            unit.entries.append(self._entry("drop", coll, coll.db))
+        db, name = coll.db, coll.name
+        self.catalog.drop(db, name)
+        unit.undo.append(lambda: self._restore(coll, db, name))
+        unit.ops.append({"op": "drop", "db": db, "coll": name})
+        if self._publishes(db, name):
+            unit.entries.append(self._entry("drop", coll, db))
 
     def drop_database(self, unit: WriteUnit, db: str) -> None:
         """Drop every collection of a database, then the database."""
@@ -204,6 +237,12 @@ class DataStore:
         old_db, old_name = coll.db, coll.name
         coll.db, coll.name = to_db, to_name
         self.catalog.databases.setdefault(to_db, {})[to_name] = coll
+
+        def undo_rename() -> None:
+            self.catalog.drop(to_db, to_name)
+            self._restore(coll, old_db, old_name)
+
+        unit.undo.append(undo_rename)
         unit.ops.append({"op": "rename", "db": old_db, "coll": old_name, "toDb": to_db,
                          "toColl": to_name})
         if self._publishes(old_db, old_name):
@@ -222,6 +261,7 @@ class DataStore:
     def create_index(self, unit: WriteUnit, coll: Collection, spec: IndexSpec) -> None:
         """Build and register an index."""
         coll.add_index(spec)
+        unit.undo.append(lambda: coll.indexes.pop(spec.name, None))
         unit.ops.append({"op": "createIndex", "db": coll.db, "coll": coll.name,
                          "spec": spec.to_document()})
         if self._publishes(coll.db, coll.name):
@@ -232,6 +272,7 @@ class DataStore:
     def drop_index(self, unit: WriteUnit, coll: Collection, name: str) -> None:
         """Remove an index."""
         index = coll.indexes.pop(name)
+        unit.undo.append(lambda: coll.indexes.__setitem__(name, index))
         unit.ops.append({"op": "dropIndex", "db": coll.db, "coll": coll.name, "name": name})
         if self._publishes(coll.db, coll.name):
             unit.entries.append(self._entry("dropIndexes", coll, coll.db,
@@ -241,7 +282,10 @@ class DataStore:
     def set_index_ttl(self, unit: WriteUnit, coll: Collection, name: str,
                       expire_after_seconds: float) -> None:
         """``collMod`` of an index: change its ``expireAfterSeconds`` (logged, so durable)."""
-        coll.indexes[name].spec.expire_after_seconds = float(expire_after_seconds)
+        spec = coll.indexes[name].spec
+        previous = spec.expire_after_seconds
+        spec.expire_after_seconds = float(expire_after_seconds)
+        unit.undo.append(lambda: setattr(spec, "expire_after_seconds", previous))
         unit.ops.append({"op": "indexTTL", "db": coll.db, "coll": coll.name, "name": name,
                          "expireAfterSeconds": float(expire_after_seconds)})
 
@@ -250,7 +294,9 @@ class DataStore:
         """``collMod``: change collection options (``described``: other collMod fields, such
         as an index change, that the event reports)."""
         old = {"uuid": coll.uuid, **coll.options}
+        before = dict(coll.options)
         coll.options.update(changes)
+        unit.undo.append(lambda: setattr(coll, "options", before))
         if changes:
             unit.ops.append({"op": "collMod", "db": coll.db, "coll": coll.name,
                              "options": changes})
@@ -260,6 +306,11 @@ class DataStore:
                                 operation_description={**changes, **(described or {})},
                                 state_before_change={"collectionOptions": old})
             unit.entries.append(entry)
+
+    def _restore(self, coll: Collection, db: str, name: str) -> None:
+        """Put a dropped or renamed collection back under its old name (undo)."""
+        coll.db, coll.name = db, name
+        self.catalog.databases.setdefault(db, {})[name] = coll
 
     # -- recovery -----------------------------------------------------------------------------
 
@@ -286,6 +337,7 @@ class DataStore:
         elif kind == "dropDatabase":
             self.catalog.databases.pop(db, None)
         elif kind == "rename" and coll is not None:
+            check_collection(op["toDb"], op["toColl"])  # (old logs may hold a bad target)
             self.catalog.drop(db, name)
             coll.db, coll.name = op["toDb"], op["toColl"]
             self.catalog.databases.setdefault(coll.db, {})[coll.name] = coll
@@ -318,47 +370,56 @@ class DataStore:
                 gc.enable()
 
     def _load(self, persistence: Persistence) -> None:
+        # Any record (or log operation, or index) that cannot be loaded is set aside into the
+        # quarantine folder with a warning: one bad record must not keep the rest offline.
+        set_aside = persistence.setting_aside
         entries: list[ChangeEntry] = []
         snapshot_time = Timestamp(0, 0)
         for record in persistence.snapshot_records():
             kind = record.get("kind")
-            if kind == "meta":
-                snapshot_time = record["clusterTime"]
-                self.clock.advance_to(snapshot_time)
-                self.changelog.last_seq = record["lastSeq"]
-                self.changelog.evicted_through = record.get("evictedThrough", 0)
-                self.changelog.evicted_time = record.get("evictedTime", Timestamp(0, 0))
-                self.changelog.last_time = snapshot_time
-            elif kind == "collection":
-                coll = self.catalog.create(record["db"], record["coll"], record["options"],
-                                           _as_binary(record["uuid"]))
-                for spec in record["indexes"]:
-                    if spec["name"] != ID_INDEX:
-                        coll.add_index(parse_index_spec(spec))
-            elif kind == "docs":
-                target = self.catalog.get(record["db"], record["coll"])
-                if target is not None:
+            with set_aside(f"snapshot {record_label(record)}", record):
+                if kind == "meta":
+                    snapshot_time = record["clusterTime"]
+                    self.clock.advance_to(snapshot_time)
+                    self.changelog.last_seq = record["lastSeq"]
+                    self.changelog.evicted_through = record.get("evictedThrough", 0)
+                    self.changelog.evicted_time = record.get("evictedTime", Timestamp(0, 0))
+                    self.changelog.last_time = snapshot_time
+                elif kind == "collection":
+                    coll = self.catalog.create(record["db"], record["coll"], record["options"],
+                                               _as_binary(record["uuid"]))
+                    for spec in record["indexes"]:
+                        with set_aside(f"index of {coll.namespace} in the snapshot", spec):
+                            if spec["name"] != ID_INDEX:
+                                coll.add_index(parse_index_spec(spec))
+                elif kind == "docs":
+                    target = self.catalog.get(record["db"], record["coll"])
+                    if target is None:
+                        raise LookupError("its collection was not loaded")
                     docs = target.docs
                     for doc in record["docs"]:
                         docs[_fast_value_key(doc["_id"])] = doc  # == id_key(_id)
-            elif kind == "changes":
-                sizes = record.get("sizes") or [0] * len(record["entries"])
-                entries.extend(_entry_from_log(e, s)
-                               for e, s in zip(record["entries"], sizes, strict=True))
+                elif kind == "changes":
+                    sizes = record.get("sizes") or [0] * len(record["entries"])
+                    entries.extend([_entry_from_log(e, s)
+                                    for e, s in zip(record["entries"], sizes, strict=True)])
         replayed = 0
         for record in persistence.wal_records():
-            ts = record["ts"]
-            if (ts.time, ts.inc) <= (snapshot_time.time, snapshot_time.inc):
-                continue  # already in the snapshot (a checkpoint died before deleting it)
-            replayed += 1
-            self.clock.advance_to(ts)
-            for op in record["ops"]:
-                self._apply_op(op)
-            sizes = record.get("sizes") or [0] * len(record["events"])
-            entries.extend(_entry_from_log(e, s)
-                           for e, s in zip(record["events"], sizes, strict=True))
+            with set_aside(f"log {record_label(record)}", record):
+                ts = record["ts"]
+                if (ts.time, ts.inc) <= (snapshot_time.time, snapshot_time.inc):
+                    continue  # already in the snapshot (a checkpoint died before deleting it)
+                replayed += 1
+                self.clock.advance_to(ts)
+                for op in record["ops"]:
+                    with set_aside(f"log operation {record_label(op)} at {ts}",
+                                   {"ts": ts, "op": op}):
+                        self._apply_op(op)
+                sizes = record.get("sizes") or [0] * len(record["events"])
+                entries.extend([_entry_from_log(e, s)
+                                for e, s in zip(record["events"], sizes, strict=True)])
         for coll in self.catalog.all_collections():
-            _build_indexes(coll)
+            _build_indexes(coll, persistence)
         self.changelog.append(entries, assign=False)
         if entries:
             self.changelog.last_time = entries[-1].cluster_time
@@ -441,12 +502,22 @@ def _entry_from_log(doc: dict[str, Any], size: int) -> ChangeEntry:
     return entry
 
 
-def _build_indexes(coll: Collection) -> None:
-    """Build every index of a collection loaded in bulk (sorting once beats inserting)."""
+def _build_indexes(coll: Collection, persistence: Persistence | None = None) -> None:
+    """Build every index of a collection loaded in bulk (sorting once beats inserting); with
+    ``persistence``, an index that cannot be built is set aside (the collection is served
+    without it)."""
     items = list(coll.docs.items())
-    for index in coll.indexes.values():
-        index.multikey = False
-        index.entries = SortedList(_index_entries(index, items))
+    for name, index in list(coll.indexes.items()):
+        if persistence is None:
+            index.multikey = False
+            index.entries = SortedList(_index_entries(index, items))
+            continue
+        with persistence.setting_aside(f"index {name} of {coll.namespace}",
+                                       index.spec.to_document()) as guard:
+            index.multikey = False
+            index.entries = SortedList(_index_entries(index, items))
+        if guard.failed and name != ID_INDEX:
+            del coll.indexes[name]
 
 
 def _index_entries(index: Index, items: list[tuple[Key, dict[str, Any]]]) -> Iterator[Key]:

@@ -33,6 +33,7 @@ import mongomock_ng as _mongomock_ng
 from bson import ObjectId, Regex
 from bson.binary import Binary
 from bson.decimal128 import Decimal128
+from bson.errors import BSONError
 from bson.int64 import Int64
 from bson.max_key import MaxKey
 from bson.min_key import MinKey
@@ -43,6 +44,8 @@ from mongomock_ng import filtering as _mm_filtering
 from mongomock_ng import helpers as _mm_helpers
 from pymongo.errors import OperationFailure, PyMongoError
 
+from runtime.embedded import deadlines, regex_limits
+from runtime.embedded import expression_limits as limits
 from runtime.embedded.errors import CommandError, WriteError
 from runtime.embedded.expressions_hash import hashed_index_key
 from runtime.embedded.ordering import MISSING, Key, document_sort_key, value_key
@@ -83,8 +86,20 @@ def _numeric_result(a: Any, b: Any, op: Callable[[Any, Any], Any]) -> Any:
     return int(result)
 
 
-def _arith_updater(op: Callable[[Any, Any], Any], missing: Callable[[Any], Any]) -> Any:
+_ARITH_VERBS = {"$inc": "increment", "$mul": "multiply"}
+
+
+def _arith_updater(name: str, op: Callable[[Any, Any], Any],
+                   missing: Callable[[Any], Any]) -> Any:
     def updater(doc: Any, field_name: str, value: Any, codec_options: Any = None) -> None:
+        if _rank(value) is None:
+            raise WriteError(14, f"Cannot {_ARITH_VERBS[name]} with non-numeric argument: "
+                             f"{{{field_name}: {value!r}}}")
+        current = doc.get(field_name, MISSING) if isinstance(doc, dict) else MISSING
+        if current is not MISSING and _rank(current) is None:
+            raise WriteError(14, f"Cannot apply {name} to a value of non-numeric type. The "
+                             f"field '{field_name}' has non-numeric type "
+                             f"{bson_type_name(current)}")
         if isinstance(doc, dict):
             if field_name in doc:
                 doc[field_name] = _numeric_result(doc[field_name], value, op)
@@ -341,11 +356,16 @@ def _trunc_expression(parser: Any, operand: Any) -> Any:
     place = parser.parse(args[1]) if len(args) == 2 else 0
     if value is _NOTHING or value is None:
         return None
+    if isinstance(place, bool) or not isinstance(place, int | float | Decimal128):
+        raise OperationFailure("$trunc requires \"place\" argument to be a number", code=51082)
+    if not -20 <= _exact(place) <= 100:
+        raise OperationFailure(f"cannot apply $trunc with precision value {place} value must "
+                               "be in [-20, 100]", code=51083)
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal128):
         raise OperationFailure(f"$trunc only supports numeric types, not {bson_type_name(value)}",
                                code=51081)
     exact = value.to_decimal() if isinstance(value, Decimal128) else Decimal(str(value))
-    quantum = Decimal(1).scaleb(-int(place))
+    quantum = Decimal(1).scaleb(-int(_exact(place)))
     try:
         truncated = (exact / quantum).to_integral_value(rounding="ROUND_DOWN") * quantum
     except InvalidOperation:
@@ -491,12 +511,14 @@ def _typed_number(value: int | float | Decimal, rank: int) -> Any:
         return Decimal128(_as_decimal(value))
     if rank == _DOUBLE:
         return float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return value  # an overflowed power stays a double
     integer = int(value)
     if rank == _INT and INT32_MIN <= integer <= INT32_MAX:
         return integer
     if -(2**63) <= integer < 2**63:
         return Int64(integer)
-    return float(integer)
+    return limits.to_double(integer)
 
 
 def _numeric_args(parser: Any, name: str, operand: Any, count: int | None) -> list[Any] | None:
@@ -619,8 +641,8 @@ def _pow_expression(parser: Any, operand: Any) -> Any:
             raise OperationFailure("$pow cannot take a base of 0 and a negative exponent",
                                    code=28764)
         if e >= 0:
-            return _typed_number(b**e, max(ranks))
-    return float(_exact(base)) ** float(_exact(exponent))
+            return _typed_number(limits.int_power(b, e), max(ranks))
+    return limits.float_power(float(_exact(base)), float(_exact(exponent)))
 
 
 def _round_expression(parser: Any, operand: Any) -> Any:
@@ -726,12 +748,28 @@ _EXPRESSION_OVERRIDES["$toHashedIndexKey"] = _to_hashed_index_key_expression
 
 
 def _parse_expression(self: Any, expression: Any) -> Any:
+    deadlines.tick()
     if isinstance(expression, dict) and len(expression) == 1:
         name = next(iter(expression))
+        operand = expression[name]
+        limits.check_shape(name, operand)
         handler = _EXPRESSION_OVERRIDES.get(name)
         if handler is not None:
-            return handler(self, expression[name])
+            return handler(self, operand)
+        if name in _BUILDERS:
+            if name == "$range" and isinstance(operand, list) and 2 <= len(operand) <= 3:
+                limits.check_range(*(self.parse(a) for a in operand),
+                                   *([] if len(operand) == 3 else [1]))
+            result = _original_parse(self, expression)
+            limits.check_result(name, result)
+            return result
     return _original_parse(self, expression)
+
+
+# Operators whose result may grow far beyond their arguments: checked against the limits.
+_BUILDERS = frozenset({"$concat", "$concatArrays", "$range", "$reduce", "$replaceAll",
+                       "$replaceOne", "$split", "$zip", "$map", "$substr", "$substrCP",
+                       "$substrBytes", "$toUpper", "$toLower", "$setUnion", "$reverseArray"})
 
 
 # -- aggregation stages that mongomock-ng gets wrong ---------------------------------------------
@@ -916,8 +954,8 @@ _original_group = mm_aggregate._PIPELINE_HANDLERS["$group"]
 _original_lookup = mm_aggregate._PIPELINE_HANDLERS["$lookup"]
 
 # mongomock-ng keeps its operators in tables; the gaps are filled by registering in them.
-mm_collection._updaters["$inc"] = _arith_updater(operator.add, lambda v: v)
-mm_collection._updaters["$mul"] = _arith_updater(operator.mul, _zero_like)
+mm_collection._updaters["$inc"] = _arith_updater("$inc", operator.add, lambda v: v)
+mm_collection._updaters["$mul"] = _arith_updater("$mul", operator.mul, _zero_like)
 _OPERATOR_MAP = mm_filtering._filterer_inst._operator_map
 _OPERATOR_MAP["$mod"] = mm_filtering._list_expand(_mod_operator)
 _OPERATOR_MAP["$eq"] = _eq_operator
@@ -1006,7 +1044,31 @@ def _translate(exc: Exception, default_code: int = 2) -> CommandError:
             stage = str(exc).split(" ", 1)[0]
             return CommandError(40324, f"Unrecognized pipeline stage name: '{stage}'")
         return CommandError(2, f"not supported by the embedded server: {exc}")
+    return evaluation_error(exc, default_code)
+
+
+def evaluation_error(exc: BaseException, default_code: int = 2) -> CommandError:
+    """MongoDB's typed error for a Python failure while evaluating a query or expression.
+
+    Whatever the library raises for an argument it cannot handle answers as a typed error
+    (never InternalError): too deep nesting is Overflow, as MongoDB refuses it; arithmetic
+    errors are BadValue; wrong types keep ``default_code``."""
+    if isinstance(exc, CommandError):
+        return exc
+    if isinstance(exc, RecursionError):
+        return CommandError(15, "BSONObj exceeds maximum nested object depth")
+    if isinstance(exc, AssertionError) and "Comparison requires two expressions" in str(exc):
+        return CommandError(16020, "Expression takes exactly 2 arguments.")
+    if isinstance(exc, ArithmeticError | InvalidOperation):
+        return CommandError(2, f"{type(exc).__name__}: {exc}")
     return CommandError(default_code, f"{type(exc).__name__}: {exc}")
+
+
+#: Python exceptions the evaluation of a client's query, update or expression may raise on
+#: hostile arguments; each is answered as a typed error (see :func:`evaluation_error`).
+_EVALUATION_ERRORS = (PyMongoError, NotImplementedError, TypeError, ValueError, KeyError,
+                      IndexError, AttributeError, ArithmeticError, RecursionError,
+                      AssertionError, NameError, BSONError, re.error, UnicodeError)
 
 
 def matches(query: dict[str, Any], doc: dict[str, Any], variables: dict[str, Any]) -> bool:
@@ -1019,21 +1081,76 @@ def matches(query: dict[str, Any], doc: dict[str, Any], variables: dict[str, Any
             return fast(doc, variables)
         except _compiled.Unsupported:
             pass
-        except (PyMongoError, NotImplementedError, TypeError, ValueError, KeyError) as exc:
+        except _EVALUATION_ERRORS as exc:
             raise _translate(exc) from exc
     try:
         return bool(mm_filtering.filter_applies(query, doc, user_vars=variables))
-    except (PyMongoError, NotImplementedError, TypeError, ValueError, KeyError) as exc:
+    except _EVALUATION_ERRORS as exc:
         raise _translate(exc) from exc
 
 
 def validate_filter(query: Any) -> dict[str, Any]:
-    """Reject filters that are not documents (answered as BadValue / TypeMismatch)."""
+    """Reject filters that are not documents (answered as BadValue / TypeMismatch), nest deeper
+    than MongoDB accepts (Overflow), or give ``$regex`` something other than a pattern."""
     if query is None:
         return {}
     if not isinstance(query, dict):
         raise CommandError(14, "filter must be an object")
+    _check_query_tree(query)
     return query
+
+
+def _check_query_tree(query: dict[str, Any]) -> None:
+    stack: list[tuple[Any, int]] = [(query, 1)]
+    while stack:
+        node, level = stack.pop()
+        if level > limits.MAX_BSON_DEPTH:
+            raise CommandError(15, "BSONObj exceeds maximum nested object depth")
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "$regex":
+                    _check_regex_operand(value)
+                if isinstance(value, dict | list) and value:
+                    stack.append((value, level + 1))
+        else:
+            stack.extend((value, level + 1) for value in node
+                         if isinstance(value, dict | list) and value)
+
+
+def _check_regex_operand(value: Any) -> None:
+    if isinstance(value, Regex | re.Pattern):
+        regex_limits.check_pattern(value.pattern)
+    elif type(value) is str:  # not bson.Code, a str subclass
+        regex_limits.check_pattern(value)
+    else:
+        raise CommandError(2, "$regex has to be a string")
+
+
+_original_regex = mm_filtering._regex
+
+
+def _guarded_regex(doc_value: Any, regex: Any) -> bool:
+    """The query ``$regex`` primitive, refusing patterns that backtrack exponentially."""
+    _check_regex_operand(regex)
+    return bool(_original_regex(doc_value, regex))
+
+
+class _GuardedRe:
+    """The :mod:`re` module as the aggregation library sees it: ``compile`` refuses patterns
+    that backtrack exponentially (``$regexMatch``, ``$regexFind``, ``$regexFindAll``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(re, name)
+
+    @staticmethod
+    def compile(pattern: Any, flags: Any = 0) -> re.Pattern[Any]:
+        regex_limits.check_pattern(pattern, regex_limits.EXPRESSION_CODE)
+        return re.compile(pattern, flags)
+
+
+_OPERATOR_MAP["$regex"] = mm_filtering._not_nothing_and(_guarded_regex)
+mm_filtering._regex = _guarded_regex
+mm_aggregate.re = _GuardedRe()
 
 
 def _paths_conflict(a: str, b: str) -> bool:
@@ -1271,8 +1388,9 @@ def apply_update(
                     _OWN_OPERATORS[name](new_doc, path, value, variables)
     except WriteError:
         raise
-    except (PyMongoError, NotImplementedError, TypeError, ValueError, KeyError, IndexError,
-            AttributeError) as exc:
+    except CommandError as exc:
+        raise WriteError(exc.code, exc.message) from exc
+    except _EVALUATION_ERRORS as exc:
         error = _translate(exc, default_code=14)
         raise WriteError(error.code, error.message) from exc
     return _checked_result(doc, new_doc)
@@ -1284,8 +1402,9 @@ def _run_compiled(fast: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any
         return fast(doc, variables)
     except (WriteError, _compiled.Unsupported):
         raise
-    except (PyMongoError, NotImplementedError, TypeError, ValueError, KeyError, IndexError,
-            AttributeError) as exc:
+    except CommandError as exc:
+        raise WriteError(exc.code, exc.message) from exc
+    except _EVALUATION_ERRORS as exc:
         error = _translate(exc, default_code=14)
         raise WriteError(error.code, error.message) from exc
 
@@ -1597,7 +1716,7 @@ def project(doc: dict[str, Any], projection: dict[str, Any] | None,
             fields[path] = 1
     try:
         result: dict[str, Any] = dict(_UPDATER._copy_only_fields(doc, fields, dict))
-    except (PyMongoError, NotImplementedError, TypeError, ValueError, KeyError) as exc:
+    except _EVALUATION_ERRORS as exc:
         raise _translate(exc) from exc
     for path in positional:
         if _direct_get(doc, path) is not MISSING:
@@ -1633,8 +1752,7 @@ def run_pipeline(
         return [_id_first(dict(d)) for d in out]
     except CommandError:
         raise
-    except (PyMongoError, NotImplementedError, TypeError, ValueError, KeyError, IndexError,
-            AttributeError, ZeroDivisionError) as exc:
+    except _EVALUATION_ERRORS as exc:
         raise _translate(exc) from exc
 
 

@@ -89,6 +89,7 @@ CODE_NAMES: dict[int, str] = {
     241: "ConversionFailure",
     334: "MechanismUnavailable",
     10334: "BSONObjectTooLarge",
+    282: "ChecksumMismatch",
 }
 
 # Error codes whose failure of a change-stream getMore the driver may resume from; the server

@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from runtime.embedded import ttl, wire
@@ -39,6 +40,8 @@ HELLO_COMMANDS = frozenset({"hello", "isMaster", "ismaster"})
 MAINTENANCE_INTERVAL_S = 1.0
 CHECKPOINT_MIN_WAL_BYTES = 64 * 1024 * 1024
 SHUTDOWN_GRACE_S = 5.0
+#: Messages up to this size have their OP_MSG checksum verified inline; larger ones in a thread.
+CHECKSUM_INLINE_BYTES = 64 * 1024
 CHECKPOINT_RETRY_S = 30.0
 
 
@@ -67,6 +70,8 @@ class EmbeddedMongoServer:
         self._request_ids = itertools.count(1)
         self._connection_ids = itertools.count(1)
         self._stopping = asyncio.Event()
+        #: Maintenance step -> the error it last failed with (logged once).
+        self._maintenance_errors: dict[str, str] = {}
 
     async def start(self) -> int:
         """Bind, load data, listen, and return the port; :class:`StartupError` if impossible."""
@@ -93,6 +98,19 @@ class EmbeddedMongoServer:
         if self.config.dbpath:
             log.info("data directory %s loaded in %.2fs", self.config.dbpath,
                      time.monotonic() - started)
+        persistence = self.state.store.persistence
+        if persistence is not None and persistence.set_aside_count:
+            # Rewrite the snapshot without what was set aside (it is in quarantine/), so the
+            # next start does not meet it again.
+            try:
+                self.state.store.checkpoint()
+            except Exception:
+                log.exception("checkpoint after setting %d records aside failed (the "
+                              "maintenance task retries)", persistence.set_aside_count)
+            else:
+                log.warning("%d records were set aside into %s; a new snapshot without them "
+                            "was written", persistence.set_aside_count,
+                            persistence.dbpath / "quarantine")
         # Everything loaded so far lives as long as the server: keep the cycle collector from
         # rescanning it on every full collection.
         gc.freeze()
@@ -146,41 +164,70 @@ class EmbeddedMongoServer:
         self._stopping.set()
 
     async def _maintenance(self) -> None:
+        """Every second: TTL deletions, session expiry, a checkpoint when due.
+
+        Each step runs on its own: one that raises is logged (once per distinct error, and once
+        more when it recovers) and the others keep running.
+        """
         assert self.state is not None
         state = self.state
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("TTL monitor", self._expire_documents),
+            ("session expiry", state.expire_sessions),
+            ("checkpoint scheduling", self._schedule_checkpoint),
+        ]
         while True:
             await asyncio.sleep(MAINTENANCE_INTERVAL_S)
-            try:
-                now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
-                deleted = ttl.expire_documents(state.store, now)
-                if deleted:
-                    log.info("TTL monitor deleted %d expired documents", deleted)
-                state.expire_sessions()
-                persistence = state.store.persistence
-                if persistence is not None and checkpoint_due(
-                        persistence, self.checkpoint_min_wal_bytes) and (
-                        self._checkpoint_task is None or self._checkpoint_task.done()) and (
-                        time.monotonic() >= self._checkpoint_retry_at):
-                    self._checkpoint_task = asyncio.create_task(self._checkpoint())
-            except Exception:
-                log.exception("maintenance task failed")
+            for name, step in steps:
+                try:
+                    step()
+                except Exception as exc:
+                    signature = f"{type(exc).__name__}: {exc}"
+                    if self._maintenance_errors.get(name) != signature:
+                        self._maintenance_errors[name] = signature
+                        log.exception("maintenance step %r failed (the other steps go on; "
+                                      "this error is logged once)", name)
+                else:
+                    if self._maintenance_errors.pop(name, None) is not None:
+                        log.info("maintenance step %r works again", name)
+
+    def _expire_documents(self) -> None:
+        assert self.state is not None
+        now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+        deleted = ttl.expire_documents(self.state.store, now)
+        if deleted:
+            log.info("TTL monitor deleted %d expired documents", deleted)
+
+    def _schedule_checkpoint(self) -> None:
+        assert self.state is not None
+        persistence = self.state.store.persistence
+        if persistence is not None and checkpoint_due(
+                persistence, self.checkpoint_min_wal_bytes) and (
+                self._checkpoint_task is None or self._checkpoint_task.done()) and (
+                time.monotonic() >= self._checkpoint_retry_at):
+            self._checkpoint_task = asyncio.create_task(self._checkpoint())
 
     async def _checkpoint(self) -> None:
         """Snapshot in a worker thread; commits go on into the new log segment meanwhile."""
         assert self.state is not None
         store = self.state.store
-        job = store.begin_checkpoint()
-        if job is None:
-            return
         started = time.monotonic()
         try:
+            job = store.begin_checkpoint()
+            if job is None:
+                return
             await asyncio.to_thread(job)
-        except Exception:
-            log.exception("checkpoint failed (the log is kept; retrying in %gs)",
-                          CHECKPOINT_RETRY_S)
+            store.finish_checkpoint()
+        except Exception as exc:
+            signature = f"{type(exc).__name__}: {exc}"
             self._checkpoint_retry_at = time.monotonic() + CHECKPOINT_RETRY_S
+            if self._maintenance_errors.get("checkpoint") != signature:
+                self._maintenance_errors["checkpoint"] = signature
+                log.exception("checkpoint failed (the log is kept; retrying every %gs, this "
+                              "error is logged once)", CHECKPOINT_RETRY_S)
             return
-        store.finish_checkpoint()
+        if self._maintenance_errors.pop("checkpoint", None) is not None:
+            log.info("checkpoints work again")
         log.info("checkpoint written in %.2fs", time.monotonic() - started)
 
     async def _serve_connection(self, reader: asyncio.StreamReader,
@@ -210,6 +257,8 @@ class EmbeddedMongoServer:
             pass
         except wire.ProtocolViolation as exc:
             log.warning("closing connection %s: %s", connection["peer"], exc)
+        except Exception:  # a bug must cost one connection, never the server
+            log.exception("closing connection %s after an unexpected error", connection["peer"])
         finally:
             if task is not None:
                 self._handlers.discard(task)
@@ -221,32 +270,75 @@ class EmbeddedMongoServer:
 
     async def _handle_message(self, header: wire.Header, payload: bytes,
                               connection: dict[str, Any]) -> bytes | None:
+        """The reply to one well-framed message (None for a moreToCome request). Whatever is
+        wrong inside the message is answered with an error document, never by closing."""
         assert self.state is not None
         response_id = next(self._request_ids)
-        if header.op_code == wire.OP_MSG:
-            try:
-                request = wire.parse_op_msg(header, payload)
-            except wire.BadRequest as exc:
-                doc = CommandError(exc.code, exc.message).to_document()
-                return wire.encode_op_msg(header.request_id, response_id, doc)
-            reply = await self.state.execute(request.body, connection)
-            if request.more_to_come:
-                return None
-            return wire.encode_op_msg(header.request_id, response_id, reply)
         if header.op_code == wire.OP_QUERY:
-            try:
-                _, request = wire.parse_op_query(header, payload)
-            except wire.BadRequest as exc:
-                doc = CommandError(exc.code, exc.message).to_document()
-                return wire.encode_op_reply(header.request_id, response_id, doc)
-            name = next(iter(request.body), "")
-            if name not in HELLO_COMMANDS:
-                doc = CommandError(352, f"Unsupported OP_QUERY command: {name}. The client "
-                                   "driver may require an upgrade.").to_document()
-            else:
-                doc = await self.state.execute(request.body, connection)
-            return wire.encode_op_reply(header.request_id, response_id, doc)
-        raise wire.ProtocolViolation(f"unsupported opcode {header.op_code}")
+            return await self._handle_op_query(header, payload, connection, response_id)
+        try:
+            if header.op_code != wire.OP_MSG:
+                raise _unsupported_op_code(header.op_code)
+            if wire.checksum_flagged(payload):
+                if len(payload) > CHECKSUM_INLINE_BYTES:
+                    # CRC-32C in Python is slow: let other clients in while it runs.
+                    await asyncio.to_thread(wire.verify_checksum, header, payload)
+                else:
+                    wire.verify_checksum(header, payload)
+            request = wire.parse_op_msg(header, payload)
+        except wire.BadRequest as exc:
+            doc = CommandError(exc.code, exc.message).to_document()
+            return _encode(wire.encode_op_msg, header.request_id, response_id, doc)
+        reply = await self.state.execute(request.body, connection)
+        if request.more_to_come:
+            return None
+        return _encode(wire.encode_op_msg, header.request_id, response_id, reply)
+
+    async def _handle_op_query(self, header: wire.Header, payload: bytes,
+                               connection: dict[str, Any], response_id: int) -> bytes:
+        """Legacy OP_QUERY: only the handshake (``hello`` on ``<db>.$cmd``) is served."""
+        assert self.state is not None
+        try:
+            full_name, request = wire.parse_op_query(header, payload)
+        except wire.BadRequest as exc:
+            doc = CommandError(exc.code, exc.message).to_document()
+            return _encode(wire.encode_op_reply, header.request_id, response_id, doc)
+        if not full_name.endswith(".$cmd"):
+            # mongod's answer to a legacy query (find) since 5.1: an $err document.
+            message = wire.LEGACY_REMOVED_MESSAGE.format("OP_QUERY")
+            doc = {"$err": message, "errmsg": message, "code": wire.WireError.OP_QUERY_REMOVED,
+                   "ok": 0.0}
+            return wire.encode_op_reply(header.request_id, response_id, doc,
+                                        query_failure=True)
+        name = next(iter(request.body), "")
+        if name not in HELLO_COMMANDS:
+            doc = CommandError(352, f"Unsupported OP_QUERY command: {name}. The client "
+                               "driver may require an upgrade.").to_document()
+        else:
+            doc = await self.state.execute(request.body, connection)
+        return _encode(wire.encode_op_reply, header.request_id, response_id, doc)
+
+
+def _unsupported_op_code(op_code: int) -> wire.BadRequest:
+    if op_code in wire.LEGACY_OP_CODES:
+        return wire.BadRequest(wire.WireError.OP_QUERY_REMOVED,
+                               wire.LEGACY_REMOVED_MESSAGE.format(f"opcode {op_code}"))
+    if op_code == wire.OP_COMPRESSED:
+        return wire.BadRequest(wire.WireError.PROTOCOL_ERROR, "OP_COMPRESSED is not supported: "
+                               "this server offers no compressors (hello lists none)")
+    return wire.BadRequest(wire.WireError.PROTOCOL_ERROR, f"unsupported opcode {op_code}")
+
+
+def _encode(encoder: Callable[[int, int, dict[str, Any]], bytes], response_to: int,
+            request_id: int, doc: dict[str, Any]) -> bytes:
+    """Encode a reply; one that cannot be encoded becomes an InternalError reply, so the
+    client still gets an answer (and the bug is logged)."""
+    try:
+        return encoder(response_to, request_id, doc)
+    except Exception as exc:
+        log.exception("reply to request %d cannot be encoded", response_to)
+        error = CommandError(1, f"internal error: reply cannot be encoded: {exc}").to_document()
+        return encoder(response_to, request_id, error)
 
 
 def _advertised_host(host: str) -> str:

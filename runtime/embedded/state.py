@@ -31,10 +31,11 @@ from typing import Any
 
 from bson.int64 import Int64
 
-from runtime.embedded import engine
+from runtime.embedded import deadlines, engine
 from runtime.embedded.access import DirectAccess, Transaction, TransactionAccess
+from runtime.embedded.auth import AuthManager
 from runtime.embedded.change_streams import ChangeStreamCursor
-from runtime.embedded.commands import COMMANDS
+from runtime.embedded.commands import COMMANDS, arguments
 from runtime.embedded.commands.registry import GENERIC_FIELDS, CommandContext, Handler
 from runtime.embedded.cursors import CursorRegistry
 from runtime.embedded.datastore import DataStore, WriteUnit
@@ -42,6 +43,7 @@ from runtime.embedded.errors import RESUMABLE_CHANGE_STREAM_CODES, CommandError,
 from runtime.embedded.failpoints import FailPoints, Injected
 from runtime.embedded.persistence import Persistence
 from runtime.embedded.sessions import Session, SessionRegistry, no_such_transaction
+from runtime.embedded.users import User
 
 log = logging.getLogger("runtime.embedded")
 
@@ -72,6 +74,8 @@ class ServerConfig:
     enable_test_commands: bool = False
     fsync: bool = False
     argv: list[str] = field(default_factory=list)
+    auth: bool = False  # --auth: every command needs an authenticated, authorized user
+    users: list[User] = field(default_factory=list)  # from --users-file (credentials only)
 
 
 class CloseConnection(Exception):
@@ -98,6 +102,7 @@ class ServerState:
         if persistence is not None:
             persistence.open()
         self.store = DataStore(int(config.oplog_size_mb * 1024 * 1024), persistence)
+        self.auth = AuthManager(self.store, config.auth, config.users)
         self.sessions = SessionRegistry()
         self.cursors = CursorRegistry()
         self.failpoints = FailPoints()
@@ -243,8 +248,10 @@ class ServerState:
     def _is_change_stream_get_more(self, name: str, body: dict[str, Any]) -> bool:
         if name != "getMore":
             return False
-        cursor = self.cursors.cursors.get(body.get("getMore"))  # type: ignore[arg-type]
-        return isinstance(cursor, ChangeStreamCursor)
+        cursor_id = body.get("getMore")
+        if not isinstance(cursor_id, int):
+            return False
+        return isinstance(self.cursors.cursors.get(cursor_id), ChangeStreamCursor)
 
     async def execute(self, body: dict[str, Any], connection: dict[str, Any]) -> dict[str, Any]:
         """Run one command and return its reply document (errors included, never raised)."""
@@ -277,7 +284,10 @@ class ServerState:
             raise CommandError(59, f"no such command: '{name}'")
         if info.admin_only and db != "admin":
             raise CommandError(13, f"{name} may only be run against the admin database.")
+        if self.auth.enabled:
+            self.auth.authorize(name, body, db, connection)
         self.opcounters["command"] += 1
+        _check_generic_arguments(name, body)
         txn_number = _txn_number(body)
         in_transaction = body.get("autocommit", True) is False
         request = _Request(
@@ -402,9 +412,12 @@ class ServerState:
             now=now,
             connection=connection,
         )
+        # maxTimeMS of a getMore is a change stream's await time, not a limit.
+        deadlines.start(body.get("maxTimeMS") if name != "getMore" else None)
         try:
             reply = await handler(ctx)
         finally:
+            deadlines.clear()
             self.store.commit(unit)
         return reply
 
@@ -415,10 +428,22 @@ def _txn_number(body: dict[str, Any]) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise CommandError(14, "BSON field 'txnNumber' is the wrong type, expected type 'long'")
+        raise arguments.wrong_type("OperationSessionInfo.txnNumber", value, ("long",))
     if value < 0:
         raise CommandError(2, f"txnNumber ({value}) must be non-negative")
     return value
+
+
+def _check_generic_arguments(name: str, body: dict[str, Any]) -> None:
+    """Type checks of the fields every command may carry (mongod parses them before the
+    command runs): ``maxTimeMS``, the session fields."""
+    arguments.max_time_ms(name, body)
+    session_fields = arguments.Fields(body, "OperationSessionInfo")
+    session_fields.document("lsid")
+    for flag in ("autocommit", "startTransaction"):
+        value = body.get(flag)
+        if value is not None and not isinstance(value, bool):
+            raise arguments.wrong_type(f"OperationSessionInfo.{flag}", value, ("bool",))
 
 
 def _too_old(txn_number: int, session: Session) -> CommandError:

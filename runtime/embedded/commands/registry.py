@@ -42,7 +42,7 @@ class CommandContext:
     def collection_name(self) -> str:
         """The collection named by the command's first field, validated."""
         value = self.body.get(self.name)
-        if not isinstance(value, str) or not value:
+        if type(value) is not str or not value:  # bson's Code is a str subclass
             raise CommandError(73, f"collection name has invalid type {type(value).__name__}; "
                                f"'{self.name}' needs a collection name string")
         return value
