@@ -27,7 +27,6 @@ from runtime.embedded.errors import CommandError, WriteError
 from runtime.embedded.ordering import MISSING, document_sort_key, get_path, value_key
 from runtime.embedded.storage import Collection
 from runtime.embedded.update_description import same_value
-from runtime.embedded.wire import MAX_BSON_SIZE, encoded_size
 
 MAX_ID_RETRIES = 3
 
@@ -201,10 +200,6 @@ def _update_one_statement(ctx: CommandContext, coll: Collection, stmt: Any,
         ctx.access.insert(coll, doc)
         upserted.append({"index": index, "_id": doc["_id"]})
     return matched, modified
-
-
-def _too_large(doc: dict[str, Any]) -> bool:
-    return encoded_size(doc) > MAX_BSON_SIZE
 
 
 @command("update", in_transaction=True, retryable_write=True)
