@@ -496,9 +496,9 @@ def test_bulk_index_build_matches_incremental_inserts() -> None:
     # be exactly what inserting the documents one by one produces.
     from bson import Decimal128, Int64, ObjectId
 
-    from runtime.embedded.datastore import _build_indexes, _fast_value_key
     from runtime.embedded.indexes import parse_index_spec
     from runtime.embedded.ordering import id_key, value_key
+    from runtime.embedded.recovery import _build_indexes, _fast_value_key
     from runtime.embedded.storage import Collection
 
     when = datetime.datetime(2024, 1, 2, 3, 4, 5)
