@@ -12,7 +12,11 @@ and, with ``runtime db --auth``, checks every command before it runs (see
 * the localhost exception: while no user exists, a client on a loopback address may run
   ``createUser`` on ``admin`` to create the first one;
 * an authenticated user needs a role that grants the command's privilege, else 13 "not
-  authorized on <db> to execute command <name>".
+  authorized on <db> to execute command <name>";
+* a connection holds one user at a time: authenticating as another user needs a ``logout``
+  first (mongod's 5626701 / 5626702), re-authenticating as the same user is fine;
+* the command's :class:`Caller` (user and ``lsid``) is known to the code it runs (see
+  :func:`current_caller`), so that cursors and sessions belong to the user who opened them.
 
 Passwords, payloads and proofs never reach a log line or an error message.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +46,31 @@ from runtime.embedded.users import Mechanism, User, UserRegistry
 
 log = logging.getLogger("runtime.embedded.auth")
 
-__all__ = ["AuthManager", "ConnectionAuth", "is_loopback_host"]
+__all__ = ["AuthManager", "Caller", "ConnectionAuth", "current_caller", "is_loopback_host"]
+
+UserKey = tuple[str, str]  # (db, name)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who runs the current command under ``--auth``: the connection's user (None before
+    authentication) and the command's ``lsid`` as sent (None without one)."""
+
+    user: UserKey | None
+    lsid: Any = None
+
+
+# Set by AuthManager.authorize, which runs first for every command under --auth, so the
+# cursors and sessions a command creates or uses can tell whose they are without every
+# handler passing the connection along. Each connection runs in its own asyncio task, so
+# the value never leaks between connections; without --auth it stays None.
+_caller: ContextVar[Caller | None] = ContextVar("caller", default=None)
+
+
+def current_caller() -> Caller | None:
+    """The :class:`Caller` of the command being run; None when the server runs without
+    ``--auth`` (then cursors and sessions are shared, as on mongod)."""
+    return _caller.get()
 
 
 def is_loopback_host(host: str) -> bool:
@@ -67,7 +96,7 @@ def _peer_is_loopback(peer: str) -> bool:
 class ConnectionAuth:
     """Who is authenticated on one connection, and the conversation in progress."""
 
-    user: tuple[str, str] | None = None  # (db, name)
+    user: UserKey | None = None
     conversation: Conversation | None = None
 
 
@@ -190,7 +219,11 @@ class AuthManager:
 
     def _succeeded(self, state: ConnectionAuth, conversation: Conversation,
                    connection: dict[str, Any]) -> None:
-        state.user = (conversation.db, conversation.user)
+        user = (conversation.db, conversation.user)
+        if state.user is not None and state.user != user \
+                and self.users.get(*state.user) is not None:
+            _refuse_second_user(state.user, user, connection)
+        state.user = user
         log.info("connection %s authenticated as %s@%s (%s)", connection.get("peer", "?"),
                  conversation.user, conversation.db, conversation.mechanism)
 
@@ -201,12 +234,22 @@ class AuthManager:
 
     # -- authorization ------------------------------------------------------------------------
 
+    def may_kill_any_cursor(self, connection: dict[str, Any]) -> bool:
+        """Whether the connection may kill other users' cursors (mongod's killAnyCursor, held
+        by clusterAdmin and root); always without ``--auth``."""
+        if not self.enabled:
+            return True
+        user = self.authenticated(connection)
+        return user is not None and allows(privileges(user.roles), ANY_DATABASE,
+                                           Action.CLUSTER_ADMIN)
+
     def authorize(self, name: str, body: dict[str, Any], db: str,
                   connection: dict[str, Any]) -> None:
         """Raise Unauthorized (13) unless the connection may run the command."""
+        state = connection_auth(connection)
+        _caller.set(Caller(state.user, body.get("lsid")))
         if name in PRE_AUTH_COMMANDS:
             return
-        state = connection_auth(connection)
         user = self.authenticated(connection)
         if user is None:
             if name == "createUser" and db == "admin" and not self.users.any_users() \
@@ -222,6 +265,23 @@ class AuthManager:
                                    f"{where}; grant a role such as {SUGGESTED_ROLE[action]}")
         if name == "listDatabases" and not allows(privs, ANY_DATABASE, Action.LIST_DATABASES):
             _restrict_list_databases(body, privs)
+
+
+def _refuse_second_user(previous: UserKey, user: UserKey, connection: dict[str, Any]) -> None:
+    """mongod 7.0 keeps one user per connection: another needs a ``logout`` first.
+
+    Checked only once the proof is verified (a wrong password still gets the usual
+    AuthenticationFailed), with mongod's codes and messages (the second one lacks a space
+    there too).
+    """
+    log.info("connection %s refused to authenticate as %s@%s: already authenticated as %s@%s",
+             connection.get("peer", "?"), user[1], user[0], previous[1], previous[0])
+    shown = f"{previous[1]}@{previous[0]}"
+    if previous[0] == user[0]:
+        raise CommandError(5626701, "Each client connection may only be authenticated once. "
+                           f"Previously authenticated as: {shown}")
+    raise CommandError(5626702, "Client has attempted to authenticate on multiple databases."
+                       f"Already authenticated as: {shown}")
 
 
 def _restrict_list_databases(body: dict[str, Any], privs: set[tuple[str, Action]]) -> None:

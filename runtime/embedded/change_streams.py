@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from bson.int64 import Int64
 from bson.timestamp import Timestamp
@@ -35,6 +35,9 @@ from runtime.embedded.datastore import INTERNAL_DATABASES
 from runtime.embedded.errors import CommandError
 from runtime.embedded.ordering import id_key
 from runtime.embedded.storage import Catalog
+
+if TYPE_CHECKING:
+    from runtime.embedded.cursors import CursorOwner
 
 ALLOWED_STAGES = frozenset(
     {"$match", "$project", "$addFields", "$set", "$unset", "$replaceRoot", "$replaceWith",
@@ -85,6 +88,8 @@ class ChangeStreamCursor:
     # An entry that invalidates this stream whose event was delivered but whose invalidate was
     # not yet (the batch was full, or the stream resumed right after it).
     pending_invalidate: ChangeEntry | None = None
+    #: who opened it under ``--auth`` (set by the cursor registry; see :mod:`.cursors`)
+    owner: CursorOwner | None = None
 
 
 def _validate_options(spec: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from bson.int64 import Int64
 
-from runtime.embedded import engine
+from runtime.embedded import engine, expression_limits
 
 NOTHING: Any = engine.mm_helpers.NOTHING
 _NUMBERS = (int, float, Int64)
@@ -185,12 +185,15 @@ def _slice(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
 
 
 def _concat_arrays(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
+    values = _values(operand, d, v)
     out: list[Any] = []
-    for value in _values(operand, d, v):
+    for value in values:
         if value is None or value is NOTHING:
             return None
         if not isinstance(value, list):
             raise Unsupported("$concatArrays needs arrays")
+    expression_limits.check_operands("$concatArrays", values)
+    for value in values:
         out.extend(value)
     return out
 

@@ -54,3 +54,9 @@ def check() -> None:
     deadline = _deadline.get()
     if deadline is not None and time.monotonic() > deadline:
         raise CommandError(MAX_TIME_MS_EXPIRED, "operation exceeded time limit")
+
+
+def remaining() -> float | None:
+    """Seconds left before the current command's deadline (``None``: no limit; never below 0)."""
+    deadline = _deadline.get()
+    return None if deadline is None else max(0.0, deadline - time.monotonic())

@@ -44,7 +44,7 @@ from mongomock_ng import filtering as _mm_filtering
 from mongomock_ng import helpers as _mm_helpers
 from pymongo.errors import OperationFailure, PyMongoError
 
-from runtime.embedded import deadlines, regex_limits
+from runtime.embedded import deadlines, regex_expressions, regex_limits
 from runtime.embedded import expression_limits as limits
 from runtime.embedded.errors import CommandError, WriteError
 from runtime.embedded.expressions_hash import hashed_index_key
@@ -213,7 +213,8 @@ def _in_operator(doc_value: Any, values: Any) -> bool:
         except TypeError:
             if any(bson_equal(candidate, v) for v in values):
                 return True
-    return any(isinstance(c, str) and p.search(c) for p in patterns for c in candidates)
+    return any(isinstance(c, str) and regex_limits.query_search(p, c)
+               for p in patterns for c in candidates)
 
 
 # The operand list of the $in being evaluated, as a set of ordering keys: one query checks
@@ -227,7 +228,7 @@ def _in_lookup(values: list[Any] | tuple[Any, ...]) -> tuple[Any, tuple[Any, ...
         patterns = []
         for value in values:
             if isinstance(value, Regex | re.Pattern):
-                patterns.append(value.try_compile() if isinstance(value, Regex) else value)
+                patterns.append(regex_limits.query_pattern(value))
             else:
                 with contextlib.suppress(TypeError):  # unorderable: the slow path handles it
                     keys.add(_key(value))
@@ -756,6 +757,11 @@ def _parse_expression(self: Any, expression: Any) -> Any:
         handler = _EXPRESSION_OVERRIDES.get(name)
         if handler is not None:
             return handler(self, operand)
+        if name in limits.PRECHECKED and isinstance(operand, list):
+            # Evaluate once, check the size the result would have, then build from the values.
+            values = [self.parse(argument) for argument in operand]
+            limits.check_operands(name, values)
+            return _original_parse(self, {name: [{"$literal": v} for v in values]})
         if name in _BUILDERS:
             if name == "$range" and isinstance(operand, list) and 2 <= len(operand) <= 3:
                 limits.check_range(*(self.parse(a) for a in operand),
@@ -1118,39 +1124,31 @@ def _check_query_tree(query: dict[str, Any]) -> None:
 
 
 def _check_regex_operand(value: Any) -> None:
-    if isinstance(value, Regex | re.Pattern):
-        regex_limits.check_pattern(value.pattern)
-    elif type(value) is str:  # not bson.Code, a str subclass
-        regex_limits.check_pattern(value)
-    else:
+    """A query's ``$regex`` operand must be a string or a regex that compiles (BadValue 2 /
+    51091); JavaScript code (a ``str`` subclass) is not a string here."""
+    if not isinstance(value, Regex | re.Pattern) and type(value) is not str:
         raise CommandError(2, "$regex has to be a string")
+    regex_limits.query_pattern(value)
 
 
-_original_regex = mm_filtering._regex
-
-
-def _guarded_regex(doc_value: Any, regex: Any) -> bool:
-    """The query ``$regex`` primitive, refusing patterns that backtrack exponentially."""
-    _check_regex_operand(regex)
-    return bool(_original_regex(doc_value, regex))
-
-
-class _GuardedRe:
-    """The :mod:`re` module as the aggregation library sees it: ``compile`` refuses patterns
-    that backtrack exponentially (``$regexMatch``, ``$regexFind``, ``$regexFindAll``)."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(re, name)
-
-    @staticmethod
-    def compile(pattern: Any, flags: Any = 0) -> re.Pattern[Any]:
-        regex_limits.check_pattern(pattern, regex_limits.EXPRESSION_CODE)
-        return re.compile(pattern, flags)
+def _guarded_regex(doc_value: Any, operand: Any) -> bool:
+    """The query ``$regex`` primitive: a string (or an array's string) matches within the
+    match budget of :mod:`runtime.embedded.regex_limits`."""
+    _check_regex_operand(operand)
+    if isinstance(doc_value, str):
+        candidates: Iterable[Any] = (doc_value,)
+    elif isinstance(doc_value, list):
+        candidates = doc_value
+    else:
+        return False
+    compiled = regex_limits.query_pattern(operand)
+    return any(regex_limits.query_search(compiled, item) for item in candidates
+               if isinstance(item, str))
 
 
 _OPERATOR_MAP["$regex"] = mm_filtering._not_nothing_and(_guarded_regex)
 mm_filtering._regex = _guarded_regex
-mm_aggregate.re = _GuardedRe()
+_EXPRESSION_OVERRIDES.update(regex_expressions.handlers(_NOTHING))
 
 
 def _paths_conflict(a: str, b: str) -> bool:

@@ -8,7 +8,9 @@ MongoDB's limits. Operators whose cost grows with an argument's *value* are boun
 run: powers fall back to double exactly where MongoDB's int64 arithmetic would overflow (so
 ``$pow: [3, NumberLong(30000000)]`` is an instant ``inf``), and ``$range`` refuses an output over
 ``internalQueryMaxRangeBytes`` (ExceededMemoryLimit 146) before allocating it; any other string
-or array an expression builds is held to the same 100 MiB (146).
+or array an expression builds is held to the same 100 MiB (146): ``$concat``,
+``$concatArrays`` and ``$split`` are checked from their evaluated arguments before they build
+anything (:func:`check_operands`), the others once built (:func:`check_result`).
 """
 
 from __future__ import annotations
@@ -122,6 +124,47 @@ def check_result(name: str, value: Any) -> None:
     elif isinstance(value, list) and len(value) > MAX_BUILT_BYTES // _RANGE_ELEMENT_BYTES:
         raise CommandError(Code.EXCEEDED_MEMORY_LIMIT, f"{name} would produce an array over "
                            f"the memory limit of {MAX_BUILT_BYTES} bytes")
+
+
+#: Builders whose result size follows from their evaluated arguments: checked before building.
+PRECHECKED = frozenset({"$concat", "$concatArrays", "$split"})
+_MAX_ELEMENTS = MAX_BUILT_BYTES // _RANGE_ELEMENT_BYTES
+
+
+def check_operands(name: str, values: list[Any]) -> None:
+    """ExceededMemoryLimit (146) before ``name`` (one of :data:`PRECHECKED`) builds a string or
+    array over the limit from the evaluated ``values`` (``$concat`` of a 16 MB string 1,000
+    times must not allocate 16 GB first). Wrong types are left to the operator itself."""
+    if name == "$concat":
+        strings = [v for v in values if isinstance(v, str)]
+        if sum(len(s) for s in strings) * 4 > MAX_BUILT_BYTES \
+                and _utf8_length(strings) > MAX_BUILT_BYTES:
+            _too_big(name, "a string")
+    elif name == "$concatArrays":
+        if sum(len(v) for v in values if isinstance(v, list)) > _MAX_ELEMENTS:
+            _too_big(name, "an array")
+    elif name == "$split" and len(values) == 2:
+        text, separator = values
+        if isinstance(text, str) and isinstance(separator, str) and separator \
+                and len(text) // len(separator) >= _MAX_ELEMENTS \
+                and text.count(separator) >= _MAX_ELEMENTS:
+            _too_big(name, "an array")
+
+
+def _utf8_length(strings: list[str]) -> int:
+    """The UTF-8 size of ``strings`` together, stopping as soon as it is over the limit."""
+    total = 0
+    for s in strings:
+        # Code points are a lower bound on bytes; encoding is needed only for non-ASCII text.
+        total += len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
+        if total > MAX_BUILT_BYTES:
+            break
+    return total
+
+
+def _too_big(name: str, what: str) -> None:
+    raise CommandError(Code.EXCEEDED_MEMORY_LIMIT, f"{name} would produce {what} over the "
+                       f"memory limit of {MAX_BUILT_BYTES} bytes")
 
 
 def check_range(start: Any, end: Any, step: Any) -> None:

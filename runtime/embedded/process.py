@@ -16,7 +16,9 @@ clients created with the old URI keep working.
 
 The child's standard error (its log) goes to a file, :attr:`EmbeddedServer.log_path`,
 never to a pipe that could fill up and block the server. Anything the child prints on
-standard output after the URI line is appended to the same file.
+standard output after the URI line is appended to the same file. The log is private to the
+user whatever the umask: the file is 0600 and the folders created for it (or for ``dbpath``)
+are 0700.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import contextlib
 import os
 import queue
 import re
+import stat
 import subprocess
 import sys
 import tempfile
@@ -46,6 +49,8 @@ DEFAULT_STOP_TIMEOUT: Final = 10.0
 #: Default time during which :meth:`EmbeddedServer.restart` retries binding the old port.
 DEFAULT_REBIND_TIMEOUT: Final = 10.0
 
+_LOG_MODE: Final = 0o600
+_DIR_MODE: Final = 0o700
 _STDERR_TAIL_BYTES: Final = 8192
 _STDERR_TAIL_LINES: Final = 40
 _ADDRESS_IN_USE = re.compile(r"address already in use|eaddrinuse|errno 98\b|errno 48\b", re.I)
@@ -68,6 +73,41 @@ def _kill_quietly(process: subprocess.Popen[bytes]) -> None:
             pass
 
 
+def _make_private_dirs(folder: Path) -> None:
+    """Create ``folder`` and its missing parents, each 0700 whatever the umask.
+
+    Folders that already exist are left as they are (they may be shared ones, such as /tmp).
+    """
+    missing: list[Path] = []
+    current = folder
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=_DIR_MODE)
+        except FileExistsError:
+            continue  # created meanwhile by someone else: not ours to change
+        os.chmod(path, _DIR_MODE)  # mkdir's mode is filtered by the umask
+
+
+def _open_log(path: Path) -> IO[bytes]:
+    """Open the log file for appending, creating it 0600 whatever the umask.
+
+    A regular file left readable by others (by an older version, say) is made 0600 too;
+    anything else (``/dev/null``) is used as it is.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _LOG_MODE)
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) != _LOG_MODE:
+            os.fchmod(fd, _LOG_MODE)
+        return os.fdopen(fd, "ab")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class _StdoutReader(threading.Thread):
     """Reads the child's stdout: hands over the first line, then appends the rest to the log.
 
@@ -84,7 +124,7 @@ class _StdoutReader(threading.Thread):
     def run(self) -> None:
         first = True
         try:
-            with open(self._log_path, "ab") as log:
+            with _open_log(self._log_path) as log:
                 for raw in self._stream:
                     if first:
                         first = False
@@ -337,7 +377,7 @@ class EmbeddedServer:
             raise EmbeddedServerError(f"the embedded server is already running at {self._uri}")
         self._reap()
         if self.dbpath is not None:
-            self.dbpath.mkdir(parents=True, exist_ok=True)
+            _make_private_dirs(self.dbpath)
         deadline = time.monotonic() + rebind_timeout
         delay = 0.05
         while True:
@@ -354,8 +394,8 @@ class EmbeddedServer:
     def _launch_once(self, port: int) -> str:
         argv = self.command_line(port)
         log_path = self.log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
+        _make_private_dirs(log_path.parent)
+        with _open_log(log_path) as log:
             log.write(
                 f"--- reactgen EmbeddedServer: starting {' '.join(argv)}\n".encode(
                     "utf-8", "replace"

@@ -1,70 +1,111 @@
-"""Regular expressions that cannot stall the server.
+"""User regular expressions: compiled once, matched under a time budget.
 
-MongoDB matches with PCRE under a match limit, so a pathological pattern fails instead of running
-for ever. Python's :mod:`re` has neither a match limit nor a timeout, and the server evaluates
-queries on its event loop, so one catastrophic backtrack (``^(a+)+$`` against ``"aaaa…!"``) would
-block every client. The embedded server therefore refuses, before matching, the pattern shape that
-backtracks exponentially: a repetition nested inside another repetition (``(a+)+``, ``(a*)*``,
-``(\\w+\\s?)*``, ``(.*a){20}``). Such a pattern is answered with MongoDB's error for a regex
-it cannot run (BadValue 2 for ``$regex`` in a query, 51091 for the ``$regexMatch`` family).
-Alternations of overlapping branches under a repetition (``(a|a)*``) are not detected.
+MongoDB matches with PCRE2 under a match limit: every pattern is accepted, and a match that
+exceeds the limit fails. Python's :mod:`re` has no limit, and the server evaluates queries on its
+event loop, so one catastrophic backtrack (``^(a|aa)+$`` against ``"aaaa…!"``) would block every
+client. Every user pattern is therefore compiled here with the :mod:`regex` package (``re``
+syntax) and each match gets :data:`MATCH_BUDGET_SECONDS`, or less when the command's
+``maxTimeMS`` runs out first. What happens past the budget follows MongoDB's own handling of the
+match limit:
+
+* in a query (``$regex``, a regex value, ``$in``, ``$match``), the value does not match, as in
+  MongoDB, where a failed PCRE match counts as no match;
+* in ``$regexMatch``/``$regexFind``/``$regexFindAll``, the command fails with 51156
+  (:func:`expression_search`);
+* past the command's ``maxTimeMS``, it fails with MaxTimeMSExpired (50).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
+import logging
 import re
 from typing import Any
 
+import regex
+from bson import Regex
+
+from runtime.embedded import deadlines
 from runtime.embedded.errors import CommandError
 
-# The parser behind :mod:`re` (private, but stable since Python 3.11; untyped).
-_sre_parse: Any = importlib.import_module("re._parser")
-_sre_constants: Any = importlib.import_module("re._constants")
+log = logging.getLogger(__name__)
 
-QUERY_CODE = 2
-EXPRESSION_CODE = 51091
-_REPEATS = (_sre_constants.MAX_REPEAT, _sre_constants.MIN_REPEAT, _sre_constants.POSSESSIVE_REPEAT)
+#: Wall-clock time one match may take (MongoDB bounds PCRE2 by steps instead).
+MATCH_BUDGET_SECONDS = 0.1
+#: "Regular expression is invalid" in a query filter.
+INVALID_QUERY_CODE = 51091
+#: "Error occurred while executing the regular expression" in an aggregation expression.
+EXECUTION_ERROR_CODE = 51156
+#: The option flags MongoDB knows (``u`` is implied: patterns are always Unicode).
+FLAGS = regex.IGNORECASE | regex.MULTILINE | regex.DOTALL | regex.VERBOSE | regex.UNICODE
+
+Pattern = regex.Pattern[str]
 
 
-def check_pattern(pattern: Any, code: int = QUERY_CODE) -> None:
-    """Raise ``code`` if ``pattern`` (a string) would backtrack exponentially."""
-    # type() rather than isinstance(): BSON JavaScript code decodes as an unhashable str subclass.
-    if type(pattern) is str and _nested_repeat(pattern):
-        raise CommandError(code, f"Regular expression is too complex to match: '{pattern}' "
-                           "repeats a group that itself repeats (catastrophic backtracking)")
+class BudgetExceeded(Exception):
+    """One match ran past :data:`MATCH_BUDGET_SECONDS` (MongoDB: PCRE2's match limit)."""
 
 
 @functools.lru_cache(maxsize=512)
-def _nested_repeat(pattern: str) -> bool:
-    """Whether ``pattern`` nests a repetition inside a repetition (memoised per pattern)."""
-    if "+" not in pattern and "*" not in pattern and "{" not in pattern:
-        return False
+def compile_pattern(pattern: str, flags: int = 0) -> Pattern:
+    """``pattern`` compiled (memoised); raises :class:`regex.error` if it is invalid."""
+    return regex.compile(pattern, (flags & FLAGS) | regex.VERSION0)
+
+
+def search(compiled: Pattern, text: str, pos: int = 0) -> regex.Match[str] | None:
+    """``compiled.search(text, pos)`` within the budget: :class:`BudgetExceeded` past it,
+    MaxTimeMSExpired (50) if the command's deadline comes first."""
+    budget = MATCH_BUDGET_SECONDS
+    left = deadlines.remaining()
+    if left is not None and left < budget:
+        budget = max(left, 0.001)
     try:
-        parsed = _sre_parse.parse(pattern)
-    except (re.error, RecursionError, OverflowError, ValueError):
-        return False  # the matcher reports an invalid pattern itself
-    return _has_nested(list(parsed), inside_repeat=False)
+        return compiled.search(text, pos, timeout=budget)
+    except TimeoutError:
+        deadlines.check()
+        raise BudgetExceeded(compiled.pattern) from None
 
 
-def _has_nested(items: list[Any], inside_repeat: bool) -> bool:
-    """Whether the parsed ``items`` repeat something that repeats."""
-    for op, argument in items:
-        if op in _REPEATS:
-            _low, high, body = argument
-            repeats = high is _sre_constants.MAXREPEAT or high > 1
-            if repeats and inside_repeat:
-                return True
-            if _has_nested(list(body), inside_repeat or repeats):
-                return True
-        elif op is _sre_constants.SUBPATTERN:
-            if _has_nested(list(argument[-1]), inside_repeat):
-                return True
-        elif op is _sre_constants.BRANCH:
-            if any(_has_nested(list(branch), inside_repeat) for branch in argument[1]):
-                return True
-        elif op in (_sre_constants.ASSERT, _sre_constants.ASSERT_NOT) \
-                and _has_nested(list(argument[1]), inside_repeat):
-            return True
-    return False
+def query_pattern(operand: Any) -> Pattern:
+    """The compiled form of a query's ``$regex`` operand (a string, ``re.Pattern`` or
+    ``bson.Regex``); 51091 "Regular expression is invalid" if it does not compile."""
+    if isinstance(operand, Regex | re.Pattern):
+        pattern, flags = operand.pattern, int(operand.flags)
+    else:
+        pattern, flags = operand, 0
+    if not isinstance(pattern, str):
+        raise CommandError(2, "$regex has to be a string")
+    if "\0" in pattern:
+        raise CommandError(2, "Regular expression cannot contain an embedded null byte")
+    try:
+        return compile_pattern(pattern, flags)
+    except (regex.error, OverflowError, RecursionError, ValueError) as exc:
+        raise CommandError(INVALID_QUERY_CODE, f"Regular expression is invalid: {exc}") from exc
+
+
+def query_search(compiled: Pattern, text: str) -> bool:
+    """Whether ``compiled`` finds a match in ``text``; past the budget, no match (MongoDB)."""
+    try:
+        return search(compiled, text) is not None
+    except BudgetExceeded:
+        _report_once(compiled.pattern)
+        return False
+
+
+def expression_search(compiled: Pattern, text: str, pos: int, operator: str
+                      ) -> regex.Match[str] | None:
+    """:func:`search` for ``operator`` (``$regexFind``...): 51156 past the budget."""
+    try:
+        return search(compiled, text, pos)
+    except BudgetExceeded:
+        raise CommandError(EXECUTION_ERROR_CODE, "Error occurred while executing the regular "
+                           f"expression in {operator}. Result code: match limit exceeded"
+                           ) from None
+
+
+@functools.lru_cache(maxsize=64)
+def _report_once(pattern: str) -> None:
+    # Memoised: a scan may hit the budget on many documents; the log says it once per pattern.
+    log.warning("regular expression %r exceeded its match budget (%d ms): the value counts "
+                "as not matching, as with MongoDB's match limit", pattern[:200],
+                MATCH_BUDGET_SECONDS * 1000)

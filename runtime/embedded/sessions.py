@@ -1,4 +1,10 @@
-"""Logical sessions: retryable-write records and the state of each session's transaction."""
+"""Logical sessions: retryable-write records and the state of each session's transaction.
+
+Under ``runtime db --auth`` a session is the pair of its ``lsid.id`` and the user who uses
+it, as on mongod (which adds the user's digest to every ``lsid``): another user sending the
+same ``lsid`` gets a session of its own, and never sees or ends the first user's retryable
+writes and transactions.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from typing import Any
 from bson.binary import Binary
 
 from runtime.embedded.access import TRANSIENT, Transaction
+from runtime.embedded.auth import current_caller
 from runtime.embedded.errors import CommandError
 
 SESSION_TIMEOUT_MINUTES = 30
@@ -43,6 +50,21 @@ def _session_key(lsid: dict[str, Any]) -> bytes:
                        "(binData subtype 4)")
 
 
+def session_id(lsid: Any) -> bytes | None:
+    """``lsid.id`` as 16 bytes; None without a (well-formed) ``lsid``."""
+    if not isinstance(lsid, dict) or "id" not in lsid:
+        return None
+    try:
+        return _session_key(lsid)
+    except CommandError:
+        return None
+
+
+def _registry_key(lsid: dict[str, Any]) -> tuple[bytes, tuple[str, str] | None]:
+    caller = current_caller()
+    return _session_key(lsid), caller.user if caller is not None else None
+
+
 def validate_lsid(lsid: Any) -> None:
     """Reject an ``lsid`` that is not ``{id: UUID}`` (as MongoDB does, with a TypeMismatch)."""
     if not isinstance(lsid, dict):
@@ -53,10 +75,10 @@ def validate_lsid(lsid: Any) -> None:
 
 
 class SessionRegistry:
-    """All sessions by ``lsid.id``."""
+    """All sessions by ``lsid.id`` and user (the user only under ``--auth``)."""
 
     def __init__(self) -> None:
-        self.sessions: dict[bytes, Session] = {}
+        self.sessions: dict[tuple[bytes, tuple[str, str] | None], Session] = {}
 
     def get(self, lsid: Any) -> Session | None:
         """The session of a command's ``lsid`` (created on first use); None without one.
@@ -66,7 +88,7 @@ class SessionRegistry:
         if lsid is None:
             return None
         validate_lsid(lsid)
-        key = _session_key(lsid)
+        key = _registry_key(lsid)
         session = self.sessions.get(key)
         if session is None:
             session = Session(lsid=lsid)
@@ -75,11 +97,12 @@ class SessionRegistry:
         return session
 
     def end(self, lsid: Any) -> Session | None:
-        """Forget a session (``endSessions``); returns it so its transaction can be aborted."""
+        """Forget the caller's session (``endSessions``); returns it so its transaction can be
+        aborted."""
         if not isinstance(lsid, dict) or "id" not in lsid:
             return None
         try:
-            key = _session_key(lsid)
+            key = _registry_key(lsid)
         except CommandError:
             return None
         return self.sessions.pop(key, None)

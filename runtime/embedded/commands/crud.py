@@ -374,13 +374,17 @@ async def get_more(ctx: CommandContext) -> dict[str, Any]:
 
 @command("killCursors", in_transaction=True)
 async def kill_cursors(ctx: CommandContext) -> dict[str, Any]:
-    """Close cursors."""
+    """Close cursors (under ``--auth``, the caller's own only, unless it may kill any)."""
     fields = Fields(ctx.body, "killCursors")
     fields.string("killCursors")
     ids = fields.array("cursors", required=True) or []
     for index, cursor_id in enumerate(ids):
         if isinstance(cursor_id, bool) or not isinstance(cursor_id, int):
             raise arguments.wrong_type(f"killCursors.cursors.{index}", cursor_id, ("long",))
+    # As on mongod, every cursor is checked before any is killed: one refusal kills none.
+    kill_any = ctx.state.auth.may_kill_any_cursor(ctx.connection)
+    for cursor_id in ids:
+        ctx.state.cursors.check_kill(cursor_id, ctx.db, kill_any)
     killed: list[Any] = []
     missing: list[Any] = []
     for cursor_id in ids:
