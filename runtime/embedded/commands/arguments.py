@@ -43,7 +43,7 @@ class ArgCode(IntEnum):
     FAILED_TO_PARSE = 9
     TYPE_MISMATCH = 14
     MISSING_FIELD = 40414
-    NEGATIVE = 51024  # an IDL ``gte: 0`` validator
+    OUT_OF_RANGE = 51024  # an IDL range validator (``gte: 0``, ``lte: N``)
 
 
 def type_name(value: Any) -> str:
@@ -185,7 +185,7 @@ class Fields:
         number = safe_long(value)
         if minimum is not None and number < minimum:
             shown = field if short_name else self.name(field)
-            raise CommandError(ArgCode.NEGATIVE, f"BSON field '{shown}' value must be >= "
+            raise CommandError(ArgCode.OUT_OF_RANGE, f"BSON field '{shown}' value must be >= "
                                f"{minimum}, actual value '{number}'")
         return number
 
@@ -209,8 +209,8 @@ def max_time_ms(command: str, body: dict[str, Any]) -> int | None:
         raise wrong_type(f"{command}.maxTimeMS", value, NUMBER_TYPES)
     number = safe_long(value)
     if number < 0:
-        raise CommandError(ArgCode.NEGATIVE, "BSON field 'maxTimeMS' value must be >= 0, actual "
-                           f"value '{number}'")
+        raise CommandError(ArgCode.OUT_OF_RANGE, "BSON field 'maxTimeMS' value must be >= 0, "
+                           f"actual value '{number}'")
     if number > INT32_MAX:
         raise CommandError(ArgCode.BAD_VALUE, f"{number} value for maxTimeMS is out of range")
     if isinstance(value, float) and not value.is_integer():  # NaN included

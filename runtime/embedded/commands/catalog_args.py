@@ -7,53 +7,16 @@ is BadValue (2). Every check here raises :class:`CommandError` and never returns
 
 from __future__ import annotations
 
-import datetime
-from enum import IntEnum
 from typing import Any
 
-from bson import ObjectId
-from bson.int64 import Int64
-
+from runtime.embedded.commands import arguments
+from runtime.embedded.commands.arguments import ArgCode, is_number
 from runtime.embedded.errors import CommandError
 
 
-class ArgCode(IntEnum):
-    """Error codes of argument checks."""
-
-    BAD_VALUE = 2
-    TYPE_MISMATCH = 14
-    OUT_OF_RANGE = 51024
-    MISSING_FIELD = 40414
-
-
-def bson_type(value: Any) -> str:
-    """The BSON type name of a decoded value, as mongod's messages call it."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, Int64):
-        return "long"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "double"
-    names: list[tuple[type, str]] = [(str, "string"), (dict, "object"), (list, "array"),
-                                     (ObjectId, "objectId"), (datetime.datetime, "date"),
-                                     (bytes, "binData"), (type(None), "null")]
-    for kind, name in names:
-        if isinstance(value, kind):
-            return name
-    return type(value).__name__
-
-
 def wrong_type(field: str, value: Any, expected: str) -> CommandError:
-    """The TypeMismatch error for ``field``."""
-    return CommandError(ArgCode.TYPE_MISMATCH, f"BSON field '{field}' is the wrong type "
-                        f"'{bson_type(value)}', expected type '{expected}'")
-
-
-def is_number(value: Any) -> bool:
-    """Whether ``value`` is a BSON number (not a boolean)."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """The TypeMismatch error for ``field``, which accepts one BSON type."""
+    return arguments.wrong_type(field, value, (expected,))
 
 
 def check_bool(body: dict[str, Any], field: str, command: str) -> None:
