@@ -329,7 +329,7 @@ def parse_index_spec(raw: dict[str, Any]) -> IndexSpec:
     name = raw.get("name")
     if not isinstance(key, dict) or not key:
         raise CommandError(9, "index specification must contain a non-empty 'key' document")
-    if not isinstance(name, str) or not name:
+    if type(name) is not str or not name:
         raise CommandError(9, "index specification must contain a string 'name'")
     for path, direction in key.items():
         if not path or (path.startswith("$") and path != "$**"):

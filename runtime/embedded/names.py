@@ -98,7 +98,7 @@ def check_new_collection(db: str, name: str) -> None:
 
 def split_namespace(value: Any, field: str) -> tuple[str, str]:
     """``"db.coll"`` given in ``field`` as ``(db, coll)``; TypeMismatch or InvalidNamespace."""
-    if not isinstance(value, str):
+    if type(value) is not str:  # (bson Code is a str subclass, not a string)
         raise CommandError(NameCode.TYPE_MISMATCH,
                            f"BSON field '{field}' is the wrong type '{type(value).__name__}', "
                            "expected type 'string' (a namespace 'db.collection')")
@@ -113,7 +113,7 @@ def split_namespace(value: Any, field: str) -> tuple[str, str]:
 
 def check_index_name(name: Any) -> str:
     """An index name as ``createIndexes`` accepts it (TypeMismatch, CannotCreateIndex, BadValue)."""
-    if not isinstance(name, str):
+    if type(name) is not str:
         raise CommandError(NameCode.TYPE_MISMATCH,
                            f"The field 'name' must be a string, but got {type(name).__name__}")
     if not name:

@@ -40,7 +40,11 @@ from types import TracebackType
 from typing import IO, Final
 from urllib.parse import urlsplit
 
-__all__ = ["EmbeddedServer", "EmbeddedServerError"]
+__all__ = ["URI_FILE", "EmbeddedServer", "EmbeddedServerError", "port_is_free",
+           "recorded_port", "write_uri_file"]
+
+#: Name of the file, in a data folder, that holds the URI of the server last started there.
+URI_FILE: Final = "uri"
 
 #: Default time allowed for the child to print its URI.
 DEFAULT_STARTUP_TIMEOUT: Final = 30.0
@@ -57,6 +61,44 @@ _ADDRESS_IN_USE = re.compile(r"address already in use|eaddrinuse|errno 98\b|errn
 # The directory that contains the ``runtime`` package, so that the child imports the
 # same code as this process even when the project is not pip-installed.
 _IMPORT_ROOT: Final = Path(__file__).resolve().parents[2]
+
+
+def write_uri_file(path: Path, uri: str) -> None:
+    """Write ``uri`` (one line) to ``path``, mode 0600, replacing it atomically so that a
+    reader never sees half a URI."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _LOG_MODE)
+    try:
+        os.fchmod(fd, _LOG_MODE)
+        os.write(fd, f"{uri}\n".encode())
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+
+
+def recorded_port(path: Path) -> int | None:
+    """The port of the URI in ``path`` (written by :func:`write_uri_file`), or ``None`` if
+    the file is missing or holds no usable URI."""
+    try:
+        line = path.read_text(encoding="utf-8").strip()
+        port = urlsplit(line).port
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return port if port else None
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether ``host:port`` can be bound now (a later bind may still lose a race)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 class EmbeddedServerError(RuntimeError):

@@ -24,6 +24,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from runtime.embedded import ttl, wire
@@ -357,8 +358,17 @@ async def run(config: ServerConfig,
     port = await server.start()
     host = _advertised_host(config.host)
     shown = f"[{host}]" if ":" in host else host
-    sys.stdout.write(f"mongodb://{shown}:{port}/\n")
+    uri = f"mongodb://{shown}:{port}/"
+    sys.stdout.write(f"{uri}\n")
     sys.stdout.flush()
+    if config.dbpath:
+        from runtime.embedded.process import URI_FILE, write_uri_file
+
+        try:
+            write_uri_file(Path(config.dbpath) / URI_FILE, uri)
+        except OSError as exc:
+            log.warning("cannot write the URI to %s: %s", Path(config.dbpath) / URI_FILE,
+                        exc.strerror or exc)
     log.info("embedded MongoDB-compatible server listening on %s:%d (%s)", config.host, port,
              f"dbpath {config.dbpath}" if config.dbpath else "in memory")
     await server.serve_until_stopped()

@@ -260,8 +260,8 @@ async def drop_indexes(ctx: CommandContext) -> dict[str, Any]:
     if wanted is None:
         raise CommandError(40414, "BSON field 'dropIndexes.index' is missing but a required "
                            "field")
-    if isinstance(wanted, list) and not all(isinstance(n, str) for n in wanted):
-        bad = next(n for n in wanted if not isinstance(n, str))
+    if isinstance(wanted, list) and not all(type(n) is str for n in wanted):
+        bad = next(n for n in wanted if type(n) is not str)
         raise wrong_type("dropIndexes.index", bad, "string")
     if not isinstance(wanted, str | list | dict):
         raise wrong_type("dropIndexes.index", wanted, "string, array or object")
@@ -270,7 +270,7 @@ async def drop_indexes(ctx: CommandContext) -> dict[str, Any]:
     names: list[str]
     if wanted == "*":
         names = [n for n in coll.indexes if n != ID_INDEX]
-    elif isinstance(wanted, str):
+    elif type(wanted) is str:
         names = [wanted]
     elif isinstance(wanted, list):
         names = list(wanted)

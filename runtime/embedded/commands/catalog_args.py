@@ -40,7 +40,7 @@ def check_string(body: dict[str, Any], field: str, command: str,
     value = body.get(field)
     if value is None:
         return
-    if not isinstance(value, str):
+    if type(value) is not str:
         raise wrong_type(f"{command}.{field}", value, "string")
     if allowed and value not in allowed:
         raise CommandError(ArgCode.BAD_VALUE, f"Enumeration value '{value}' for field "
