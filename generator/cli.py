@@ -1,7 +1,9 @@
 """The ``reactgen`` command: build, check, validate and scaffold reactor definitions.
 
-Exit codes: 0 success; 1 the definitions have problems (each printed with file, line, JSON
-pointer and a fix); 2 wrong usage; 3 ``check`` found ``generated/`` out of date.
+Exit codes: 0 success (warnings, if any, are printed to stderr); 1 the definitions (or the
+handler modules) have problems (each printed with file, line, JSON pointer and a fix); 2 wrong
+usage (including a definitions folder that does not exist); 3 ``check`` found ``generated/``
+out of date.
 """
 
 from __future__ import annotations
@@ -37,6 +39,22 @@ def _add_ref_option(command: argparse.ArgumentParser) -> None:
                          "default they must stay inside the schemas folder")
 
 
+def _missing_input(schemas: str) -> bool:
+    """Print ``no such folder`` (exit code 2) when the definitions folder does not exist."""
+    if Path(schemas).exists():
+        return False
+    kind = "file" if schemas.endswith((".yaml", ".yml", ".json")) else "folder"
+    print(f"reactgen: no such {kind}: {schemas}", file=sys.stderr)
+    print(f"    fix: pass the folder with your *.reactor.yaml files (relative to {Path.cwd()}), "
+          "or create one with `reactgen new <name> --collection <collection>`", file=sys.stderr)
+    return True
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    for warning in warnings:
+        print("reactgen: warning: " + warning.replace("\n", "\n  "), file=sys.stderr)
+
+
 def _cache_dir(project: Path) -> Path:
     return project / ".reactgen" / "cache" / "models"
 
@@ -45,6 +63,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     """``reactgen build schemas/ [--out generated]``."""
     from generator.build import build
 
+    if _missing_input(args.schemas):
+        return EXIT_USAGE
     project = Path.cwd()
     started = time.perf_counter()
     result = build(Path(args.schemas), Path(args.out), project, _cache_dir(project),
@@ -55,10 +75,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     else:
         for rel in result.written:
             print(f"  wrote {Path(args.out).name}/{rel}")
+        for rel in result.removed:
+            print(f"  removed {Path(args.out).name}/{rel}")
         print(f"reactgen: built {len(result.reactors)} reactor(s) into {args.out} "
-              f"({len(result.written)} file(s) changed, {elapsed:.0f} ms)")
-    for warning in result.warnings:
-        print(f"reactgen: warning: {warning}", file=sys.stderr)
+              f"({len(result.written) + len(result.removed)} file(s) changed, {elapsed:.0f} ms)")
+    _print_warnings(result.warnings)
     return EXIT_OK
 
 
@@ -66,9 +87,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     """``reactgen check schemas/``: non-zero when generated/ is stale."""
     from generator.build import stale_files
 
+    if _missing_input(args.schemas):
+        return EXIT_USAGE
     project = Path.cwd()
+    warnings: list[str] = []
     stale = stale_files(Path(args.schemas), Path(args.out), project, _cache_dir(project),
-                        _allowed(args))
+                        _allowed(args), warnings)
+    _print_warnings(warnings)
     if stale:
         print(f"reactgen: {args.out} is out of date; run `reactgen build {args.schemas}`:",
               file=sys.stderr)
@@ -83,7 +108,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """``reactgen validate schemas/``: only validate."""
     from generator.cron import load_all
 
+    if _missing_input(args.schemas):
+        return EXIT_USAGE
     reactors, crons = load_all(Path(args.schemas), _allowed(args))
+    _print_warnings([w.render(Path.cwd()) for r in reactors for w in r.warnings])
     print(f"reactgen: {len(reactors) + len(crons)} definition(s) valid")
     return EXIT_OK
 

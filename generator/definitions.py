@@ -12,7 +12,7 @@ from typing import Any
 
 from bson import json_util
 
-from generator import extended_json, filters, pipelines, time_triggers
+from generator import document_paths, extended_json, filters, pipelines, time_triggers
 from generator.durations import parse_duration
 from generator.errors import BuildError, Problem
 from generator.flow_control import FlowControl, parse_flow_control
@@ -66,6 +66,8 @@ class CompiledReactor:
     raw: RawDefinition | None = None
     pipeline: list[dict[str, Any]] = field(default_factory=list)
     time_triggers: tuple[TimeTrigger, ...] = ()
+    warnings: list[Problem] = field(default_factory=list)
+    """Paths the document schema allows but does not declare (printed, not fatal)."""
 
     def problem(self, pointer: str, message: str, hint: str = "") -> Problem:
         """A problem located at ``pointer`` in this reactor's definition file."""
@@ -262,6 +264,9 @@ def compile_definition(raw: RawDefinition) -> CompiledReactor:
         raise BuildError([raw.problem(exc.pointer, exc.message, exc.hint)]) from exc
     schema_label = (relative_to_file(schema_source, raw.path) if schema_source is not None
                     else "inline in the definition")
+    findings = document_paths.check_trigger(raw, schema, schema_label, trigger)
+    if findings.errors:
+        raise BuildError(findings.errors)
     policies = _policies(raw, parse_flow_control(raw, schema, schema_label))
     fingerprint_source = json_util.dumps({"filter": query, "watch": projection},
                                          json_options=json_util.CANONICAL_JSON_OPTIONS,
@@ -286,6 +291,7 @@ def compile_definition(raw: RawDefinition) -> CompiledReactor:
         fingerprint=fingerprint,
         raw=raw,
         time_triggers=clock_triggers,
+        warnings=findings.warnings,
     )
     compiled.pipeline = pipelines.pipeline_for(
         [pipelines.collection_clause(collection, touched)], database_events=False)

@@ -15,6 +15,8 @@ class Problem:
     message: str
     hint: str = ""
     line: int | None = None
+    in_code: bool = False
+    """The file is Python code (no JSON pointer is shown)."""
 
     def render(self, root: Path | None = None) -> str:
         """``file:line: /pointer: message (hint)`` for terminals and CI logs."""
@@ -23,7 +25,10 @@ class Problem:
         except ValueError:
             shown = self.file
         where = f"{shown}:{self.line}" if self.line else f"{shown}"
-        text = f"{where}: {self.pointer or '/'}: {self.message}"
+        if self.in_code:
+            text = f"{where}: {self.message}"
+        else:
+            text = f"{where}: {self.pointer or '/'}: {self.message}"
         if self.hint:
             text += f"\n    fix: {self.hint}"
         return text

@@ -8,6 +8,7 @@ operator, instead of being mis-evaluated later.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 QUERY_OPERATORS = frozenset({
@@ -104,8 +105,12 @@ def _reject(op: str, pointer: str, kind: str) -> FilterError:
     if op in REJECTED:
         return FilterError(pointer, f"operator {op} {REJECTED[op]}",
                            "express the condition with supported query or expression operators")
-    return FilterError(pointer, f"unknown {kind} operator {op}",
-                       "check the spelling; see docs/reactor-definitions.md for the supported list")
+    known = QUERY_OPERATORS if kind == "query" else EXPRESSION_OPERATORS | {"$let"}
+    close = difflib.get_close_matches(op, sorted(known), n=1, cutoff=0.6)
+    hint = "check the spelling; see docs/reactor-definitions.md for the supported list"
+    if close:
+        hint = f"did you mean {close[0]!r}? " + hint
+    return FilterError(pointer, f"unknown {kind} operator {op}", hint)
 
 
 # Operators that may appear at the top level of a query document (the others, such as $gt,

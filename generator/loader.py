@@ -125,15 +125,30 @@ def read_data_file(path: Path, kind: str = "") -> tuple[Any, dict[str, int]]:
     return data, lines
 
 
+# PyYAML contexts that start where the user's mistake is (the problem is found later).
+_OPENED_ON_A_LINE = ("while scanning a simple key", "while scanning a quoted scalar",
+                     "while parsing a flow", "while scanning a block scalar")
+
+
 def yaml_problem(path: Path, exc: yaml.YAMLError, what: str = "YAML") -> Problem:
     """A YAML syntax error as a problem with its line."""
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    line = mark.line + 1 if mark is not None else None
+    problem_mark = getattr(exc, "problem_mark", None)
+    context_mark = getattr(exc, "context_mark", None)
+    mark = problem_mark or context_mark
+    noticed = ""
+    if (problem_mark is not None and context_mark is not None
+            and context_mark.line < problem_mark.line
+            and str(getattr(exc, "context", "")).startswith(_OPENED_ON_A_LINE)):
+        # An unclosed quote or bracket, or a key without ':', is only noticed on a later line
+        # (often the end of the file): point at the line where it starts.
+        mark = context_mark
+        noticed = f"; noticed on line {problem_mark.line + 1}"
+    line = mark.line + 1 if mark is not None else None  # marks count lines from 0
     parts = [str(getattr(exc, name)) for name in ("context", "problem")
              if getattr(exc, name, None)]
     detail = ", ".join(parts) if parts else str(exc).splitlines()[0]
     if mark is not None:
-        detail += f" (column {mark.column + 1})"
+        detail += f" (column {mark.column + 1}{noticed})"
     return Problem(path, "", f"invalid {what}: {detail}",
                    "check the indentation, quoting and brackets on that line (a value "
                    "starting with $, @, *, &, { or [ may need quotes)", line)

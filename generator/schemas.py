@@ -167,6 +167,9 @@ class UndeclaredPath:
     """The field names the schema declares next to it (sorted)."""
     scalar: str | None = None
     """When the parent holds a scalar (so has no fields at all): its JSON Schema type."""
+    closed: bool = True
+    """True when the schema forbids the field (``additionalProperties: false`` or a scalar
+    parent); False when it only does not declare it (an object open to other fields)."""
 
     def suggestion(self) -> str | None:
         """The closest declared path, as a dotted path, or None."""
@@ -238,7 +241,8 @@ def undeclared_path(root: dict[str, Any], path: str) -> UndeclaredPath | None:
         if additional is True or (not isinstance(properties, dict) and additional is None):
             return None
         return UndeclaredPath(".".join(done), part,
-                              tuple(sorted(properties)) if isinstance(properties, dict) else ())
+                              tuple(sorted(properties)) if isinstance(properties, dict) else (),
+                              closed=additional is False)
     return None
 
 
@@ -253,11 +257,29 @@ _SCALARS = {"string": "str", "integer": "int", "number": "float", "boolean": "bo
             "null": "None"}
 
 
+_LITERAL_TEXT = re.compile(r"[A-Za-z0-9_ .:/@+-]{0,64}")
+
+
+def _literal_type(schema: dict[str, Any]) -> str | None:
+    """``Literal['a', 'b']`` for a string ``enum`` (or ``const``) of plain words, so that
+    watched values keep the precision of the model's enum (a ``StrEnum`` member equals its
+    value); None for anything else."""
+    values = schema.get("enum") if "enum" in schema else (
+        [schema["const"]] if "const" in schema else None)
+    if (not isinstance(values, list) or not values or schema.get("type", "string") != "string"
+            or not all(isinstance(v, str) and _LITERAL_TEXT.fullmatch(v) for v in values)):
+        return None
+    return "Literal[" + ", ".join(repr(v) for v in dict.fromkeys(values)) + "]"
+
+
 def python_type(schema: dict[str, Any] | None) -> str:
     """A Python annotation for a simple subschema (``Any`` for anything complex)."""
     if not schema:
         return "Any"
     kind = schema.get("type")
+    literal = _literal_type(schema)
+    if literal is not None:
+        return literal
     if isinstance(kind, list):
         parts = [_SCALARS[k] for k in kind if k in _SCALARS]
         if len(parts) == len(kind):

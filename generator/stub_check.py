@@ -8,7 +8,32 @@ from pathlib import Path
 
 from generator import cron
 from generator.definitions import CompiledReactor
+from generator.errors import BuildError, Problem
 from generator.identifiers import module_name
+
+
+def check_handler_syntax(out: Path) -> None:
+    """Compile every module below ``out/handlers``; raise :class:`BuildError` naming the file,
+    line and message of each that does not compile (the runtime could not import it)."""
+    handlers = out / "handlers"
+    if not handlers.is_dir():
+        return
+    problems: list[Problem] = []
+    for module in sorted(handlers.rglob("*.py")):
+        try:
+            source = module.read_bytes()
+            compile(source, str(module), "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            column = f" (column {exc.offset})" if exc.offset else ""
+            problems.append(Problem(module, "", f"handler module does not compile: "
+                                    f"{exc.msg}{column}",
+                                    "fix the Python syntax on that line; the runtime imports "
+                                    "this module to run the handler", exc.lineno, in_code=True))
+        except (OSError, ValueError) as exc:
+            problems.append(Problem(module, "", f"cannot read handler module: {exc}",
+                                    in_code=True))
+    if problems:
+        raise BuildError(problems)
 
 
 def _exported_names(code: str) -> set[str]:

@@ -62,7 +62,8 @@ CASES = [
     Case("yaml-syntax", {"schemas/broken.reactor.yaml": (
         "collection: orders\nschema:\n  $ref: order.schema.json\ntrigger:\n"
         "  filter: {status: paid\n  watch: [status]\n")},
-        "schemas/broken.reactor.yaml:6: /:", ["invalid YAML", "fix:"]),
+        "schemas/broken.reactor.yaml:5: /:", ["invalid YAML", "(column 11; noticed on line 6)",
+                                              "fix:"]),
     Case("yaml-bad-indentation", {"schemas/broken.reactor.yaml": (
         "collection: orders\nschema:\n  $ref: order.schema.json\n trigger: {}\n")},
         "schemas/broken.reactor.yaml:4: /:", ["invalid YAML", "fix:"]),
@@ -338,8 +339,6 @@ CASES = [
     Case("no-definitions", {"empty/README.md": "nothing here\n"}, "empty: /:",
          ["no reactor definitions found", "fix: add files named <name>.reactor.yaml"],
          ("build", "empty", "--out", "app")),
-    Case("definitions-folder-missing", {}, "nowhere: /:",
-         ["no reactor definitions found"], ("build", "nowhere", "--out", "app")),
 ]
 
 

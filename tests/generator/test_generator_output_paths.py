@@ -64,7 +64,8 @@ def test_unchanged_outputs_of_a_removed_definition_are_still_deleted(project: Pa
     (project / "schemas" / "sync.reactor.yaml").rename(project / "schemas" / "other.reactor.yaml")
     result = reactgen(project, "build", "schemas", "--out", "app")
     assert result.code == 0, result.text
-    assert "(removed) reactors/sync.py" in result.out
+    assert "  removed app/reactors/sync.py\n" in result.out
+    assert "(removed)" not in result.out and "wrote app/reactors/sync.py" not in result.out
     assert not (project / "app" / "reactors" / "sync.py").exists()
 
 

@@ -117,3 +117,31 @@ def test_stub_importing_a_renamed_model_fails_mypy(shop: Path, mypy_cache: Path,
     result = run_mypy(shop, "app", cache_dir=mypy_cache)
     assert result.code != 0
     assert 'Module "app.reactors.sync_paid_orders" has no attribute "Order"' in result.out
+
+
+ENUM_HANDLER = '''"""A handler comparing a watched enum value."""
+
+from __future__ import annotations
+
+from app.models.orders import Status
+from app.reactors.sync_paid_orders import Context
+
+
+async def handle(ctx: Context) -> None:
+    document = await ctx.get_document()
+    if ctx.watched_values.status == document.status == Status.paid:
+        ctx.logger.info("paid")
+    reveal_type(ctx.watched_values.status)
+'''
+
+
+def test_watched_enum_values_keep_their_values_in_the_type(shop: Path,
+                                                            mypy_cache: Path) -> None:
+    """A watched field with an ``enum`` is typed with its values (not plain ``str``), and
+    compares with the model's ``StrEnum`` member."""
+    handler = shop / "app" / "handlers" / "sync_paid_orders.py"
+    handler.write_text(ENUM_HANDLER)
+    result = run_mypy(shop, "app", cache_dir=mypy_cache)
+    assert ("Revealed type is \"Literal['new'] | Literal['paid'] | Literal['shipped'] | "
+            "Literal['cancelled'] | None\"") in result.out, result.text
+    assert "error" not in result.out.replace("note:", ""), result.text

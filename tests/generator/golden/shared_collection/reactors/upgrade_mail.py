@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,7 +37,7 @@ class UpgradeMailWatched(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, frozen=True)
 
-    tier: str | None = Field(
+    tier: Literal['free', 'pro'] | None = Field(
         default=None, alias='tier'
     )
 

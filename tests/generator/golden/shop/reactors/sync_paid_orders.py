@@ -8,7 +8,7 @@ Push paid orders to the ERP.
 from __future__ import annotations
 
 import json
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,7 +40,7 @@ class SyncPaidOrdersWatched(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, frozen=True)
 
-    status: str | None = Field(
+    status: Literal['new', 'paid', 'shipped', 'cancelled'] | None = Field(
         default=None, alias='status'
     )
     total: float | None = Field(

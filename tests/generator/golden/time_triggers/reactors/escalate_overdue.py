@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,7 +38,7 @@ class EscalateOverdueWatched(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, frozen=True)
 
-    status: str | None = Field(
+    status: Literal['open', 'closed'] | None = Field(
         default=None, alias='status'
     )
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,7 +39,7 @@ class RemindOpenTicketsWatched(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, frozen=True)
 
-    status: str | None = Field(
+    status: Literal['open', 'closed'] | None = Field(
         default=None, alias='status'
     )
     remind_at: datetime.datetime | None = Field(
