@@ -38,6 +38,23 @@ def watch_expression(reactor: ReactorSpec) -> Any:
     return reactor.watch
 
 
+def document_pipeline(reactor: ReactorSpec, doc_id: Any,
+                      projection: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The late-binding read of ``get_document()``: the source document if it still matches
+    the filter, with its current watched values in :data:`SNAPSHOT_FIELD`."""
+    # Two stages rather than one $and: the filter stays a top-level query, exactly as the
+    # planner evaluates it (the embedded server loses $$NOW inside $and, issue 12).
+    pipeline: list[dict[str, Any]] = [{"$match": {"_id": doc_id}}]
+    if reactor.filter:
+        pipeline.append({"$match": reactor.filter})
+    pipeline.append({"$addFields": {SNAPSHOT_FIELD: watch_expression(reactor)}})
+    if projection:
+        included = any(v not in (0, False) for k, v in projection.items() if k != "_id")
+        pipeline.append({"$project": {**projection, SNAPSHOT_FIELD: 1} if included
+                         else dict(projection)})
+    return pipeline
+
+
 class RuntimeTaskContext(TaskContext[Any, Any]):
     """One execution's context; built by the worker.
 
@@ -96,17 +113,7 @@ class RuntimeTaskContext(TaskContext[Any, Any]):
     # The late-binding check.
 
     def _document_pipeline(self, projection: dict[str, Any] | None) -> list[dict[str, Any]]:
-        # Two stages rather than one $and: the filter stays a top-level query, exactly as the
-        # planner evaluates it (the embedded server loses $$NOW inside $and, issue 12).
-        pipeline: list[dict[str, Any]] = [{"$match": {"_id": self.doc_id}}]
-        if self.reactor.filter:
-            pipeline.append({"$match": self.reactor.filter})
-        pipeline.append({"$addFields": {SNAPSHOT_FIELD: watch_expression(self.reactor)}})
-        if projection:
-            included = any(v not in (0, False) for k, v in projection.items() if k != "_id")
-            pipeline.append({"$project": {**projection, SNAPSHOT_FIELD: 1} if included
-                             else dict(projection)})
-        return pipeline
+        return document_pipeline(self.reactor, self.doc_id, projection)
 
     def _checked(self, docs: list[dict[str, Any]], projection: dict[str, Any] | None) -> Any:
         if not docs:

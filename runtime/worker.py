@@ -12,9 +12,9 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
@@ -73,6 +73,53 @@ def _in_thread(function: Handler, ctx: Any, name: str) -> asyncio.Future[Any]:
 
     threading.Thread(target=target, name=name, daemon=True).start()
     return future
+
+
+class ExecutionState(Protocol):
+    """What :func:`decide_outcome` reads from an execution's context."""
+
+    @property
+    def deferred_ms(self) -> int | None:
+        """Set by ``ctx.defer()``."""
+
+    @property
+    def finalized(self) -> bool:
+        """True once ``ctx.mark_completed()`` wrote the completion."""
+
+    @property
+    def invalid_document(self) -> bool:
+        """True when ``ctx.get_document()`` failed the model's validation."""
+
+
+def decide_outcome(reactor: ReactorSpec, task: Mapping[str, Any], ctx: ExecutionState,
+                   failure: BaseException | None, timed_out: bool, duration_s: float,
+                   now: datetime.datetime) -> Outcome:
+    """The outcome of one execution of ``task`` (pure: the retry policy decides, nothing is
+    written). ``now`` is the server's time, naive UTC. Shared by the worker and
+    :mod:`runtime.testing`, so a handler test sees exactly what the worker would apply."""
+    policies = reactor.policies
+    if failure is None:
+        if ctx.deferred_ms is not None and not ctx.finalized:
+            return Outcome(OutcomeKind.DEFERRED, duration_s, defer_ms=ctx.deferred_ms)
+        return Outcome(OutcomeKind.COMPLETED, duration_s)
+    if isinstance(failure, TaskSkipped):
+        return Outcome(OutcomeKind.SKIPPED, duration_s, error=str(failure))
+    if timed_out:
+        error = f"handler timed out after {policies.timeout_ms} ms"
+    elif isinstance(failure, ValidationError) and ctx.invalid_document:
+        error = f"source document failed validation: {failure}"
+    else:
+        error = _describe(failure)
+    trace = user_traceback(failure)
+    attempts = int(task.get("attempts", 1))
+    first_error = task.get("firstErrorAt") or now
+    if gives_up(policies.retry, attempts, first_error, now):
+        return Outcome(OutcomeKind.FAILED, duration_s, error=error, traceback=trace)
+    if policies.retry.strategy == "cron":
+        return Outcome(OutcomeKind.RETRY, duration_s, error=error, traceback=trace,
+                       retry_at=cron_next(policies.retry, now))
+    return Outcome(OutcomeKind.RETRY, duration_s, error=error, traceback=trace,
+                   retry_in_ms=retry_delay_ms(policies.retry, attempts, now))
 
 
 class WorkerPool:
@@ -244,30 +291,8 @@ class WorkerPool:
     def _decide(self, reactor: ReactorSpec, held: Claimed, ctx: RuntimeTaskContext,
                 failure: BaseException | None, timed_out: bool, duration_s: float) -> Outcome:
         """The outcome of an execution (pure: the retry policy decides, nothing is written)."""
-        policies = reactor.policies
-        if failure is None:
-            if ctx.deferred_ms is not None and not ctx.finalized:
-                return Outcome(OutcomeKind.DEFERRED, duration_s, defer_ms=ctx.deferred_ms)
-            return Outcome(OutcomeKind.COMPLETED, duration_s)
-        if isinstance(failure, TaskSkipped):
-            return Outcome(OutcomeKind.SKIPPED, duration_s, error=str(failure))
-        if timed_out:
-            error = f"handler timed out after {policies.timeout_ms} ms"
-        elif isinstance(failure, ValidationError) and ctx.invalid_document:
-            error = f"source document failed validation: {failure}"
-        else:
-            error = _describe(failure)
-        trace = user_traceback(failure)
-        attempts = int(held.doc.get("attempts", 1))
-        now = self.clock.now()
-        first_error = held.doc.get("firstErrorAt") or now
-        if gives_up(policies.retry, attempts, first_error, now):
-            return Outcome(OutcomeKind.FAILED, duration_s, error=error, traceback=trace)
-        if policies.retry.strategy == "cron":
-            return Outcome(OutcomeKind.RETRY, duration_s, error=error, traceback=trace,
-                           retry_at=cron_next(policies.retry, now))
-        return Outcome(OutcomeKind.RETRY, duration_s, error=error, traceback=trace,
-                       retry_in_ms=retry_delay_ms(policies.retry, attempts, now))
+        return decide_outcome(reactor, held.doc, ctx, failure, timed_out, duration_s,
+                              self.clock.now())
 
     async def _apply(self, reactor: ReactorSpec, store: TaskStore, held: Claimed,
                      ctx: RuntimeTaskContext, debounce: Any, outcome: Outcome) -> Outcome:
