@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from runtime.cron_spec import CronSpec
@@ -29,15 +33,77 @@ class LoadedApp:
     crons: list[CronSpec] = field(default_factory=list)
 
 
+def _looks_like_a_path(app: str) -> bool:
+    return os.sep in app or "/" in app or app.startswith(".")
+
+
+def _package_of_folder(app: str) -> str:
+    """The package name of the folder ``app`` (``generated/``, ``./myapp/generated``), made
+    importable by putting its parent directory first on ``sys.path``."""
+    folder = Path(app).expanduser().resolve()
+    hint = ("pass the folder `reactgen build --out` wrote (it holds registry.py), e.g. "
+            "--app ./generated, or its package name, e.g. --app generated")
+    if not folder.is_dir():
+        raise AppLoadError(f"--app {app}: no such folder; {hint}")
+    if not (folder / "registry.py").is_file():
+        raise AppLoadError(f"--app {app}: {folder} has no registry.py, so it is not a "
+                           f"package built by `reactgen build`; {hint}")
+    if not folder.name.isidentifier():
+        raise AppLoadError(f"--app {app}: the folder name {folder.name!r} is not a Python "
+                           "package name (letters, digits and _ only); build into a folder "
+                           "named like one, e.g. `reactgen build <definitions> --out "
+                           "generated`")
+    parent = str(folder.parent)
+    if parent not in sys.path:
+        sys.path.insert(0, parent)
+    return folder.name
+
+
+def _syntax_error(module_name: str, exc: SyntaxError) -> str:
+    where = exc.filename or module_name
+    return f"handler module {where} line {exc.lineno}: {exc.msg}"
+
+
+def _import_error(module_name: str, exc: Exception) -> str:
+    """Where importing ``module_name`` failed: its innermost frame in the application's own
+    files (not in the import machinery), then the exception."""
+    frames = [frame for frame in traceback.extract_tb(exc.__traceback__)
+              if "importlib" not in frame.filename]
+    if frames:
+        frame = frames[-1]
+        return (f"handler module {frame.filename} line {frame.lineno}: "
+                f"{type(exc).__name__}: {exc}")
+    return f"handler module {module_name}: {type(exc).__name__}: {exc}"
+
+
 def load_app(package: str) -> LoadedApp:
-    """Import ``<package>.registry`` and every handler it names."""
+    """Import ``<package>.registry`` and every handler it names.
+
+    ``package`` is a package name importable from ``sys.path`` (``generated``,
+    ``myapp.generated``) or the folder ``reactgen build --out`` wrote (``generated/``,
+    ``./myapp/generated``), imported as a package from its parent directory.
+    """
+    shown = package
+    if _looks_like_a_path(package):
+        package = _package_of_folder(package)
     try:
         registry = importlib.import_module(f"{package}.registry")
+    except ModuleNotFoundError as exc:
+        parts = f"{package}.registry".split(".")
+        if exc.name in {".".join(parts[:end]) for end in range(1, len(parts) + 1)}:
+            raise AppLoadError(
+                f"--app {shown}: cannot import {package}.registry (no module named "
+                f"{exc.name!r} from {os.getcwd()}); pass the folder `reactgen build --out` "
+                "wrote (e.g. --app ./generated) or its package name importable from the "
+                "current directory (e.g. --app generated); build it with `reactgen build "
+                "<definitions folder> --out generated`") from exc
+        raise AppLoadError(f"--app {shown}: importing {package}.registry failed: {exc}") \
+            from exc
     except ImportError as exc:
-        raise AppLoadError(f"--app {package}: cannot import {package}.registry ({exc}); "
-                           f"build it with `reactgen build <definitions> --out {package}` "
-                           "in the current directory, or pass --app (or REACTGEN_APP) naming "
-                           "the generated package") from exc
+        raise AppLoadError(f"--app {shown}: importing {package}.registry failed: {exc}") \
+            from exc
+    except SyntaxError as exc:
+        raise AppLoadError(_syntax_error(f"{package}.registry", exc)) from exc
     reactors: list[ReactorSpec] = list(getattr(registry, "REACTORS", ()))
     crons: list[CronSpec] = list(getattr(registry, "CRONS", ()))
     if not reactors and not crons:
@@ -50,6 +116,10 @@ def load_app(package: str) -> LoadedApp:
         except ImportError as exc:
             raise AppLoadError(f"reactor {reactor.name!r}: cannot import handler module "
                                f"{module_name} ({exc})") from exc
+        except SyntaxError as exc:
+            raise AppLoadError(_syntax_error(module_name, exc)) from exc
+        except Exception as exc:  # the handler module's own code failed while importing
+            raise AppLoadError(_import_error(module_name, exc)) from exc
         handler = getattr(module, function or "handle", None)
         if not callable(handler):
             raise AppLoadError(f"reactor {reactor.name!r}: {module_name} has no function "

@@ -38,10 +38,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subcommand_parser(parser: argparse.ArgumentParser,
+                       command: str) -> argparse.ArgumentParser:
+    """The parser of ``runtime <command>`` (``parser`` itself if there is none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(command)
+            if isinstance(chosen, argparse.ArgumentParser):
+                return chosen
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``runtime`` console script."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(args_list)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(args_list)
+    if unknown:
+        # argparse would report them with the usage of ``runtime``; the user needs the usage
+        # of the subcommand they typed (exits 2).
+        _subcommand_parser(parser, args.command).error(
+            f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "db":
         return db_cli.run_from_args(args, args_list[1:])
     if args.command == "serve":

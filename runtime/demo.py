@@ -73,8 +73,10 @@ def write_and_verify(uri: str, timeout: float) -> None:
           lambda: db.erp_outbox.count_documents({"_id": "o1", "pushes": 2, "total": 40.0}) == 1,
           timeout)
 
-    print("\n— reviews arrive in a burst (recalculate_product_rating is debounced 2 s)",
-          flush=True)
+    print("\n— three reviews of one product arrive at once: recalculate_product_rating runs "
+          "once per review (debounce is per document: it merges quick edits of the same "
+          "review, each run waits 2 s after its review's last change); every run recomputes "
+          "the product's average, so the last one sees all three", flush=True)
     db.reviews.insert_many([{"_id": f"r{i}", "productId": "p1", "rating": rating}
                             for i, rating in enumerate([5, 4, 3])])
     _wait("product rating recalculated",

@@ -40,6 +40,8 @@ from runtime.reactor import ReactorSpec
 from runtime.reconciliation import ScanReason, ScanRunner
 from runtime.structured_logging import log_event
 from runtime.task_context import watch_expression
+from runtime.task_plans import snapshot_hash
+from runtime.task_status import PENDING, PROCESSING_DIRTY, RUNNING
 from runtime.task_store import (
     claim_fields,
     plan_update,
@@ -283,6 +285,10 @@ class DatabasePlanner:
         ops: dict[str, list[UpdateOne]] = {}
         planned: Counter[str] = Counter()
         token = self.leader_token
+        # Decided once per batch: at DEBUG each change is explained (one extra read of the
+        # tasks' previous state); otherwise the loop below does no logging work at all.
+        debug = log.isEnabledFor(logging.DEBUG)
+        before = await self._tasks_before(reactors, ids) if debug else {}
         for source_id in ids:
             verdicts = found.get(_id_key(source_id))
             for reactor in reactors:
@@ -292,9 +298,20 @@ class DatabasePlanner:
                     snapshot, fields = verdicts[reactor.name]
                     target.append(plan_update(reactor, source_id, snapshot, token, fields))
                     planned[reactor.name] += 1
-                elif (verdicts is None and cleanup != "never") or (
-                        verdicts is not None and cleanup == "sourceDeletedOrUnmatched"):
+                    if debug:
+                        _log_planned(collection, reactor, source_id, snapshot,
+                                     before.get((reactor.name, _id_key(source_id))))
+                    continue
+                retire = (verdicts is None and cleanup != "never") or (
+                    verdicts is not None and cleanup == "sourceDeletedOrUnmatched")
+                if retire:
                     target.append(source_gone_update(reactor, source_id, token))
+                if debug:
+                    why = "document deleted" if verdicts is None else "filter not matched"
+                    log_event(log, logging.DEBUG, f"change ignored by {reactor.name}: {why}",
+                              event="change.ignored", reactor=reactor.name,
+                              collection=collection, source_id=source_id, reason=why,
+                              task="retired" if retire else "kept")
         await self._write(ops)
         # Hints only after the write: a worker woken earlier would find nothing and park the
         # reactor until the idle poll. A debounced task's exact due time also reaches every
@@ -303,6 +320,27 @@ class DatabasePlanner:
             if reactor.name in planned:
                 self.middleware.on_planned(reactor.name, planned[reactor.name])
                 self.due_hint(reactor.name, reactor.policies.debounce.delay_ms)
+
+    async def _tasks_before(self, reactors: list[ReactorSpec], ids: list[Any]
+                            ) -> dict[tuple[str, bytes], dict[str, Any]]:
+        """For DEBUG logs only: the current task of each (reactor, source id), before the
+        plan is written. A failed read only makes the log less precise."""
+        found: dict[tuple[str, bytes], dict[str, Any]] = {}
+        by_tasks: dict[str, list[str]] = {}
+        for reactor in reactors:
+            by_tasks.setdefault(reactor.tasks_collection, []).append(reactor.name)
+        try:
+            for tasks_collection, names in by_tasks.items():
+                cursor = self.db[tasks_collection].find(
+                    {"reactor": {"$in": names}, "sourceId": {"$in": ids}},
+                    {"reactor": 1, "sourceId": 1, "status": 1, "snapshotHash": 1,
+                     "expiresAt": 1})
+                async for task in cursor:
+                    found[(task["reactor"], _id_key(task["sourceId"]))] = task
+        except PyMongoError as exc:
+            log_event(log, logging.DEBUG, "cannot read tasks to explain planning",
+                      event="planner.explain_failed", error=str(exc))
+        return found
 
     async def _write(self, ops: dict[str, list[UpdateOne]]) -> None:
         """Unordered bulk writes of task updates, one per tasks collection (fenced)."""
@@ -417,6 +455,32 @@ class DatabasePlanner:
                 {"reactor": reactor.name, "plannerToken": {"$not": {"$gt": self.leader_token}},
                  **owned},
                 source_gone_pipeline(reactor, self.leader_token))
+
+
+def _log_planned(collection: str, reactor: ReactorSpec, source_id: Any, snapshot: Any,
+                 task: dict[str, Any] | None) -> None:
+    """DEBUG line for a document a reactor's filter matched: a new run planned (new task, or
+    watched fields changed) or ignored (watched fields unchanged), as :func:`plan_update`
+    decides it."""
+    delay_ms = reactor.policies.debounce.delay_ms
+    if task is None:
+        log_event(log, logging.DEBUG, f"change planned for {reactor.name}: new task",
+                  event="change.planned", reactor=reactor.name, collection=collection,
+                  source_id=source_id, task_id="new", state=PENDING, due_in_ms=delay_ms)
+        return
+    if task.get("snapshotHash") == snapshot_hash(snapshot) and "expiresAt" not in task:
+        log_event(log, logging.DEBUG, f"change ignored by {reactor.name}: watched fields "
+                  "unchanged", event="change.ignored", reactor=reactor.name,
+                  collection=collection, source_id=source_id,
+                  reason="watched fields unchanged", task_id=task.get("_id"),
+                  state=task.get("status"))
+        return
+    running = task.get("status") in RUNNING
+    log_event(log, logging.DEBUG, f"change planned for {reactor.name}: watched fields "
+              "changed", event="change.planned", reactor=reactor.name, collection=collection,
+              source_id=source_id, task_id=task.get("_id"),
+              state=PROCESSING_DIRTY if running else PENDING,
+              due_in_ms=None if running else delay_ms)
 
 
 async def _run_together(coroutines: list[Coroutine[Any, Any, None]]) -> None:

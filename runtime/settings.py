@@ -43,6 +43,11 @@ class RuntimeSettings:
     metrics_scope: str = "cluster"
     """``local`` (this instance's metrics) or ``cluster`` (also the cluster-wide gauges)."""
     metrics_refresh_ms: int = 5_000
+    db_port: int | None = None
+    """Port of the embedded server (without ``mongodb_uri``); ``None``: the port recorded in
+    ``<data_dir>/uri`` by the last start if it is free, else any free port; 0: any free port."""
+    connect_timeout_ms: int = 10_000
+    """How long start-up waits for the database to answer before giving up."""
     planner_partitions: int = 1
     """Change-stream planning is split into this many partitions by a hash of the source
     ``_id``, spread over the live instances (1: the leader plans everything)."""
@@ -82,4 +87,6 @@ ENVIRONMENT = {
     "metrics_scope": "REACTGEN_METRICS_SCOPE",
     "metrics_refresh_ms": "REACTGEN_METRICS_REFRESH_MS",
     "planner_partitions": "REACTGEN_PLANNER_PARTITIONS",
+    "db_port": "REACTGEN_DB_PORT",
+    "connect_timeout_ms": "REACTGEN_CONNECT_TIMEOUT_MS",
 }

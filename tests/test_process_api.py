@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from pymongo import MongoClient, WriteConcern
-from support import ServerFactory
+from support import ServerFactory, wait_until
 
 from runtime.embedded.process import EmbeddedServer, EmbeddedServerError
 
@@ -81,6 +81,10 @@ def test_scripted_uri_port_and_clean_stop(tmp_path: Path) -> None:
         assert server.uri == "mongodb://127.0.0.1:43210/"
         assert server.port == 43210
         pid = server.pid
+        # The child prints its second line right after the URI; stopping before it did would
+        # test the race, not the forwarding (a SIGTERM in between ends the child first).
+        wait_until(lambda: "[stdout] more stdout" in server.log_path.read_text(),
+                   timeout=10, message="the child's later stdout never reached the log")
     assert not server.running
     assert server.returncode == 0
     assert server.pid == pid

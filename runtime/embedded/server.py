@@ -359,9 +359,8 @@ async def run(config: ServerConfig,
     host = _advertised_host(config.host)
     shown = f"[{host}]" if ":" in host else host
     uri = f"mongodb://{shown}:{port}/"
-    sys.stdout.write(f"{uri}\n")
-    sys.stdout.flush()
     if config.dbpath:
+        # Written before the URI is printed: whoever reads the line finds the file too.
         from runtime.embedded.process import URI_FILE, write_uri_file
 
         try:
@@ -369,6 +368,8 @@ async def run(config: ServerConfig,
         except OSError as exc:
             log.warning("cannot write the URI to %s: %s", Path(config.dbpath) / URI_FILE,
                         exc.strerror or exc)
+    sys.stdout.write(f"{uri}\n")
+    sys.stdout.flush()
     log.info("embedded MongoDB-compatible server listening on %s:%d (%s)", config.host, port,
              f"dbpath {config.dbpath}" if config.dbpath else "in memory")
     await server.serve_until_stopped()
