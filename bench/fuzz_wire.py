@@ -467,7 +467,7 @@ def main() -> None:
         print(sample)
     tracebacks = re.findall(r'File "([^"]*runtime/embedded/[^"]*)", line (\d+)', log_text)
     if counts.internal_errors and tracebacks:
-        print("server log frames:", collections.Counter(f for f, _ in tracebacks).most_common(5))
+        print("server log frames:", collections.Counter(tracebacks).most_common(12))
     bad = counts.drops + counts.crashes + counts.hangs + counts.internal_errors + counts.lost
     sys.exit(1 if bad else 0)
 

@@ -277,7 +277,7 @@ class ServerState:
             raise CommandError(59, "empty command document")
         name = next(iter(body))
         db = body.get("$db")
-        if not isinstance(db, str) or not db:
+        if type(db) is not str or not db:  # (bson Code is a str subclass)
             raise CommandError(40571, "OP_MSG requests require a $db argument")
         info = COMMANDS.get(name)
         if info is None or (info.test_only and not self.config.enable_test_commands):

@@ -17,6 +17,7 @@ from typing import Any
 
 import bson
 import pytest
+from bson.code import Code
 from bson.int64 import Int64
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -90,6 +91,16 @@ def test_op_query_whose_query_is_not_a_document_gets_mongods_10065(mongodb_uri: 
     doc = replies[0].doc
     assert doc["ok"] == 0 and doc["code"] == 10065, doc
     assert "expected an object ($query)" in doc["errmsg"]
+
+
+@pytest.mark.parametrize("name", ["insert", "listIndexes", "find"])
+def test_javascript_db_name_is_not_a_string(mongodb_uri: str, name: str) -> None:
+    """``$db`` must be a BSON string; JavaScript code (a ``str`` subclass once decoded) got
+    "internal error: unhashable type: 'Code'" (found by bench/fuzz_wire.py)."""
+    replies = answer_then_ping(mongodb_uri, op_msg({name: "c", "documents": [{"a": 1}],
+                                                    "$db": Code("fuzz")}, request_id=77))
+    doc = replies[0].doc
+    assert doc["ok"] == 0 and doc["code"] != 1, doc
 
 
 def test_op_query_on_a_collection_gets_mongods_legacy_opcode_error(mongodb_uri: str) -> None:
