@@ -40,6 +40,7 @@ from generator.output_safety import (
 )
 from generator.output_verify import output_problems
 from generator.render import py_comment, py_data, render
+from generator.schemas import OBJECT_ID, id_type
 from generator.stub_check import check_handler_syntax, check_stubs
 
 GENERATOR_VERSION = "1"
@@ -193,7 +194,10 @@ def generate_files(root: Path, out: Path, project: Path, cache_dir: Path | None,
         stdlib = [f"from typing import Any, {'Literal, ' * literal}TypeAlias"]
         stdlib += ["import datetime"] if needs_datetime else []
         stdlib += ["import json"] if "json" in data_modules else []
-        third_party = ["from bson import json_util"] if "json_util" in data_modules else []
+        doc_id_type = id_type(reactor.schema)
+        bson_names = (["json_util"] * ("json_util" in data_modules)
+                      + [OBJECT_ID] * (doc_id_type == OBJECT_ID))
+        third_party = [_from_import("bson", bson_names)] if bson_names else []
         if reactor.watch_projection is not None:
             third_party.append("from pydantic import BaseModel, ConfigDict"
                                + (", Field" if reactor.watched_fields else ""))
@@ -209,7 +213,7 @@ def generate_files(root: Path, out: Path, project: Path, cache_dir: Path | None,
         ]
         files[f"reactors/{reactor.module}.py"] = render(
             "reactor_module.py.j2", reactor=reactor, package=package, source=source,
-            docstring=docstring, watched_class=watched_class,
+            docstring=docstring, watched_class=watched_class, doc_id_type=doc_id_type,
             imports=import_block(stdlib, third_party, first_party),
             filter_code=filter_code, watch_code=watch_code, pipeline_code=pipeline_code,
             policies=policies,

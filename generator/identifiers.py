@@ -12,7 +12,7 @@ RESERVED = frozenset({
     "REACTOR", "FILTER", "WATCH", "PIPELINE", "Context", "Policies", "ReactorSpec",
     "TaskContext", "RetryPolicy", "DebouncePolicy", "CleanupPolicy", "EvolutionPolicy", "Any",
     "TypeAlias", "json", "json_util", "datetime", "annotations", "BaseModel", "Field",
-    "ConfigDict", "TimeTrigger", "KeyConcurrency", "RateLimit", "PriorityPolicy",
+    "ConfigDict", "ObjectId", "TimeTrigger", "KeyConcurrency", "RateLimit", "PriorityPolicy",
     # model modules
     "DocumentModel", "Annotated", "AwareDatetime", "Decimal", "Enum", "Literal", "RootModel",
     # package layout

@@ -257,6 +257,31 @@ _SCALARS = {"string": "str", "integer": "int", "number": "float", "boolean": "bo
             "null": "None"}
 
 
+_ID_SCALARS = {"string": "str", "integer": "int"}
+OBJECT_ID = "ObjectId"
+"""``id_type`` of an ``_id`` marked ``bsonType: objectId`` (imported from ``bson``)."""
+
+
+def id_type(schema: dict[str, Any]) -> str:
+    """The type of a document's ``_id`` as stored (``ctx.doc_id``): ``ObjectId`` when the
+    schema marks it ``bsonType: objectId`` (MongoDB's ``$jsonSchema`` keyword), ``str`` or
+    ``int`` (or both) when it declares that JSON type, else ``Any``."""
+    node, _ = schema_at_path(schema, "_id")
+    if not node:
+        return "Any"
+    bson_type = node.get("bsonType")
+    if bson_type == "objectId" or bson_type == ["objectId"]:
+        return OBJECT_ID
+    if bson_type is not None:
+        return "Any"
+    kind = node.get("type")
+    kinds = [k for k in (kind if isinstance(kind, list) else [kind]) if isinstance(k, str)]
+    if kinds and len(kinds) == (len(kind) if isinstance(kind, list) else 1) \
+            and all(k in _ID_SCALARS for k in kinds):
+        return " | ".join(dict.fromkeys(_ID_SCALARS[k] for k in kinds))
+    return "Any"
+
+
 _LITERAL_TEXT = re.compile(r"[A-Za-z0-9_ .:/@+-]{0,64}")
 
 

@@ -28,6 +28,8 @@ class Flag:
     parse: Callable[[str], Any]
     help: str
     metavar: str
+    switch: bool = False
+    """A flag without a value (``--reload``); its variable takes 1/0, true/false, yes/no."""
 
 
 def text(value: str) -> str:
@@ -71,6 +73,19 @@ def one_of(*choices: str, upper: bool = False) -> Callable[[str], str]:
 
 log_level = one_of(*LOG_LEVELS, upper=True)
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def boolean(value: str) -> bool:
+    """On or off: 1/true/yes/on or 0/false/no/off (case-insensitive)."""
+    chosen = value.strip().lower()
+    if chosen in _TRUE:
+        return True
+    if chosen in _FALSE:
+        return False
+    raise ValueError(f"must be one of {', '.join(_TRUE + _FALSE)}, got {value!r}")
+
 
 def add_flags(parser: argparse.ArgumentParser | Any, flags: Iterable[Flag],
               environment: Mapping[str, str], defaults: Mapping[str, Any]) -> None:
@@ -79,6 +94,10 @@ def add_flags(parser: argparse.ArgumentParser | Any, flags: Iterable[Flag],
     for spec in flags:
         default = defaults.get(spec.name)
         shown = f" (default: {default})" if default is not None else ""
+        if spec.switch:
+            parser.add_argument(spec.flag, dest=spec.name, default=None, action="store_const",
+                                const="1", help=f"{spec.help} [env {environment[spec.name]}]")
+            continue
         parser.add_argument(spec.flag, dest=spec.name, default=None, metavar=spec.metavar,
                             help=f"{spec.help}{shown} [env {environment[spec.name]}]")
 

@@ -1,15 +1,22 @@
 """The handler's view of one task execution: ``TaskContext[Model]``.
 
 This module fixes the interface generated handlers are typed against; the runtime provides the
-implementation. ``Model`` is the reactor's document model and ``Watched`` the model of its
-watched values (defaulting to ``Any`` so ``TaskContext[Order]`` is a valid annotation).
+implementation. ``Model`` is the reactor's document model, ``Watched`` the model of its
+watched values and ``DocId`` the type of the source document's ``_id`` (both defaulting to
+``Any``, so ``TaskContext[Order]`` is a valid annotation). The generator fills in ``DocId`` when
+the document schema declares ``_id``: ``str``, ``int``, or ``bson.ObjectId`` for an ``_id`` marked
+``bsonType: objectId``.
+
+``get_document()`` returns the validated model; ``get_document(projection={...})`` returns the
+projected fields as a plain ``dict`` (the stored field names and BSON values, not validated),
+because a model with only some fields set would claim values it does not hold.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
-from typing import Any, Generic
+from typing import Any, Generic, overload
 
 from pydantic import BaseModel
 from pymongo.asynchronous.database import AsyncDatabase
@@ -17,13 +24,17 @@ from typing_extensions import TypeVar
 
 Model = TypeVar("Model", bound=BaseModel)
 Watched = TypeVar("Watched", default=Any)
+DocId = TypeVar("DocId", default=Any)
+
+Projected = dict[str, Any]
+"""What ``get_document(projection=...)`` returns: the projected fields as stored."""
 
 
-class TaskContext(abc.ABC, Generic[Model, Watched]):
+class TaskContext(abc.ABC, Generic[Model, Watched, DocId]):
     """What a handler gets for one execution of one task."""
 
-    doc_id: Any
-    """The source document's ``_id``."""
+    doc_id: DocId
+    """The source document's ``_id``, as stored (an ``ObjectId`` stays one)."""
 
     watched_values: Watched
     """The watched values that triggered this execution."""
@@ -37,11 +48,20 @@ class TaskContext(abc.ABC, Generic[Model, Watched]):
     database: AsyncDatabase[dict[str, Any]]
     """The source collection's database (its ``client`` starts sessions for transactions)."""
 
+    @overload
+    async def get_document(self, projection: None = None, session: Any = None) -> Model: ...
+
+    @overload
+    async def get_document(self, projection: dict[str, Any],
+                           session: Any = None) -> Projected: ...
+
     @abc.abstractmethod
     async def get_document(self, projection: dict[str, Any] | None = None,
-                           session: Any = None) -> Model:
-        """The current source document, validated; ends the task as ``skipped`` if it no
-        longer exists, no longer matches the filter, or its watched values changed."""
+                           session: Any = None) -> Model | Projected:
+        """The current source document, validated into ``Model``; with a ``projection``, only
+        the projected fields as a ``dict`` (not validated). Ends the task as ``skipped`` if the
+        document no longer exists, no longer matches the filter, or its watched values
+        changed."""
 
     @abc.abstractmethod
     async def mark_completed(self, session: Any = None) -> None:
@@ -57,9 +77,16 @@ class TaskContext(abc.ABC, Generic[Model, Watched]):
 
     # Plain ``def`` handlers run in a thread pool and use these blocking variants.
 
+    @overload
+    def get_document_sync(self, projection: None = None, session: Any = None) -> Model: ...
+
+    @overload
+    def get_document_sync(self, projection: dict[str, Any],
+                          session: Any = None) -> Projected: ...
+
     @abc.abstractmethod
     def get_document_sync(self, projection: dict[str, Any] | None = None,
-                          session: Any = None) -> Model:
+                          session: Any = None) -> Model | Projected:
         """Blocking :meth:`get_document`, for handlers written as plain functions."""
 
     @abc.abstractmethod

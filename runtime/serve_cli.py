@@ -28,6 +28,7 @@ from runtime.cli_flags import (
     Flag,
     UsageError,
     add_flags,
+    boolean,
     log_level,
     one_of,
     port,
@@ -121,6 +122,11 @@ FLAGS = (
          "(key=value) or json (one object per line, for log shippers)", "FORMAT"),
     Flag("planner_partitions", "--planner-partitions", _partitions, "split planning into "
          "N partitions by a hash of _id, spread over the instances (same N on all)", "N"),
+    Flag("reload", "--reload", boolean, "development loop: rebuild the app when the "
+         "definitions (--schemas) change and restart the runtime when they or the app's "
+         "handlers change; the embedded server keeps running (and its data)", "", switch=True),
+    Flag("schemas", "--schemas", text, "with --reload: the definitions folder to watch and "
+         "build the app from (default: ./schemas if it exists, else handlers only)", "DIR"),
 )
 
 
@@ -162,7 +168,7 @@ async def serve(settings: RuntimeSettings) -> int:
         from runtime.embedded.process import EmbeddedServerError
 
         try:
-            embedded, settings.mongodb_uri = await asyncio.to_thread(_start_embedded,
+            embedded, settings.mongodb_uri = await asyncio.to_thread(start_embedded,
                                                                      settings)
         except (EmbeddedServerError, OSError) as exc:
             print(f"runtime serve: error: cannot start the embedded server under "
@@ -285,7 +291,7 @@ def _ports_in_use(settings: RuntimeSettings) -> str | None:
     return None
 
 
-def _start_embedded(settings: RuntimeSettings) -> tuple[Any, str]:
+def start_embedded(settings: RuntimeSettings) -> tuple[Any, str]:
     """Start the embedded server under ``settings.data_dir`` on the port of
     ``settings.db_port``, else the port recorded by the last start (if free), else any free
     port; record its URI in ``<data_dir>/uri``. Returns the server and its URI."""
@@ -407,6 +413,10 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"runtime serve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     configure(settings.log_level, settings.log_format)
+    if settings.reload:
+        from runtime.reload import run_reload
+
+        return run_reload(settings, args, FLAGS)
     # The driver's own DEBUG output (every command, connection and server selection) would
     # drown the runtime's; it is shown from INFO up.
     logging.getLogger("pymongo").setLevel(max(logging.INFO, logging.getLevelName(

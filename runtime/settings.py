@@ -48,6 +48,11 @@ class RuntimeSettings:
     ``<data_dir>/uri`` by the last start if it is free, else any free port; 0: any free port."""
     connect_timeout_ms: int = 10_000
     """How long start-up waits for the database to answer before giving up."""
+    reload: bool = False
+    """Development loop: rebuild on definition changes, restart on handler changes (see
+    :mod:`runtime.reload`)."""
+    schemas: str | None = None
+    """With ``reload``: the definitions folder (``None``: ``schemas`` if it exists)."""
     planner_partitions: int = 1
     """Change-stream planning is split into this many partitions by a hash of the source
     ``_id``, spread over the live instances (1: the leader plans everything)."""
@@ -89,4 +94,6 @@ ENVIRONMENT = {
     "planner_partitions": "REACTGEN_PLANNER_PARTITIONS",
     "db_port": "REACTGEN_DB_PORT",
     "connect_timeout_ms": "REACTGEN_CONNECT_TIMEOUT_MS",
+    "reload": "REACTGEN_RELOAD",
+    "schemas": "REACTGEN_SCHEMAS",
 }

@@ -122,9 +122,9 @@ class RuntimeTaskContext(TaskContext[Any, Any]):
         snapshot = doc.pop(SNAPSHOT_FIELD, None)
         if snapshot_hash(snapshot) != self.held.doc.get("snapshotHash"):
             raise TaskSkipped("watched values changed since the task was planned")
+        if projection is not None:
+            return doc
         model: type[BaseModel] = self.reactor.model
-        if projection:
-            return model.model_construct(**doc)
         try:
             return model.model_validate(doc)
         except ValidationError:
@@ -133,7 +133,8 @@ class RuntimeTaskContext(TaskContext[Any, Any]):
 
     async def get_document(self, projection: dict[str, Any] | None = None,
                            session: Any = None) -> Any:
-        """The current source document, validated; raises TaskSkipped if the check fails."""
+        """The current source document, validated (with a ``projection``: the projected
+        fields as a ``dict``, not validated); raises TaskSkipped if the check fails."""
         cursor = await self.source.aggregate(self._document_pipeline(projection),
                                              session=session)
         return self._checked(await cursor.to_list(1), projection)

@@ -54,7 +54,7 @@ class SyncPaidOrdersWatched(BaseModel):
     )
 
 
-Context: TypeAlias = TaskContext[Order, SyncPaidOrdersWatched]
+Context: TypeAlias = TaskContext[Order, SyncPaidOrdersWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {'status': 'paid'}

@@ -35,7 +35,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.client_session import ClientSession
 from pymongo.database import Database
 
-from runtime.context import Model, TaskContext, Watched
+from runtime.context import DocId, Model, Projected, TaskContext, Watched
 from runtime.cron_spec import CronSpec
 from runtime.embedded.engine import matches, run_pipeline, system_variables
 from runtime.outcome import Outcome, OutcomeKind
@@ -62,7 +62,7 @@ class _Same:
 SAME: Final = _Same()
 """``current=SAME`` (the default): the document is unchanged when the handler reads it."""
 
-Handler = Callable[[TaskContext[Model, Watched]], object]
+Handler = Callable[[TaskContext[Model, Watched, DocId]], object]
 Target = ModuleType | ReactorSpec | Callable[..., object]
 
 
@@ -100,7 +100,7 @@ def would_trigger(target: Target, document: Mapping[str, Any], *,
     return matches(reactor.filter, dict(document), _variables(_naive_utc(now)))
 
 
-class HandlerTestContext(TaskContext[Model, Watched]):
+class HandlerTestContext(TaskContext[Model, Watched, DocId]):
     """The context :func:`run_handler` gives the handler: the worker's context, for tests.
 
     Besides the public :class:`~runtime.context.TaskContext` interface it records what the
@@ -115,7 +115,7 @@ class HandlerTestContext(TaskContext[Model, Watched]):
         self.reactor = reactor
         self.task = task
         """The task document as the worker would have claimed it."""
-        self.doc_id = task["sourceId"]
+        self.doc_id = cast(DocId, task["sourceId"])
         self.attempt = int(task["attempts"])
         self.watched_values = cast(Watched, watched)
         self.logger = logging.LoggerAdapter(logger, {"fields": {
@@ -155,16 +155,17 @@ class HandlerTestContext(TaskContext[Model, Watched]):
         rolled back; :func:`run_handler` checks)."""
         return self.completed or self.completed_in_session
 
-    def _checked(self, docs: list[dict[str, Any]], projection: dict[str, Any] | None) -> Model:
+    def _checked(self, docs: list[dict[str, Any]],
+                 projection: dict[str, Any] | None) -> Model | Projected:
         if not docs:
             raise TaskSkipped("source document deleted or no longer matches the filter")
         doc = docs[0]
         snapshot = doc.pop(SNAPSHOT_FIELD, None)
         if snapshot_hash(snapshot) != self.task["snapshotHash"]:
             raise TaskSkipped("watched values changed since the task was planned")
+        if projection is not None:
+            return doc
         model = cast(type[Model], self.reactor.model)
-        if projection:
-            return model.model_construct(**doc)
         try:
             return model.model_validate(doc)
         except ValidationError:
@@ -172,8 +173,9 @@ class HandlerTestContext(TaskContext[Model, Watched]):
             raise
 
     async def get_document(self, projection: dict[str, Any] | None = None,
-                           session: Any = None) -> Model:
-        """The current source document, validated; raises ``TaskSkipped`` (the task ends as
+                           session: Any = None) -> Any:
+        """The current source document, validated (with a ``projection``: the projected
+        fields as a ``dict``, not validated); raises ``TaskSkipped`` (the task ends as
         ``skipped``) if it is gone, no longer matches the filter, or its watched values
         changed since the task was planned."""
         pipeline = document_pipeline(self.reactor, self.doc_id, projection)
@@ -206,7 +208,7 @@ class HandlerTestContext(TaskContext[Model, Watched]):
         self.throttle_ms = max(0, int(duration_ms))
 
     def get_document_sync(self, projection: dict[str, Any] | None = None,
-                          session: Any = None) -> Model:
+                          session: Any = None) -> Any:
         """:meth:`get_document` for handlers written as plain functions."""
         if isinstance(session, ClientSession) and self._database is not None:
             collection = session.client[self._database.name][self.reactor.collection]
@@ -237,7 +239,7 @@ class HandlerTestContext(TaskContext[Model, Watched]):
 
 
 @dataclass(frozen=True)
-class HandlerResult(Generic[Model, Watched]):
+class HandlerResult(Generic[Model, Watched, DocId]):
     """What one execution ended as, and what it asked for.
 
     ``outcome`` is what the worker would record (:class:`~runtime.outcome.OutcomeKind`);
@@ -246,7 +248,7 @@ class HandlerResult(Generic[Model, Watched]):
     """
 
     recorded: Outcome
-    context: HandlerTestContext[Model, Watched]
+    context: HandlerTestContext[Model, Watched, DocId]
     now: datetime.datetime
     """The (server) time the execution ran at, naive UTC."""
     exception: BaseException | None = None
@@ -407,14 +409,14 @@ def _async_database(database: Database[Any] | AsyncDatabase[Any] | None
 
 
 @overload
-def run_handler(target: Handler[Model, Watched], document: Mapping[str, Any], *,
+def run_handler(target: Handler[Model, Watched, DocId], document: Mapping[str, Any], *,
                 reactor: ModuleType | ReactorSpec | None = None,
                 database: Database[Any] | AsyncDatabase[Any] | None = None,
                 current: Mapping[str, Any] | _Same | None = SAME,
                 now: datetime.datetime | None = None, attempt: int = 1,
                 first_error_at: datetime.datetime | None = None,
                 timeout_ms: int | None = None, store_document: bool = True,
-                ) -> HandlerResult[Model, Watched]: ...
+                ) -> HandlerResult[Model, Watched, DocId]: ...
 
 
 @overload
@@ -467,14 +469,15 @@ def run_handler(target: Target, document: Mapping[str, Any], *,
 
 
 @overload
-async def run_handler_async(target: Handler[Model, Watched], document: Mapping[str, Any], *,
+async def run_handler_async(target: Handler[Model, Watched, DocId],
+                            document: Mapping[str, Any], *,
                             reactor: ModuleType | ReactorSpec | None = None,
                             database: Database[Any] | AsyncDatabase[Any] | None = None,
                             current: Mapping[str, Any] | _Same | None = SAME,
                             now: datetime.datetime | None = None, attempt: int = 1,
                             first_error_at: datetime.datetime | None = None,
                             timeout_ms: int | None = None, store_document: bool = True,
-                            ) -> HandlerResult[Model, Watched]: ...
+                            ) -> HandlerResult[Model, Watched, DocId]: ...
 
 
 @overload

@@ -145,3 +145,82 @@ def test_watched_enum_values_keep_their_values_in_the_type(shop: Path,
     assert ("Revealed type is \"Literal['new'] | Literal['paid'] | Literal['shipped'] | "
             "Literal['cancelled'] | None\"") in result.out, result.text
     assert "error" not in result.out.replace("note:", ""), result.text
+
+
+DOC_ID_HANDLER = '''"""A handler revealing the types of its context."""
+
+from __future__ import annotations
+
+from app.reactors.sync_paid_orders import Context
+
+
+async def handle(ctx: Context) -> None:
+    reveal_type(ctx.doc_id)
+    reveal_type(await ctx.get_document())
+    partial = await ctx.get_document(projection={"status": 1})
+    reveal_type(partial)
+    reveal_type(ctx.get_document_sync(projection={"status": 1}))
+    ctx.logger.info("%s", partial.status)
+'''
+
+
+def test_doc_id_and_projected_documents_are_typed(shop: Path, mypy_cache: Path) -> None:
+    """A string ``_id`` types ``ctx.doc_id`` as ``str``; ``get_document()`` is the model and
+    ``get_document(projection=...)`` a plain dict (so reading it as the model fails mypy)."""
+    handler = shop / "app" / "handlers" / "sync_paid_orders.py"
+    handler.write_text(DOC_ID_HANDLER)
+    result = run_mypy(shop, "app", cache_dir=mypy_cache)
+    revealed = [line.split("Revealed type is ", 1)[1] for line in result.out.splitlines()
+                if "Revealed type is" in line]
+    assert revealed == ['"str"', '"app.models.orders.Order"', '"dict[str, Any]"',
+                        '"dict[str, Any]"'], result.text
+    assert 'app/handlers/sync_paid_orders.py:14: error: "dict[str, Any]" has no attribute ' \
+        '"status"' in result.out, result.text
+
+
+ID_DEFINITION = """\
+collection: things
+schema:
+  title: Thing
+  type: object
+  properties:
+{id_line}    n: {{type: integer}}
+trigger:
+  watch: [n]
+"""
+
+ID_HANDLER = '''"""Reveals the id type."""
+
+from __future__ import annotations
+
+from app.reactors.thing import Context
+
+
+async def handle(ctx: Context) -> None:
+    reveal_type(ctx.doc_id)
+'''
+
+
+@pytest.mark.parametrize(("id_schema", "expected"), [
+    ("{type: integer}", "int"),
+    ("{bsonType: objectId}", "bson.objectid.ObjectId"),
+    ("{type: string, bsonType: objectId}", "bson.objectid.ObjectId"),
+    ("{type: [string, integer]}", "str | int"),
+    (None, "Any"),
+    ("{type: object}", "Any"),
+])
+def test_the_doc_id_type_follows_the_schema(id_schema: str | None, expected: str,
+                                            tmp_path: Path, model_cache: Path,
+                                            mypy_cache: Path) -> None:
+    """``ctx.doc_id``'s type is the declared ``_id`` type; an ``_id`` marked ``bsonType:
+    objectId`` is a ``bson.ObjectId``; without a (simple) declaration it stays ``Any``."""
+    schemas = tmp_path / "schemas"
+    schemas.mkdir()
+    id_line = f"    _id: {id_schema}\n" if id_schema else ""
+    (schemas / "thing.reactor.yaml").write_text(ID_DEFINITION.format(id_line=id_line))
+    out = tmp_path / "app"
+    build(schemas, out, tmp_path, model_cache)
+    (out / "handlers" / "thing.py").write_text(ID_HANDLER)
+    result = run_mypy(tmp_path, "app", cache_dir=mypy_cache)
+    assert f'Revealed type is "{expected}"' in result.out, result.text
+    assert "error" not in result.out.replace("note:", ""), result.text

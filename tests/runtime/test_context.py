@@ -28,8 +28,8 @@ async def handle(ctx):
     ctx.logger.info("handling %s", ctx.doc_id)
     await record(ctx, doc_id=ctx.doc_id, watched=ctx.watched_values.model_dump(),
                  watched_type=type(ctx.watched_values).__name__, model=type(thing).__name__,
-                 n=thing.n, label=thing.label, partial_n=partial.n,
-                 partial_fields=sorted(partial.model_fields_set),
+                 n=thing.n, label=thing.label, partial_n=partial["n"],
+                 partial_type=type(partial).__name__, partial_fields=sorted(partial),
                  database=ctx.database.name)
 '''
     app = make_app({"react": definition(watch={"n": 1, "double": {"$multiply": ["$n", 2]}})},
@@ -43,7 +43,9 @@ async def handle(ctx):
     assert run["watched"] == {"n": 21, "double": 42}
     assert run["watched_type"] == "ReactWatched" and run["model"] == "Thing"
     assert (run["n"], run["label"]) == (21, "hello")
-    assert run["partial_n"] == 21 and "label" not in run["partial_fields"]
+    # A projection gives the projected fields as a dict (not a half-empty model).
+    assert run["partial_n"] == 21 and run["partial_type"] == "dict"
+    assert run["partial_fields"] == ["_id", "n"]
     line = runtime.wait_for_log(r".*handling x.*")
     assert f"task_id={task['_id']}" in line.group(0)
     assert "reactor=react" in line.group(0) and "source_id=x" in line.group(0)

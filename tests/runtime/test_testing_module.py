@@ -304,3 +304,24 @@ def test_wait_until_idle_times_out_naming_the_running_task(released: None) -> No
         RELEASE.set()
         harness.wait_until_idle(timeout=20)
         assert harness.task("stuck", "t1")["status"] == "completed"  # type: ignore[index]
+
+
+async def projects(ctx: Ctx) -> None:
+    """Reads only ``n``: a plain dict of the projected fields, as stored."""
+    partial = await ctx.get_document(projection={"n": 1})
+    ctx.logger.info("%s %s", type(partial).__name__, sorted(partial.items()))
+
+
+def sync_projects(ctx: Ctx) -> None:
+    """The blocking variant of :func:`projects`."""
+    partial = ctx.get_document_sync(projection={"n": 1, "_id": 0})
+    ctx.logger.info("%s %s", type(partial).__name__, sorted(partial.items()))
+
+
+def test_a_projection_gives_a_dict_of_the_projected_fields() -> None:
+    result = run_handler(projects, DOC, reactor=REACTOR, now=NOW)
+    assert result.outcome is OutcomeKind.COMPLETED, result.error
+    assert result.logs == ["dict [('_id', 't1'), ('n', 1)]"]
+    result = run_handler(sync_projects, DOC, reactor=REACTOR, now=NOW)
+    assert result.outcome is OutcomeKind.COMPLETED, result.error
+    assert result.logs == ["dict [('n', 1)]"]

@@ -54,7 +54,7 @@ class OrderWatchedValues(BaseModel):
     )
 
 
-Context: TypeAlias = TaskContext[OrderWatched, OrderWatchedValues]
+Context: TypeAlias = TaskContext[OrderWatched, OrderWatchedValues, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {}

@@ -39,7 +39,7 @@ class WelcomeWatched(BaseModel):
     """Nothing is watched: the reactor runs once per matching document."""
 
 
-Context: TypeAlias = TaskContext[User, WelcomeWatched]
+Context: TypeAlias = TaskContext[User, WelcomeWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {}

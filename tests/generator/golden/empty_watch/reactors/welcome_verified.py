@@ -40,7 +40,7 @@ class WelcomeVerifiedWatched(BaseModel):
     """Nothing is watched: the reactor runs once per matching document."""
 
 
-Context: TypeAlias = TaskContext[User, WelcomeVerifiedWatched]
+Context: TypeAlias = TaskContext[User, WelcomeVerifiedWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {'verified': True}

@@ -42,7 +42,7 @@ class BigOrdersWatched(BaseModel):
     )
 
 
-Context: TypeAlias = TaskContext[Order, BigOrdersWatched]
+Context: TypeAlias = TaskContext[Order, BigOrdersWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {'$expr': {'$gt': ['$total', 100]}}

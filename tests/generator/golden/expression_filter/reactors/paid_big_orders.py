@@ -33,7 +33,7 @@ PaidBigOrdersWatched: TypeAlias = Order
 """No watch list: the whole document is the watched value."""
 
 
-Context: TypeAlias = TaskContext[Order, PaidBigOrdersWatched]
+Context: TypeAlias = TaskContext[Order, PaidBigOrdersWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {

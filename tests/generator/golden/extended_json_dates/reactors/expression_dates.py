@@ -43,7 +43,7 @@ class ExpressionDatesWatched(BaseModel):
     )
 
 
-Context: TypeAlias = TaskContext[Order, ExpressionDatesWatched]
+Context: TypeAlias = TaskContext[Order, ExpressionDatesWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = json_util.loads(

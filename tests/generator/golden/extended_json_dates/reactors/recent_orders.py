@@ -44,7 +44,7 @@ class RecentOrdersWatched(BaseModel):
     )
 
 
-Context: TypeAlias = TaskContext[Order, RecentOrdersWatched]
+Context: TypeAlias = TaskContext[Order, RecentOrdersWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = json_util.loads(

@@ -33,7 +33,7 @@ ClusterWideWatched: TypeAlias = Order
 """No watch list: the whole document is the watched value."""
 
 
-Context: TypeAlias = TaskContext[Order, ClusterWideWatched]
+Context: TypeAlias = TaskContext[Order, ClusterWideWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {}

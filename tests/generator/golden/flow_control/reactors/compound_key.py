@@ -45,7 +45,7 @@ class CompoundKeyWatched(BaseModel):
     )
 
 
-Context: TypeAlias = TaskContext[Order, CompoundKeyWatched]
+Context: TypeAlias = TaskContext[Order, CompoundKeyWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {}

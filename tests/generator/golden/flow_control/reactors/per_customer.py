@@ -35,7 +35,7 @@ PerCustomerWatched: TypeAlias = Order
 """No watch list: the whole document is the watched value."""
 
 
-Context: TypeAlias = TaskContext[Order, PerCustomerWatched]
+Context: TypeAlias = TaskContext[Order, PerCustomerWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {'status': 'paid'}

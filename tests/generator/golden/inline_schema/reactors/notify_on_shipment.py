@@ -49,7 +49,7 @@ class NotifyOnShipmentWatched(BaseModel):
     )
 
 
-Context: TypeAlias = TaskContext[Shipment, NotifyOnShipmentWatched]
+Context: TypeAlias = TaskContext[Shipment, NotifyOnShipmentWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {'shippedAt': {'$exists': True}}

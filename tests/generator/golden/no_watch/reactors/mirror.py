@@ -33,7 +33,7 @@ MirrorWatched: TypeAlias = Customer
 """No watch list: the whole document is the watched value."""
 
 
-Context: TypeAlias = TaskContext[Customer, MirrorWatched]
+Context: TypeAlias = TaskContext[Customer, MirrorWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {}

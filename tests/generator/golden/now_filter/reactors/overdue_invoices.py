@@ -47,7 +47,7 @@ class OverdueInvoicesWatched(BaseModel):
     )
 
 
-Context: TypeAlias = TaskContext[Invoice, OverdueInvoicesWatched]
+Context: TypeAlias = TaskContext[Invoice, OverdueInvoicesWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {

@@ -42,7 +42,7 @@ class DebouncedWatched(BaseModel):
     )
 
 
-Context: TypeAlias = TaskContext[Job, DebouncedWatched]
+Context: TypeAlias = TaskContext[Job, DebouncedWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {}

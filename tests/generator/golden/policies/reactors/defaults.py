@@ -33,7 +33,7 @@ DefaultsWatched: TypeAlias = Job
 """No watch list: the whole document is the watched value."""
 
 
-Context: TypeAlias = TaskContext[Job, DefaultsWatched]
+Context: TypeAlias = TaskContext[Job, DefaultsWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {}

@@ -33,7 +33,7 @@ RetryExponentialWatched: TypeAlias = Job
 """No watch list: the whole document is the watched value."""
 
 
-Context: TypeAlias = TaskContext[Job, RetryExponentialWatched]
+Context: TypeAlias = TaskContext[Job, RetryExponentialWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {}

@@ -33,7 +33,7 @@ RetryLinearWatched: TypeAlias = Job
 """No watch list: the whole document is the watched value."""
 
 
-Context: TypeAlias = TaskContext[Job, RetryLinearWatched]
+Context: TypeAlias = TaskContext[Job, RetryLinearWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {}

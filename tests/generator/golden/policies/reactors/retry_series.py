@@ -33,7 +33,7 @@ RetrySeriesWatched: TypeAlias = Job
 """No watch list: the whole document is the watched value."""
 
 
-Context: TypeAlias = TaskContext[Job, RetrySeriesWatched]
+Context: TypeAlias = TaskContext[Job, RetrySeriesWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {}

@@ -57,7 +57,7 @@ class StockLevelsWatched(BaseModel):
     )
 
 
-Context: TypeAlias = TaskContext[Product, StockLevelsWatched]
+Context: TypeAlias = TaskContext[Product, StockLevelsWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {}

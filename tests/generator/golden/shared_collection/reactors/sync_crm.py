@@ -42,7 +42,7 @@ class SyncCrmWatched(BaseModel):
     )
 
 
-Context: TypeAlias = TaskContext[Customer, SyncCrmWatched]
+Context: TypeAlias = TaskContext[Customer, SyncCrmWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {}

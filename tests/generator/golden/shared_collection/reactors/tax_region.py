@@ -42,7 +42,7 @@ class TaxRegionWatched(BaseModel):
     )
 
 
-Context: TypeAlias = TaskContext[Customer, TaxRegionWatched]
+Context: TypeAlias = TaskContext[Customer, TaxRegionWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {}

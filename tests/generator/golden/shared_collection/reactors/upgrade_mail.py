@@ -42,7 +42,7 @@ class UpgradeMailWatched(BaseModel):
     )
 
 
-Context: TypeAlias = TaskContext[Customer, UpgradeMailWatched]
+Context: TypeAlias = TaskContext[Customer, UpgradeMailWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {}

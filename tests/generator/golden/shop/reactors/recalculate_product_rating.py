@@ -51,7 +51,7 @@ class RecalculateProductRatingWatched(BaseModel):
     )
 
 
-Context: TypeAlias = TaskContext[Review, RecalculateProductRatingWatched]
+Context: TypeAlias = TaskContext[Review, RecalculateProductRatingWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {}

@@ -42,7 +42,7 @@ class SendWelcomeMessageWatched(BaseModel):
     """Nothing is watched: the reactor runs once per matching document."""
 
 
-Context: TypeAlias = TaskContext[User, SendWelcomeMessageWatched]
+Context: TypeAlias = TaskContext[User, SendWelcomeMessageWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {}

@@ -11,8 +11,8 @@ from app.reactors.archive_stale import Context
 async def handle(ctx: Context) -> None:
     """Called for each due task of this reactor; raise to fail (and retry) the execution.
 
-    ``ctx.get_document(projection={...})`` loads only the projected fields: the model's other
-    fields then hold their defaults (None), not the document's values.
+    ``ctx.get_document(projection={...})`` loads only the projected fields, as a plain dict
+    (stored field names and values, not validated) instead of the model.
     """
     document = await ctx.get_document()
     ctx.logger.info("handled %r", document)

@@ -43,7 +43,7 @@ class EscalateOverdueWatched(BaseModel):
     )
 
 
-Context: TypeAlias = TaskContext[Ticket, EscalateOverdueWatched]
+Context: TypeAlias = TaskContext[Ticket, EscalateOverdueWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = json.loads(

@@ -41,7 +41,7 @@ class FollowUpOddPathWatched(BaseModel):
     """Nothing is watched: the reactor runs once per matching document."""
 
 
-Context: TypeAlias = TaskContext[Ticket, FollowUpOddPathWatched]
+Context: TypeAlias = TaskContext[Ticket, FollowUpOddPathWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {

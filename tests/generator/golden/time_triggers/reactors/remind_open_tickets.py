@@ -47,7 +47,7 @@ class RemindOpenTicketsWatched(BaseModel):
     )
 
 
-Context: TypeAlias = TaskContext[Ticket, RemindOpenTicketsWatched]
+Context: TypeAlias = TaskContext[Ticket, RemindOpenTicketsWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {

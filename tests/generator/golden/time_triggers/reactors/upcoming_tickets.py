@@ -44,7 +44,7 @@ class UpcomingTicketsWatched(BaseModel):
     )
 
 
-Context: TypeAlias = TaskContext[Ticket, UpcomingTicketsWatched]
+Context: TypeAlias = TaskContext[Ticket, UpcomingTicketsWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {

@@ -57,7 +57,7 @@ class ClassWatched(BaseModel):
     )
 
 
-Context: TypeAlias = TaskContext[Import, ClassWatched]
+Context: TypeAlias = TaskContext[Import, ClassWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {'from': {'$exists': True}, 'first-name': {'$ne': ''}}

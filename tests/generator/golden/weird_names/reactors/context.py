@@ -45,7 +45,7 @@ class ContextModelWatched(BaseModel):
     )
 
 
-Context: TypeAlias = TaskContext[ContextModel, ContextModelWatched]
+Context: TypeAlias = TaskContext[ContextModel, ContextModelWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {}

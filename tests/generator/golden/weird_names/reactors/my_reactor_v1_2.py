@@ -51,7 +51,7 @@ class MyReactorV12Watched(BaseModel):
     )
 
 
-Context: TypeAlias = TaskContext[Import, MyReactorV12Watched]
+Context: TypeAlias = TaskContext[Import, MyReactorV12Watched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {}

@@ -33,7 +33,7 @@ ArchiveWatched: TypeAlias = Event
 """No watch list: the whole document is the watched value."""
 
 
-Context: TypeAlias = TaskContext[Event, ArchiveWatched]
+Context: TypeAlias = TaskContext[Event, ArchiveWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {'kind': 'logout'}

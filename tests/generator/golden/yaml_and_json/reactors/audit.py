@@ -45,7 +45,7 @@ class AuditWatched(BaseModel):
     )
 
 
-Context: TypeAlias = TaskContext[Event, AuditWatched]
+Context: TypeAlias = TaskContext[Event, AuditWatched, str]
 """Annotate your handler's parameter with this: ``async def handle(ctx: Context) -> None``."""
 
 FILTER: dict[str, Any] = {'kind': {'$in': ['login', 'logout']}}
