@@ -20,3 +20,5 @@ def test_main_job_runs_end_to_end_and_points_at_the_tools() -> None:
     assert "The example works end to end." in out
     assert "python3 dev.py start --keep" in out
     assert "runtime reactors --mongodb-uri mongodb://" in out
+    # Issue 11: the burst of reviews explains why it shows one run per review.
+    assert "debounce is per document" in out
