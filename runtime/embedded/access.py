@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from runtime.embedded import deadlines, planner
 from runtime.embedded.datastore import DataStore, WriteUnit
 from runtime.embedded.document_rules import Write, check_storable
-from runtime.embedded.errors import CommandError, WriteError
+from runtime.embedded.errors import CommandError, ErrorCode, WriteError
 from runtime.embedded.ordering import Key, id_key
 from runtime.embedded.storage import Collection
 
@@ -170,8 +170,7 @@ class TransactionAccess:
         lock_key = (coll.db, coll.name, key)
         holder = self.store.transaction_locks.get(lock_key)
         if holder is not None and holder is not self.txn:
-            raise CommandError(
-                112,
+            raise CommandError(ErrorCode.WriteConflict,
                 "Write conflict during plan execution and yielding is disabled.",
                 labels=[TRANSIENT],
             )
@@ -236,11 +235,13 @@ class TransactionAccess:
         for (db, name, key), entry in self.txn.touched.items():
             coll = catalog.get(db, name)
             if coll is not entry.coll:
-                raise CommandError(112, f"Write conflict: collection {db}.{name} was dropped, "
+                raise CommandError(ErrorCode.WriteConflict,
+                                   f"Write conflict: collection {db}.{name} was dropped, "
                                    "renamed or recreated while this transaction wrote to it",
                                    labels=[TRANSIENT])
             if coll.docs.get(key) is not entry.base:
-                raise CommandError(112, "Write conflict: a document written by this transaction "
+                raise CommandError(ErrorCode.WriteConflict,
+                                   "Write conflict: a document written by this transaction "
                                    "was changed by another operation", labels=[TRANSIENT])
         unit = WriteUnit(lsid=self.txn.lsid, txn_number=self.txn.txn_number)
         # Each document's final version is applied once, in the order documents were first

@@ -33,7 +33,7 @@ from bson.binary import Binary
 
 from runtime.embedded.authz import PRE_AUTH_COMMANDS, requirements
 from runtime.embedded.datastore import DataStore
-from runtime.embedded.errors import CommandError
+from runtime.embedded.errors import CommandError, ErrorCode
 from runtime.embedded.roles import ANY_DATABASE, SUGGESTED_ROLE, Action, allows, privileges
 from runtime.embedded.sasl import (
     CONVERSATION_ID,
@@ -125,11 +125,13 @@ class AuthManager:
         try:
             mechanism = Mechanism(str(mechanism_name))
         except ValueError:
-            raise CommandError(334, f"Received authentication for mechanism {mechanism_name} "
+            raise CommandError(ErrorCode.MechanismUnavailable,
+                               f"Received authentication for mechanism {mechanism_name} "
                                "which is unknown or not enabled; use SCRAM-SHA-256 or "
                                "SCRAM-SHA-1") from None
         if db == "$external":
-            raise CommandError(334, f"{mechanism} is not available on the $external "
+            raise CommandError(ErrorCode.MechanismUnavailable,
+                               f"{mechanism} is not available on the $external "
                                "database; authenticate against the user's database")
         state = connection_auth(connection)
         state.conversation = None
@@ -153,10 +155,11 @@ class AuthManager:
         state = connection_auth(connection)
         conversation = state.conversation
         if conversation is None:
-            raise CommandError(17, "No SASL session state found; send saslStart first")
+            raise CommandError(ErrorCode.ProtocolError,
+                               "No SASL session state found; send saslStart first")
         if body.get("conversationId") != CONVERSATION_ID:
             state.conversation = None
-            raise CommandError(17, "sasl: Mismatched conversation id")
+            raise CommandError(ErrorCode.ProtocolError, "sasl: Mismatched conversation id")
         if conversation.step == 2:
             state.conversation = None
             if payload_text(body.get("payload")):
@@ -255,12 +258,13 @@ class AuthManager:
             if name == "createUser" and db == "admin" and not self.users.any_users() \
                     and _peer_is_loopback(str(connection.get("peer", ""))):
                 return  # the localhost exception: create the first user
-            raise CommandError(13, f"Command {name} requires authentication")
+            raise CommandError(ErrorCode.Unauthorized, f"Command {name} requires authentication")
         privs = privileges(user.roles)
         for scope, action in requirements(name, body, db, state.user):
             if not allows(privs, scope, action):
                 where = "the cluster (every database)" if scope == ANY_DATABASE else scope
-                raise CommandError(13, f"not authorized on {db} to execute command {name}: "
+                raise CommandError(ErrorCode.Unauthorized,
+                                   f"not authorized on {db} to execute command {name}: "
                                    f"user {user.name}@{user.db} needs the {action} privilege on "
                                    f"{where}; grant a role such as {SUGGESTED_ROLE[action]}")
         if name == "listDatabases" and not allows(privs, ANY_DATABASE, Action.LIST_DATABASES):
@@ -278,16 +282,19 @@ def _refuse_second_user(previous: UserKey, user: UserKey, connection: dict[str, 
              connection.get("peer", "?"), user[1], user[0], previous[1], previous[0])
     shown = f"{previous[1]}@{previous[0]}"
     if previous[0] == user[0]:
-        raise CommandError(5626701, "Each client connection may only be authenticated once. "
+        raise CommandError(ErrorCode.Location5626701,
+                           "Each client connection may only be authenticated once. "
                            f"Previously authenticated as: {shown}")
-    raise CommandError(5626702, "Client has attempted to authenticate on multiple databases."
+    raise CommandError(ErrorCode.Location5626702,
+                       "Client has attempted to authenticate on multiple databases."
                        f"Already authenticated as: {shown}")
 
 
 def _restrict_list_databases(body: dict[str, Any], privs: set[tuple[str, Action]]) -> None:
     """Show only the databases the user holds a privilege on (mongod's authorizedDatabases)."""
     if body.get("authorizedDatabases") is False:
-        raise CommandError(13, "not authorized on admin to execute command listDatabases with "
+        raise CommandError(ErrorCode.Unauthorized,
+                           "not authorized on admin to execute command listDatabases with "
                            "authorizedDatabases: false; grant a role such as readAnyDatabase")
     allowed = sorted({scope for scope, _ in privs if scope != ANY_DATABASE})
     original = body.get("filter")

@@ -32,7 +32,7 @@ from runtime.embedded.changelog import (
     encode_token,
 )
 from runtime.embedded.datastore import INTERNAL_DATABASES
-from runtime.embedded.errors import CommandError
+from runtime.embedded.errors import CommandError, ErrorCode
 from runtime.embedded.ordering import id_key
 from runtime.embedded.storage import Catalog
 
@@ -94,32 +94,39 @@ class ChangeStreamCursor:
 
 def _validate_options(spec: Any) -> dict[str, Any]:
     if not isinstance(spec, dict):
-        raise CommandError(14, "the $changeStream stage specification must be an object")
+        raise CommandError(ErrorCode.TypeMismatch,
+                           "the $changeStream stage specification must be an object")
     known = {"fullDocument", "fullDocumentBeforeChange", "resumeAfter", "startAfter",
              "startAtOperationTime", "showExpandedEvents", "allChangesForCluster",
              "showMigrationEvents", "showSystemEvents", "allowToRunOnConfigDB"}
     for key in spec:
         if key not in known:
-            raise CommandError(40415, f"BSON field '$changeStream.{key}' is an unknown field.")
+            raise CommandError(ErrorCode.Location40415,
+                               f"BSON field '$changeStream.{key}' is an unknown field.")
     if spec.get("fullDocument", "default") not in _FULL_DOCUMENT:
-        raise CommandError(2, f"unknown fullDocument mode {spec.get('fullDocument')!r}")
+        raise CommandError(ErrorCode.BadValue,
+                           f"unknown fullDocument mode {spec.get('fullDocument')!r}")
     if spec.get("fullDocumentBeforeChange", "off") not in _BEFORE_CHANGE:
-        raise CommandError(2, "unknown fullDocumentBeforeChange mode "
+        raise CommandError(ErrorCode.BadValue, "unknown fullDocumentBeforeChange mode "
                            f"{spec.get('fullDocumentBeforeChange')!r}")
     for flag in ("showExpandedEvents", "allChangesForCluster"):
         if flag in spec and not isinstance(spec[flag], bool):
-            raise CommandError(14, f"BSON field '$changeStream.{flag}' is the wrong type, "
+            raise CommandError(ErrorCode.TypeMismatch,
+                               f"BSON field '$changeStream.{flag}' is the wrong type, "
                                "expected type 'bool'")
     if "startAtOperationTime" in spec and not isinstance(spec["startAtOperationTime"], Timestamp):
-        raise CommandError(14, "BSON field '$changeStream.startAtOperationTime' is the wrong "
+        raise CommandError(ErrorCode.TypeMismatch,
+                           "BSON field '$changeStream.startAtOperationTime' is the wrong "
                            "type, expected type 'timestamp'")
     for option in ("resumeAfter", "startAfter"):
         if option in spec and not isinstance(spec[option], dict):
-            raise CommandError(14, f"BSON field '$changeStream.{option}' is the wrong type, "
+            raise CommandError(ErrorCode.TypeMismatch,
+                               f"BSON field '$changeStream.{option}' is the wrong type, "
                                "expected type 'object'")
     starts = [k for k in ("resumeAfter", "startAfter", "startAtOperationTime") if k in spec]
     if len(starts) > 1:
-        raise CommandError(40674, "Only one type of resume option is allowed, but multiple were "
+        raise CommandError(ErrorCode.Location40674,
+                           "Only one type of resume option is allowed, but multiple were "
                            "found.")
     return spec
 
@@ -127,16 +134,19 @@ def _validate_options(spec: Any) -> dict[str, Any]:
 def _validate_stages(stages: list[dict[str, Any]]) -> None:
     for stage in stages:
         if not isinstance(stage, dict) or len(stage) != 1:
-            raise CommandError(40323, "A pipeline stage specification object must contain "
+            raise CommandError(ErrorCode.Location40323,
+                               "A pipeline stage specification object must contain "
                                "exactly one field.")
         name = next(iter(stage))
         if name == "$changeStream":
-            raise CommandError(40602, "$changeStream is only valid as the first stage in a "
+            raise CommandError(ErrorCode.Location40602,
+                               "$changeStream is only valid as the first stage in a "
                                "pipeline.")
         if name not in ALLOWED_STAGES:
             if not engine.known_stage(name) and name not in ("$group", "$sort", "$limit",
                                                                "$skip", "$lookup", "$out"):
-                raise CommandError(40324, f"Unrecognized pipeline stage name: '{name}'")
+                raise CommandError(ErrorCode.Location40324,
+                                   f"Unrecognized pipeline stage name: '{name}'")
             raise CommandError(ERROR_STAGE_NOT_ALLOWED, f"Stage {name} is not permitted in a "
                                "$changeStream pipeline")
 
@@ -180,7 +190,8 @@ def open_stream(cursor_id: int, db: str, coll: str | None, pipeline: list[dict[s
         token: dict[str, Any] = spec.get("resumeAfter", spec.get("startAfter")) or {}
         position = decode_token(token)
         if "resumeAfter" in spec and position.kind == TOKEN_INVALIDATE:
-            raise CommandError(260, "Attempting to resume a change stream using 'resumeAfter' is "
+            raise CommandError(ErrorCode.InvalidResumeToken,
+                               "Attempting to resume a change stream using 'resumeAfter' is "
                                "not allowed from an invalidate notification.")
         entry = _resume_point(position, token, log)
         if position.kind == TOKEN_EVENT:

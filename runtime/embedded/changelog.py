@@ -21,7 +21,7 @@ from typing import Any
 import bson
 from bson.timestamp import Timestamp
 
-from runtime.embedded.errors import CommandError
+from runtime.embedded.errors import CommandError, ErrorCode
 from runtime.embedded.update_description import describe_update
 from runtime.embedded.wire import CODEC, encoded_size
 
@@ -52,7 +52,7 @@ def decode_token(token: Any) -> ResumePosition:
     """Parse a resume token; malformed tokens are ``InvalidResumeToken`` (260)."""
     data = token.get("_data") if isinstance(token, dict) else None
     if not isinstance(data, str) or len(data) != _TOKEN_LENGTH:
-        raise CommandError(260, f"invalid resume token: {token!r}")
+        raise CommandError(ErrorCode.InvalidResumeToken, f"invalid resume token: {token!r}")
     try:
         return ResumePosition(
             cluster_time=Timestamp(int(data[0:8], 16), int(data[8:16], 16)),
@@ -61,7 +61,8 @@ def decode_token(token: Any) -> ResumePosition:
             kind=int(data[40:42], 16),
         )
     except ValueError as exc:
-        raise CommandError(260, f"invalid resume token: {token!r}") from exc
+        raise CommandError(ErrorCode.InvalidResumeToken,
+                           f"invalid resume token: {token!r}") from exc
 
 
 @dataclass
@@ -226,8 +227,7 @@ class ChangeLog:
     def require_available(self, seq: int) -> None:
         """Raise 286 if the entries after ``seq`` are no longer all in the log."""
         if seq < self.evicted_through:
-            raise CommandError(
-                286,
+            raise CommandError(ErrorCode.ChangeStreamHistoryLost,
                 "Resume of change stream was not possible, as the resume point may no longer be "
                 "in the oplog.",
                 labels=["NonResumableChangeStreamError"],

@@ -23,7 +23,7 @@ import bson
 from bson.int64 import Int64
 
 from runtime.embedded.auth import current_caller
-from runtime.embedded.errors import CommandError
+from runtime.embedded.errors import CommandError, ErrorCode
 from runtime.embedded.sessions import session_id
 from runtime.embedded.wire import CODEC
 
@@ -103,18 +103,21 @@ class CursorRegistry:
         as on mongod)."""
         cursor = self.cursors.get(int(cursor_id)) if isinstance(cursor_id, int) else None
         if cursor is None:
-            raise CommandError(43, f"cursor id {cursor_id} not found")
+            raise CommandError(ErrorCode.CursorNotFound, f"cursor id {cursor_id} not found")
         caller = current_owner()
         opener: CursorOwner | None = cursor.owner
         if caller is not None and opener is not None and caller != opener:
             if opener.session is None and caller.session is None:
-                raise CommandError(13, f"cursor id {cursor_id} was not created by the "
+                raise CommandError(ErrorCode.Unauthorized,
+                                   f"cursor id {cursor_id} was not created by the "
                                    "authenticated user")
-            raise CommandError(13, f"Cursor session id ({opener.session_text()}) is not the "
+            raise CommandError(ErrorCode.Unauthorized,
+                               f"Cursor session id ({opener.session_text()}) is not the "
                                "same as the operation context's session id "
                                f"({caller.session_text()})")
         if cursor.ns != ns and not ns.endswith(".$cmd.aggregate"):
-            raise CommandError(13, f"Requested getMore on namespace '{ns}', but cursor belongs "
+            raise CommandError(ErrorCode.Unauthorized,
+                               f"Requested getMore on namespace '{ns}', but cursor belongs "
                                f"to a different namespace {cursor.ns}")
         return cursor
 
@@ -127,7 +130,8 @@ class CursorRegistry:
         if cursor is None or kill_any or caller is None or cursor.owner is None \
                 or caller.user == cursor.owner.user:
             return
-        raise CommandError(13, f"not authorized on {db} to execute command killCursors: "
+        raise CommandError(ErrorCode.Unauthorized,
+                           f"not authorized on {db} to execute command killCursors: "
                            f"cursor id {cursor_id} on {cursor.ns} was not created by the "
                            "authenticated user; only its owner, or a user with a role such "
                            "as clusterAdmin or root, may kill it")

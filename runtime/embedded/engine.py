@@ -46,7 +46,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from runtime.embedded import deadlines, regex_expressions, regex_limits
 from runtime.embedded import expression_limits as limits
-from runtime.embedded.errors import CommandError, WriteError
+from runtime.embedded.errors import CommandError, ErrorCode, WriteError
 from runtime.embedded.expressions_hash import hashed_index_key
 from runtime.embedded.ordering import MISSING, Key, document_sort_key, value_key
 
@@ -71,7 +71,8 @@ def _numeric_result(a: Any, b: Any, op: Callable[[Any, Any], Any]) -> Any:
     """Apply ``op`` keeping MongoDB's result type (int32 -> int64 on overflow, double wins)."""
     for value in (a, b):
         if isinstance(value, bool) or not isinstance(value, int | float | Decimal128):
-            raise WriteError(14, f"Cannot apply arithmetic to non-numeric value {value!r}")
+            raise WriteError(ErrorCode.TypeMismatch,
+                             f"Cannot apply arithmetic to non-numeric value {value!r}")
     if isinstance(a, Decimal128) or isinstance(b, Decimal128):
         da = a.to_decimal() if isinstance(a, Decimal128) else Decimal(str(a))
         db = b.to_decimal() if isinstance(b, Decimal128) else Decimal(str(b))
@@ -81,7 +82,7 @@ def _numeric_result(a: Any, b: Any, op: Callable[[Any, Any], Any]) -> Any:
     result = op(int(a), int(b))
     if isinstance(a, Int64) or isinstance(b, Int64) or not INT32_MIN <= result <= INT32_MAX:
         if not -(2**63) <= result < 2**63:
-            raise WriteError(2, "integer overflow")
+            raise WriteError(ErrorCode.BadValue, "integer overflow")
         return Int64(result)
     return int(result)
 
@@ -93,11 +94,13 @@ def _arith_updater(name: str, op: Callable[[Any, Any], Any],
                    missing: Callable[[Any], Any]) -> Any:
     def updater(doc: Any, field_name: str, value: Any, codec_options: Any = None) -> None:
         if _rank(value) is None:
-            raise WriteError(14, f"Cannot {_ARITH_VERBS[name]} with non-numeric argument: "
+            raise WriteError(ErrorCode.TypeMismatch,
+                             f"Cannot {_ARITH_VERBS[name]} with non-numeric argument: "
                              f"{{{field_name}: {value!r}}}")
         current = doc.get(field_name, MISSING) if isinstance(doc, dict) else MISSING
         if current is not MISSING and _rank(current) is None:
-            raise WriteError(14, f"Cannot apply {name} to a value of non-numeric type. The "
+            raise WriteError(ErrorCode.TypeMismatch,
+                             f"Cannot apply {name} to a value of non-numeric type. The "
                              f"field '{field_name}' has non-numeric type "
                              f"{bson_type_name(current)}")
         if isinstance(doc, dict):
@@ -129,12 +132,14 @@ def _zero_like(value: Any) -> Any:
 
 def _mod_operator(doc_value: Any, spec: Any) -> bool:
     if not isinstance(spec, list) or len(spec) != 2:
-        raise OperationFailure("malformed mod, needs to be an array of two numbers", code=2)
+        raise OperationFailure("malformed mod, needs to be an array of two numbers",
+                               code=ErrorCode.BadValue)
     divisor, remainder = spec
     if not isinstance(divisor, int | float) or not isinstance(remainder, int | float):
-        raise OperationFailure("malformed mod, divisor and remainder must be numbers", code=2)
+        raise OperationFailure("malformed mod, divisor and remainder must be numbers",
+                               code=ErrorCode.BadValue)
     if int(divisor) == 0:
-        raise OperationFailure("divisor cannot be 0", code=2)
+        raise OperationFailure("divisor cannot be 0", code=ErrorCode.BadValue)
     if isinstance(doc_value, bool) or not isinstance(doc_value, int | float):
         return False
     value = int(doc_value)
@@ -201,7 +206,7 @@ def _eq_operator(doc_value: Any, query_value: Any) -> bool:
 def _in_operator(doc_value: Any, values: Any) -> bool:
     """``$in``: equality (or a regex match) with one of the listed values."""
     if not isinstance(values, list | tuple):
-        raise OperationFailure("$in needs an array", code=2)
+        raise OperationFailure("$in needs an array", code=ErrorCode.BadValue)
     if doc_value is _NOTHING:
         return any(v is None for v in values)
     candidates = [doc_value, *doc_value] if isinstance(doc_value, list) else [doc_value]
@@ -300,14 +305,14 @@ def _type_matches(value: Any, alias: Any) -> bool:
         return any(_TYPE_TESTS[n](value) for n in ("int", "long", "double", "decimal"))
     test = _TYPE_TESTS.get(alias) if isinstance(alias, str) else None
     if test is None:
-        raise OperationFailure(f"Unknown type name alias: {alias}", code=2)
+        raise OperationFailure(f"Unknown type name alias: {alias}", code=ErrorCode.BadValue)
     return test(value)
 
 
 def _type_operator(doc_value: Any, spec: Any) -> bool:
     aliases = spec if isinstance(spec, list) else [spec]
     if not aliases:
-        raise OperationFailure("$type must match at least one type", code=2)
+        raise OperationFailure("$type must match at least one type", code=ErrorCode.BadValue)
     if doc_value is _NOTHING:
         return False
     if any(_type_matches(doc_value, a) for a in aliases):
@@ -340,7 +345,8 @@ def _expression_operand(parser: Any, operand: Any) -> Any:
     """The single argument of an operator written ``{$op: x}`` or ``{$op: [x]}``."""
     if isinstance(operand, list):
         if len(operand) != 1:
-            raise OperationFailure("Expression takes exactly 1 argument", code=16020)
+            raise OperationFailure("Expression takes exactly 1 argument",
+                                   code=ErrorCode.Location16020)
         operand = operand[0]
     return parser.parse(operand)
 
@@ -352,19 +358,20 @@ def _not_expression(parser: Any, operand: Any) -> Any:
 def _trunc_expression(parser: Any, operand: Any) -> Any:
     args = operand if isinstance(operand, list) else [operand]
     if not 1 <= len(args) <= 2:
-        raise OperationFailure("$trunc takes 1 or 2 arguments", code=28667)
+        raise OperationFailure("$trunc takes 1 or 2 arguments", code=ErrorCode.Location28667)
     value = parser.parse(args[0])
     place = parser.parse(args[1]) if len(args) == 2 else 0
     if value is _NOTHING or value is None:
         return None
     if isinstance(place, bool) or not isinstance(place, int | float | Decimal128):
-        raise OperationFailure("$trunc requires \"place\" argument to be a number", code=51082)
+        raise OperationFailure("$trunc requires \"place\" argument to be a number",
+                               code=ErrorCode.Location51082)
     if not -20 <= _exact(place) <= 100:
         raise OperationFailure(f"cannot apply $trunc with precision value {place} value must "
-                               "be in [-20, 100]", code=51083)
+                               "be in [-20, 100]", code=ErrorCode.Location51083)
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal128):
         raise OperationFailure(f"$trunc only supports numeric types, not {bson_type_name(value)}",
-                               code=51081)
+                               code=ErrorCode.Location51081)
     exact = value.to_decimal() if isinstance(value, Decimal128) else Decimal(str(value))
     quantum = Decimal(1).scaleb(-int(_exact(place)))
     try:
@@ -380,7 +387,8 @@ def _trunc_expression(parser: Any, operand: Any) -> Any:
 
 def _strcasecmp_expression(parser: Any, operand: Any) -> Any:
     if not isinstance(operand, list) or len(operand) != 2:
-        raise OperationFailure("Expression $strcasecmp takes exactly 2 arguments", code=16020)
+        raise OperationFailure("Expression $strcasecmp takes exactly 2 arguments",
+                               code=ErrorCode.Location16020)
     a, b = (parser.parse(x) for x in operand)
     a = "" if a is None or a is _NOTHING else str(a).upper()
     b = "" if b is None or b is _NOTHING else str(b).upper()
@@ -429,7 +437,7 @@ def _in_timezone(date: datetime.datetime, zone: Any) -> datetime.datetime:
     if zone is None or zone is _NOTHING:
         return utc
     if not isinstance(zone, str):
-        raise OperationFailure("timezone must evaluate to a string", code=40517)
+        raise OperationFailure("timezone must evaluate to a string", code=ErrorCode.Location40517)
     offset = re.fullmatch(r"([+-])(\d{2}):?(\d{2})?", zone)
     if offset:
         minutes = int(offset.group(2)) * 60 + int(offset.group(3) or 0)
@@ -439,21 +447,23 @@ def _in_timezone(date: datetime.datetime, zone: Any) -> datetime.datetime:
         return utc.astimezone(zoneinfo.ZoneInfo(zone))
     except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
         raise OperationFailure(f"unrecognized time zone identifier: \"{zone}\"",
-                               code=40485) from exc
+                               code=ErrorCode.Location40485) from exc
 
 
 def _date_to_string_expression(parser: Any, operand: Any) -> Any:
     if not isinstance(operand, dict) or "date" not in operand:
-        raise OperationFailure("Missing 'date' parameter to $dateToString", code=18628)
+        raise OperationFailure("Missing 'date' parameter to $dateToString",
+                               code=ErrorCode.Location18628)
     date = parser.parse(operand["date"])
     if date is None or date is _NOTHING:
         return parser.parse(operand["onNull"]) if "onNull" in operand else None
     if not isinstance(date, datetime.datetime):
         raise OperationFailure("can't convert from BSON type "
-                               f"{bson_type_name(date)} to Date", code=16006)
+                               f"{bson_type_name(date)} to Date", code=ErrorCode.Location16006)
     fmt = parser.parse(operand.get("format", "%Y-%m-%dT%H:%M:%S.%LZ"))
     if not isinstance(fmt, str):
-        raise OperationFailure("$dateToString requires that 'format' be a string", code=18533)
+        raise OperationFailure("$dateToString requires that 'format' be a string",
+                               code=ErrorCode.Location18533)
     local = _in_timezone(date, parser.parse(operand["timezone"]) if "timezone" in operand
                          else None)
     out: list[str] = []
@@ -467,7 +477,7 @@ def _date_to_string_expression(parser: Any, operand: Any) -> Any:
         spec = fmt[position + 1: position + 2]
         if spec not in _DATE_FORMATS:
             raise OperationFailure(f"Invalid format character '%{spec}' in format string",
-                                   code=18536)
+                                   code=ErrorCode.Location18536)
         out.append(_DATE_FORMATS[spec](local))
         position += 2
     return "".join(out)
@@ -527,7 +537,7 @@ def _numeric_args(parser: Any, name: str, operand: Any, count: int | None) -> li
     args = operand if isinstance(operand, list) else [operand]
     if count is not None and len(args) != count:
         raise OperationFailure(f"Expression {name} takes exactly {count} arguments. "
-                               f"{len(args)} were passed in.", code=16020)
+                               f"{len(args)} were passed in.", code=ErrorCode.Location16020)
     values = [parser.parse(a) for a in args]
     if any(v is None or v is _NOTHING for v in values):
         return None
@@ -535,7 +545,7 @@ def _numeric_args(parser: Any, name: str, operand: Any, count: int | None) -> li
         if _rank(value) is None and not (name in ("$add", "$subtract")
                                           and isinstance(value, datetime.datetime)):
             raise OperationFailure(f"{name} only supports numeric types, not "
-                                   f"{bson_type_name(value)}", code=14)
+                                   f"{bson_type_name(value)}", code=ErrorCode.TypeMismatch)
     return values
 
 
@@ -557,7 +567,8 @@ def _add_expression(parser: Any, operand: Any) -> Any:
     dates = [v for v in values if isinstance(v, datetime.datetime)]
     numbers = [v for v in values if not isinstance(v, datetime.datetime)]
     if len(dates) > 1:
-        raise OperationFailure("only one date allowed in an $add expression", code=16612)
+        raise OperationFailure("only one date allowed in an $add expression",
+                               code=ErrorCode.Location16612)
     total = _combine(numbers, operator.add) if numbers else 0
     if dates:
         return dates[0] + datetime.timedelta(milliseconds=round(float(_exact(total))))
@@ -574,7 +585,7 @@ def _subtract_expression(parser: Any, operand: Any) -> Any:
             return Int64(round((a - b).total_seconds() * 1000))
         return a - datetime.timedelta(milliseconds=round(float(_exact(b))))
     if isinstance(b, datetime.datetime):
-        raise OperationFailure("can't $subtract a date from a number", code=16556)
+        raise OperationFailure("can't $subtract a date from a number", code=ErrorCode.Location16556)
     return _combine([a, b], operator.sub)
 
 
@@ -589,7 +600,7 @@ def _divide_expression(parser: Any, operand: Any) -> Any:
         return None
     a, b = values
     if _exact(b) == 0:
-        raise OperationFailure("can't $divide by zero", code=2)
+        raise OperationFailure("can't $divide by zero", code=ErrorCode.BadValue)
     if _DECIMAL in (_rank(a), _rank(b)):
         return Decimal128(_as_decimal(_exact(a)) / _as_decimal(_exact(b)))
     return float(_exact(a)) / float(_exact(b))
@@ -601,7 +612,7 @@ def _mod_expression(parser: Any, operand: Any) -> Any:
         return None
     a, b = values
     if _exact(b) == 0:
-        raise OperationFailure("can't $mod by zero", code=16610)
+        raise OperationFailure("can't $mod by zero", code=ErrorCode.Location16610)
     rank = max(_rank(a) or 0, _rank(b) or 0)
     x, y = _exact(a), _exact(b)
     if rank == _DECIMAL:
@@ -640,7 +651,7 @@ def _pow_expression(parser: Any, operand: Any) -> Any:
         b, e = int(_exact(base)), int(_exact(exponent))
         if b == 0 and e < 0:
             raise OperationFailure("$pow cannot take a base of 0 and a negative exponent",
-                                   code=28764)
+                                   code=ErrorCode.Location28764)
         if e >= 0:
             return _typed_number(limits.int_power(b, e), max(ranks))
     return limits.float_power(float(_exact(base)), float(_exact(exponent)))
@@ -649,14 +660,14 @@ def _pow_expression(parser: Any, operand: Any) -> Any:
 def _round_expression(parser: Any, operand: Any) -> Any:
     args = operand if isinstance(operand, list) else [operand]
     if not 1 <= len(args) <= 2:
-        raise OperationFailure("$round takes 1 or 2 arguments", code=28667)
+        raise OperationFailure("$round takes 1 or 2 arguments", code=ErrorCode.Location28667)
     values = _numeric_args(parser, "$round", args, len(args))
     if values is None:
         return None
     value, place = values[0], int(_exact(values[1])) if len(values) == 2 else 0
     if not -20 <= place <= 100:
         raise OperationFailure(f"cannot apply $round with precision value {place} value must "
-                               "be in [-20, 100]", code=51083)
+                               "be in [-20, 100]", code=ErrorCode.Location51083)
     rank = _rank(value)
     assert rank is not None
     try:
@@ -785,7 +796,7 @@ def _count_stage(docs: list[dict[str, Any]], database: Any, options: Any,
                  variables: Any) -> list[dict[str, Any]]:
     if not isinstance(options, str) or not options or options.startswith("$") or "." in options:
         raise OperationFailure("the count field must be a non-empty string without '$' or '.'",
-                               code=40156)
+                               code=ErrorCode.Location40156)
     return [{options: len(docs)}] if docs else []
 
 
@@ -794,7 +805,8 @@ def _unwind_stage(docs: list[dict[str, Any]], database: Any, options: Any,
     spec = options if isinstance(options, dict) else {"path": options}
     path = spec.get("path")
     if not isinstance(path, str) or not path.startswith("$") or len(path) < 2:
-        raise OperationFailure("$unwind path must be a field path prefixed with '$'", code=28818)
+        raise OperationFailure("$unwind path must be a field path prefixed with '$'",
+                               code=ErrorCode.Location28818)
     path = path[1:]
     index_field = spec.get("includeArrayIndex")
     preserve = bool(spec.get("preserveNullAndEmptyArrays"))
@@ -847,7 +859,8 @@ def _unset_path(doc: dict[str, Any], path: str) -> None:
 def _sort_stage(docs: list[dict[str, Any]], database: Any, options: Any,
                 variables: Any) -> list[dict[str, Any]]:
     if not isinstance(options, dict) or not options:
-        raise OperationFailure("the $sort key specification must be an object", code=15973)
+        raise OperationFailure("the $sort key specification must be an object",
+                               code=ErrorCode.Location15973)
     spec: list[tuple[str, int]] = []
     for path, direction in options.items():
         if isinstance(direction, dict):
@@ -856,7 +869,7 @@ def _sort_stage(docs: list[dict[str, Any]], database: Any, options: Any,
             spec.append((path, int(direction)))
         else:
             raise OperationFailure("$sort key ordering must be 1 (for ascending) or -1 (for "
-                                   "descending)", code=15975)
+                                   "descending)", code=ErrorCode.Location15975)
     return sorted(docs, key=lambda d: document_sort_key(d, spec))
 
 
@@ -869,7 +882,7 @@ def _limit_stage(docs: list[dict[str, Any]], database: Any, options: Any,
                  variables: Any) -> list[dict[str, Any]]:
     if not _positive_integer(options) or options <= 0:
         raise OperationFailure(f"invalid argument to $limit stage: the limit must be positive "
-                               f"(got {options!r})", code=15958)
+                               f"(got {options!r})", code=ErrorCode.Location15958)
     return docs[: int(options)]
 
 
@@ -877,7 +890,7 @@ def _skip_stage(docs: list[dict[str, Any]], database: Any, options: Any,
                 variables: Any) -> list[dict[str, Any]]:
     if not _positive_integer(options) or options < 0:
         raise OperationFailure(f"invalid argument to $skip stage: the number to skip cannot be "
-                               f"negative (got {options!r})", code=15956)
+                               f"negative (got {options!r})", code=ErrorCode.Location15956)
     return docs[int(options):]
 
 
@@ -887,7 +900,7 @@ def _sort_by_count_stage(docs: list[dict[str, Any]], database: Any, options: Any
         isinstance(options, dict) and len(options) == 1 and next(iter(options)).startswith("$")
     ):
         raise OperationFailure("the sortByCount field must be defined as a $-prefixed path or "
-                               "an expression inside an object", code=40148)
+                               "an expression inside an object", code=ErrorCode.Location40148)
     grouped = _original_group(docs, database, {"_id": options, "count": {"$sum": 1}}, variables)
     return _sort_stage(grouped, database, {"count": -1}, variables)
 
@@ -909,11 +922,13 @@ def let_variables(let: Any, variables: dict[str, Any]) -> dict[str, Any]:
     if let is None:
         return variables
     if not isinstance(let, dict):
-        raise CommandError(14, "BSON field 'let' is the wrong type, expected type 'object'")
+        raise CommandError(ErrorCode.TypeMismatch,
+                           "BSON field 'let' is the wrong type, expected type 'object'")
     combined = dict(variables)
     for name, expression in let.items():
         if not isinstance(name, str) or not re.fullmatch(r"[a-z][A-Za-z0-9_]*", name):
-            raise CommandError(16866, f"'{name}' starts with an invalid character for a user "
+            raise CommandError(ErrorCode.Location16866,
+                               f"'{name}' starts with an invalid character for a user "
                                "variable name")
         try:
             combined[name] = mm_aggregate._Parser({}, user_vars=variables).parse(expression)
@@ -1048,8 +1063,9 @@ def _translate(exc: Exception, default_code: int = 2) -> CommandError:
     if isinstance(exc, NotImplementedError):
         if "is not a valid operator for the aggregation pipeline" in str(exc):
             stage = str(exc).split(" ", 1)[0]
-            return CommandError(40324, f"Unrecognized pipeline stage name: '{stage}'")
-        return CommandError(2, f"not supported by the embedded server: {exc}")
+            return CommandError(ErrorCode.Location40324,
+                                f"Unrecognized pipeline stage name: '{stage}'")
+        return CommandError(ErrorCode.BadValue, f"not supported by the embedded server: {exc}")
     return evaluation_error(exc, default_code)
 
 
@@ -1062,11 +1078,11 @@ def evaluation_error(exc: BaseException, default_code: int = 2) -> CommandError:
     if isinstance(exc, CommandError):
         return exc
     if isinstance(exc, RecursionError):
-        return CommandError(15, "BSONObj exceeds maximum nested object depth")
+        return CommandError(ErrorCode.Overflow, "BSONObj exceeds maximum nested object depth")
     if isinstance(exc, AssertionError) and "Comparison requires two expressions" in str(exc):
-        return CommandError(16020, "Expression takes exactly 2 arguments.")
+        return CommandError(ErrorCode.Location16020, "Expression takes exactly 2 arguments.")
     if isinstance(exc, ArithmeticError | InvalidOperation):
-        return CommandError(2, f"{type(exc).__name__}: {exc}")
+        return CommandError(ErrorCode.BadValue, f"{type(exc).__name__}: {exc}")
     return CommandError(default_code, f"{type(exc).__name__}: {exc}")
 
 
@@ -1101,7 +1117,7 @@ def validate_filter(query: Any) -> dict[str, Any]:
     if query is None:
         return {}
     if not isinstance(query, dict):
-        raise CommandError(14, "filter must be an object")
+        raise CommandError(ErrorCode.TypeMismatch, "filter must be an object")
     _check_query_tree(query)
     return query
 
@@ -1111,7 +1127,7 @@ def _check_query_tree(query: dict[str, Any]) -> None:
     while stack:
         node, level = stack.pop()
         if level > limits.MAX_BSON_DEPTH:
-            raise CommandError(15, "BSONObj exceeds maximum nested object depth")
+            raise CommandError(ErrorCode.Overflow, "BSONObj exceeds maximum nested object depth")
         if isinstance(node, dict):
             for key, value in node.items():
                 if key == "$regex":
@@ -1127,7 +1143,7 @@ def _check_regex_operand(value: Any) -> None:
     """A query's ``$regex`` operand must be a string or a regex that compiles (BadValue 2 /
     51091); JavaScript code (a ``str`` subclass) is not a string here."""
     if not isinstance(value, Regex | re.Pattern) and type(value) is not str:
-        raise CommandError(2, "$regex has to be a string")
+        raise CommandError(ErrorCode.BadValue, "$regex has to be a string")
     regex_limits.query_pattern(value)
 
 
@@ -1160,28 +1176,34 @@ def validate_update_document(update: dict[str, Any]) -> None:
     seen: list[str] = []
     for op_name, fields in update.items():
         if not op_name.startswith("$"):
-            raise WriteError(9, "Unknown modifier: cannot mix update operators and plain fields")
+            raise WriteError(ErrorCode.FailedToParse,
+                             "Unknown modifier: cannot mix update operators and plain fields")
         if op_name not in UPDATE_OPERATORS:
-            raise WriteError(9, f"Unknown modifier: {op_name}. Expected a valid update modifier")
+            raise WriteError(ErrorCode.FailedToParse,
+                             f"Unknown modifier: {op_name}. Expected a valid update modifier")
         if not isinstance(fields, dict):
-            raise WriteError(9, f"Modifiers operate on fields but we found type "
+            raise WriteError(ErrorCode.FailedToParse,
+                             f"Modifiers operate on fields but we found type "
                              f"{type(fields).__name__} instead: {{{op_name}: {fields!r}}}")
         paths = list(fields)
         if op_name == "$rename":
             for source, target in fields.items():
                 if not isinstance(target, str):
-                    raise WriteError(2, f"The 'to' field for $rename must be a string: "
+                    raise WriteError(ErrorCode.BadValue,
+                                     f"The 'to' field for $rename must be a string: "
                                      f"{source}: {target!r}")
                 if source == target:
-                    raise WriteError(2, f"The source and target field for $rename must differ: "
+                    raise WriteError(ErrorCode.BadValue,
+                                     f"The source and target field for $rename must differ: "
                                      f"{source}: {target!r}")
             paths += list(fields.values())
         for path in paths:
             if path == "":
-                raise WriteError(56, "An empty update path is not valid.")
+                raise WriteError(ErrorCode.EmptyFieldName, "An empty update path is not valid.")
             for other in seen:
                 if _paths_conflict(path, other):
-                    raise WriteError(40, f"Updating the path '{path}' would create a conflict "
+                    raise WriteError(ErrorCode.ConflictingUpdateOperators,
+                                     f"Updating the path '{path}' would create a conflict "
                                      f"at '{other}'")
             seen.append(path)
 
@@ -1208,7 +1230,7 @@ def _check_path_viable(doc: dict[str, Any], path: str) -> None:
             current = current[int(part)]
         else:
             shown = ".".join(parts[:depth])
-            raise WriteError(28, f"Cannot create field '{part}' in element "
+            raise WriteError(ErrorCode.PathNotViable, f"Cannot create field '{part}' in element "
                              f"{{{shown}: {current!r}}}")
 
 
@@ -1235,7 +1257,8 @@ def _check_array_targets(doc: dict[str, Any], update: dict[str, Any]) -> None:
                 continue
             value = _direct_get(doc, path)
             if value is not MISSING and not isinstance(value, list):
-                raise WriteError(2, f"The field '{path}' must be an array but is of type "
+                raise WriteError(ErrorCode.BadValue,
+                                 f"The field '{path}' must be an array but is of type "
                                  f"{bson_type_name(value)} in document {{_id: {doc.get('_id')!r}}}")
 
 
@@ -1243,7 +1266,8 @@ def _array_filter_table(array_filters: list[dict[str, Any]] | None) -> dict[str,
     table: dict[str, dict[str, Any]] = {}
     for flt in array_filters or []:
         if not isinstance(flt, dict) or not flt:
-            raise WriteError(2, "Cannot use an expression without a top-level field name in "
+            raise WriteError(ErrorCode.BadValue,
+                             "Cannot use an expression without a top-level field name in "
                              "arrayFilters")
         names: set[str] = set()
         for key, value in flt.items():
@@ -1253,11 +1277,13 @@ def _array_filter_table(array_filters: list[dict[str, Any]] | None) -> dict[str,
             elif not key.startswith("$"):
                 names.add(key.split(".")[0])
         if len(names) != 1:
-            raise WriteError(9, "Error parsing array filter :: caused by :: Expected a single "
+            raise WriteError(ErrorCode.FailedToParse,
+                             "Error parsing array filter :: caused by :: Expected a single "
                              "top-level field name, found " + ", ".join(sorted(names)))
         [name] = names
         if name in table:
-            raise WriteError(9, f"Found multiple array filters with the same top-level field "
+            raise WriteError(ErrorCode.FailedToParse,
+                             f"Found multiple array filters with the same top-level field "
                              f"name {name}")
         table[name] = flt
     return table
@@ -1280,13 +1306,15 @@ def _expand_path(node: Any, parts: list[str], done: list[str], table: dict[str, 
             continue
         name = found.group(1)
         if name is not None and name not in table:
-            raise WriteError(2, f"No array filter found for identifier '{name}' in path "
+            raise WriteError(ErrorCode.BadValue,
+                             f"No array filter found for identifier '{name}' in path "
                              f"'{original}'")
         if not isinstance(node, list):
             if node is MISSING:
-                raise WriteError(2, f"The path '{'.'.join(done)}' must exist in the document "
+                raise WriteError(ErrorCode.BadValue,
+                                 f"The path '{'.'.join(done)}' must exist in the document "
                                  "in order to apply array updates.")
-            raise WriteError(2, f"Cannot apply array updates to non-array element "
+            raise WriteError(ErrorCode.BadValue, f"Cannot apply array updates to non-array element "
                              f"{done[-1] if done else ''}: {node!r}")
         rest = parts[position + 1:]
         paths: list[str] = []
@@ -1320,7 +1348,8 @@ def _expand_array_filters(doc: dict[str, Any], update: dict[str, Any],
             expanded[op_name] = new_fields
     unused = set(table) - used
     if unused:
-        raise WriteError(9, f"The array filter for identifier '{sorted(unused)[0]}' was not "
+        raise WriteError(ErrorCode.FailedToParse,
+                         f"The array filter for identifier '{sorted(unused)[0]}' was not "
                          "used in the update")
     _check_array_targets(doc, expanded)
     return expanded
@@ -1335,7 +1364,8 @@ def validate_replacement(doc: dict[str, Any]) -> None:
     """A replacement document may not contain update operators."""
     for key in doc:
         if key.startswith("$"):
-            raise WriteError(9, f"Unknown modifier: {key}; a replacement document cannot "
+            raise WriteError(ErrorCode.FailedToParse,
+                             f"Unknown modifier: {key}; a replacement document cannot "
                              "contain update operators")
 
 
@@ -1362,10 +1392,12 @@ def apply_update(
         if isinstance(update, list):
             for stage in update:
                 if not isinstance(stage, dict) or len(stage) != 1:
-                    raise WriteError(9, "each update pipeline stage must be a single-key object")
+                    raise WriteError(ErrorCode.FailedToParse,
+                                     "each update pipeline stage must be a single-key object")
                 name = next(iter(stage))
                 if name not in UPDATE_PIPELINE_STAGES:
-                    raise WriteError(72, f"{name} is not allowed to be used within an update")
+                    raise WriteError(ErrorCode.InvalidOptions,
+                                     f"{name} is not allowed to be used within an update")
             [result] = mm_aggregate.process_pipeline([new_doc], None, update, None,
                                                      user_vars=variables)
             new_doc = dict(result)
@@ -1410,7 +1442,8 @@ def _run_compiled(fast: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any
 def _checked_result(doc: dict[str, Any], new_doc: dict[str, Any]) -> dict[str, Any]:
     """``new_doc`` with ``_id`` first, after checking that the update kept ``_id``."""
     if "_id" in doc and ("_id" not in new_doc or new_doc["_id"] != doc["_id"]):
-        raise WriteError(66, "Performing an update on the path '_id' would modify the immutable "
+        raise WriteError(ErrorCode.ImmutableField,
+                         "Performing an update on the path '_id' would modify the immutable "
                          "field '_id'")
     if "_id" in new_doc and new_doc["_id"] != next(iter(new_doc.values())):
         new_doc = {"_id": new_doc["_id"], **{k: v for k, v in new_doc.items() if k != "_id"}}
@@ -1477,7 +1510,8 @@ def _array_at(doc: dict[str, Any], path: str, operator_name: str,
         value = []
         _put_in(container, key, value)
     if not isinstance(value, list):
-        raise WriteError(2, f"Cannot apply {operator_name} to non-array field. Field named "
+        raise WriteError(ErrorCode.BadValue,
+                         f"Cannot apply {operator_name} to non-array field. Field named "
                          f"'{path.rsplit('.', 1)[-1]}' has non-array type "
                          f"{bson_type_name(value)}")
     return value
@@ -1486,7 +1520,7 @@ def _array_at(doc: dict[str, Any], path: str, operator_name: str,
 def _add_to_set(doc: dict[str, Any], path: str, value: Any, variables: dict[str, Any]) -> None:
     values = value["$each"] if isinstance(value, dict) and "$each" in value else [value]
     if not isinstance(values, list):
-        raise WriteError(2, "The argument to $each in $addToSet must be an array")
+        raise WriteError(ErrorCode.BadValue, "The argument to $each in $addToSet must be an array")
     array = _array_at(doc, path, "$addToSet", create=True)
     assert array is not None
     for item in values:
@@ -1514,7 +1548,7 @@ def _pull(doc: dict[str, Any], path: str, condition: Any, variables: dict[str, A
 
 def _pull_all(doc: dict[str, Any], path: str, values: Any, variables: dict[str, Any]) -> None:
     if not isinstance(values, list):
-        raise WriteError(2, f"$pullAll requires an array argument but was given a "
+        raise WriteError(ErrorCode.BadValue, f"$pullAll requires an array argument but was given a "
                          f"{bson_type_name(values)}")
     array = _array_at(doc, path, "$pullAll", create=False)
     if array is not None:
@@ -1526,10 +1560,12 @@ def _current_date(doc: dict[str, Any], path: str, spec: Any, variables: dict[str
     if isinstance(spec, dict):
         kind = spec.get("$type", "")
         if kind not in ("date", "timestamp"):
-            raise WriteError(2, "The '$type' string field is required to be 'date' or "
+            raise WriteError(ErrorCode.BadValue,
+                             "The '$type' string field is required to be 'date' or "
                              "'timestamp': {$currentDate: {field : {$type: 'date'}}}")
     elif not isinstance(spec, bool):
-        raise WriteError(2, f"{spec!r} is not valid type for $currentDate. Please use a "
+        raise WriteError(ErrorCode.BadValue,
+                         f"{spec!r} is not valid type for $currentDate. Please use a "
                          "boolean ('true') or a $type expression ({$type: 'timestamp/date'}).")
     now = variables.get("NOW")
     if not isinstance(now, datetime.datetime):
@@ -1556,7 +1592,8 @@ def _through_array(doc: dict[str, Any], path: str) -> bool:
 
 def _rename(doc: dict[str, Any], source: str, target: Any, variables: dict[str, Any]) -> None:
     if _through_array(doc, source) or _through_array(doc, str(target)):
-        raise WriteError(2, f"The source and target field for $rename must not be array "
+        raise WriteError(ErrorCode.BadValue,
+                         f"The source and target field for $rename must not be array "
                          f"elements: {source}")
     found = _container(doc, source, create=False)
     if found is None:
@@ -1596,7 +1633,8 @@ def _resolve_positional(doc: dict[str, Any], update: dict[str, Any], query: dict
                 array_path = ".".join(parts[:at])
                 index = _first_matching_index(doc, array_path, query, variables)
                 if index is None:
-                    raise WriteError(2, "The positional operator did not find the match needed "
+                    raise WriteError(ErrorCode.BadValue,
+                                     "The positional operator did not find the match needed "
                                      "from the query.")
                 path = ".".join([*parts[:at], str(index), *parts[at + 1:]])
             new_fields[path] = value
@@ -1660,7 +1698,7 @@ def _is_projection_expression(value: Any) -> bool:
 
 class _NoForeignCollections:
     def documents(self, collection: str) -> list[dict[str, Any]]:
-        raise CommandError(2, "a find projection cannot read other collections")
+        raise CommandError(ErrorCode.BadValue, "a find projection cannot read other collections")
 
 
 _NO_FOREIGN = _NoForeignCollections()
@@ -1687,7 +1725,8 @@ def _positional_element(doc: dict[str, Any], path: str, query: dict[str, Any] | 
     """``[element]`` for a positional projection ``"path.$"``."""
     index = _first_matching_index(doc, path, query, variables)
     if index is None:
-        raise CommandError(51246, "Executor error during find command :: caused by :: "
+        raise CommandError(ErrorCode.Location51246,
+                           "Executor error during find command :: caused by :: "
                            "positional operator '.$' couldn't find a matching element in the "
                            "array")
     array = _direct_get(doc, path)
@@ -1707,7 +1746,8 @@ def project(doc: dict[str, Any], projection: dict[str, Any] | None,
     fields = dict(projection)
     if positional:
         if len(positional) > 1:
-            raise CommandError(31276, "Cannot specify more than one positional projection per "
+            raise CommandError(ErrorCode.Location31276,
+                               "Cannot specify more than one positional projection per "
                                "query.")
         for path in positional:
             del fields[path + ".$"]
@@ -1735,13 +1775,16 @@ def run_pipeline(
     inputs = list(docs) if _leaves_inputs_alone(pipeline) else [copy.deepcopy(d) for d in docs]
     for stage in pipeline:
         if not isinstance(stage, dict) or len(stage) != 1:
-            raise CommandError(40323, "A pipeline stage specification object must contain "
+            raise CommandError(ErrorCode.Location40323,
+                               "A pipeline stage specification object must contain "
                                "exactly one field.")
         name = next(iter(stage))
         if name not in mm_aggregate._PIPELINE_HANDLERS:
-            raise CommandError(40324, f"Unrecognized pipeline stage name: '{name}'")
+            raise CommandError(ErrorCode.Location40324,
+                               f"Unrecognized pipeline stage name: '{name}'")
         if mm_aggregate._PIPELINE_HANDLERS[name] is None:
-            raise CommandError(40324, f"Pipeline stage {name} is not supported by the embedded "
+            raise CommandError(ErrorCode.Location40324,
+                               f"Pipeline stage {name} is not supported by the embedded "
                                "server")
     pipeline = [_nest_dotted_projection(stage) for stage in pipeline]
     try:

@@ -7,90 +7,160 @@ commands collect into ``writeErrors`` while the command itself still answers ``o
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import Any
 
-CODE_NAMES: dict[int, str] = {
-    1: "InternalError",
-    2: "BadValue",
-    6: "HostUnreachable",
-    7: "HostNotFound",
-    9: "FailedToParse",
-    11: "UserNotFound",
-    14: "TypeMismatch",
-    17: "ProtocolError",
-    20: "IllegalOperation",
-    26: "NamespaceNotFound",
-    27: "IndexNotFound",
-    28: "PathNotViable",
-    40: "ConflictingUpdateOperators",
-    43: "CursorNotFound",
-    48: "NamespaceExists",
-    50: "MaxTimeMSExpired",
-    52: "DollarPrefixedFieldName",
-    56: "EmptyFieldName",
-    59: "CommandNotFound",
-    66: "ImmutableField",
-    67: "CannotCreateIndex",
-    72: "InvalidOptions",
-    73: "InvalidNamespace",
-    85: "IndexOptionsConflict",
-    86: "IndexKeySpecsConflict",
-    89: "NetworkTimeout",
-    91: "ShutdownInProgress",
-    112: "WriteConflict",
-    115: "CommandNotSupported",
-    166: "CommandNotSupportedOnView",
-    189: "PrimarySteppedDown",
-    216: "ElectionInProgress",
-    225: "TransactionTooOld",
-    244: "TransactionAborted",
-    251: "NoSuchTransaction",
-    256: "TransactionCommitted",
-    260: "InvalidResumeToken",
-    262: "ExceededTimeLimit",
-    263: "OperationNotSupportedInTransaction",
-    280: "ChangeStreamFatalError",
-    286: "ChangeStreamHistoryLost",
-    352: "UnsupportedOpQueryCommand",
-    11000: "DuplicateKey",
-    11600: "InterruptedAtShutdown",
-    11602: "InterruptedDueToReplStateChange",
-    13388: "StaleConfig",
-    10107: "NotWritablePrimary",
-    13435: "NotPrimaryNoSecondaryOk",
-    13436: "NotPrimaryOrSecondary",
-    63: "StaleShardVersion",
-    150: "StaleEpoch",
-    234: "RetryChangeStream",
-    133: "FailedToSatisfyReadPreference",
-    9001: "SocketException",
-    168: "InvalidPipelineOperator",
-    50768: "NotARetryableWriteCommand",
-    223: "IllegalOpMsgFlag",
-    186: "ClientMetadataCannotBeMutated",
-    134: "ReadConcernMajorityNotAvailableYet",
-    117: "ConflictingOperationInProgress",
-    100: "UnsatisfiableWriteConcern",
-    24: "LockTimeout",
-    22: "InvalidBSON",
-    13: "Unauthorized",
-    4: "NoSuchKey",
-    15: "Overflow",
-    16: "InvalidLength",
-    18: "AuthenticationFailed",
-    29: "NonExistentPath",
-    30: "InvalidPath",
-    31: "RoleNotFound",
-    51: "UserAlreadyExists",
-    68: "IndexAlreadyExists",
-    146: "ExceededMemoryLimit",
-    197: "InvalidIndexSpecificationOption",
-    238: "NotImplemented",
-    241: "ConversionFailure",
-    334: "MechanismUnavailable",
-    10334: "BSONObjectTooLarge",
-    282: "ChecksumMismatch",
-}
+
+class ErrorCode(IntEnum):
+    """MongoDB's error codes, each named exactly as the server's ``codeName``.
+
+    Codes without a name in MongoDB (assertion locations) are named ``Location<code>``, which is
+    also what mongod answers as their ``codeName``.
+    """
+
+    InternalError = 1
+    BadValue = 2
+    NoSuchKey = 4
+    HostUnreachable = 6
+    HostNotFound = 7
+    FailedToParse = 9
+    UserNotFound = 11
+    Unauthorized = 13
+    TypeMismatch = 14
+    Overflow = 15
+    InvalidLength = 16
+    ProtocolError = 17
+    AuthenticationFailed = 18
+    IllegalOperation = 20
+    InvalidBSON = 22
+    LockTimeout = 24
+    NamespaceNotFound = 26
+    IndexNotFound = 27
+    PathNotViable = 28
+    NonExistentPath = 29
+    InvalidPath = 30
+    RoleNotFound = 31
+    ConflictingUpdateOperators = 40
+    CursorNotFound = 43
+    NamespaceExists = 48
+    MaxTimeMSExpired = 50
+    UserAlreadyExists = 51
+    DollarPrefixedFieldName = 52
+    EmptyFieldName = 56
+    CommandNotFound = 59
+    StaleShardVersion = 63
+    ImmutableField = 66
+    CannotCreateIndex = 67
+    IndexAlreadyExists = 68
+    InvalidOptions = 72
+    InvalidNamespace = 73
+    IndexOptionsConflict = 85
+    IndexKeySpecsConflict = 86
+    NetworkTimeout = 89
+    ShutdownInProgress = 91
+    UnsatisfiableWriteConcern = 100
+    WriteConflict = 112
+    CommandNotSupported = 115
+    ConflictingOperationInProgress = 117
+    FailedToSatisfyReadPreference = 133
+    ReadConcernMajorityNotAvailableYet = 134
+    ExceededMemoryLimit = 146
+    StaleEpoch = 150
+    CommandNotSupportedOnView = 166
+    InvalidPipelineOperator = 168
+    ClientMetadataCannotBeMutated = 186
+    PrimarySteppedDown = 189
+    InvalidIndexSpecificationOption = 197
+    ElectionInProgress = 216
+    IllegalOpMsgFlag = 223
+    TransactionTooOld = 225
+    RetryChangeStream = 234
+    NotImplemented = 238
+    ConversionFailure = 241
+    TransactionAborted = 244
+    NoSuchTransaction = 251
+    TransactionCommitted = 256
+    InvalidResumeToken = 260
+    ExceededTimeLimit = 262
+    OperationNotSupportedInTransaction = 263
+    ChangeStreamFatalError = 280
+    ChecksumMismatch = 282
+    ChangeStreamHistoryLost = 286
+    MechanismUnavailable = 334
+    UnsupportedOpQueryCommand = 352
+    SocketException = 9001
+    Location10065 = 10065
+    NotWritablePrimary = 10107
+    BSONObjectTooLarge = 10334
+    DuplicateKey = 11000
+    InterruptedAtShutdown = 11600
+    InterruptedDueToReplStateChange = 11602
+    Location13113 = 13113
+    StaleConfig = 13388
+    NotPrimaryNoSecondaryOk = 13435
+    NotPrimaryOrSecondary = 13436
+    Location15956 = 15956
+    Location15958 = 15958
+    Location15973 = 15973
+    Location15974 = 15974
+    Location15975 = 15975
+    Location16006 = 16006
+    Location16020 = 16020
+    Location16556 = 16556
+    Location16610 = 16610
+    Location16612 = 16612
+    Location16866 = 16866
+    Location16874 = 16874
+    Location17080 = 17080
+    Location17280 = 17280
+    Location18533 = 18533
+    Location18536 = 18536
+    Location18628 = 18628
+    Location28646 = 28646
+    Location28667 = 28667
+    Location28764 = 28764
+    Location28818 = 28818
+    Location31024 = 31024
+    Location31276 = 31276
+    Location40148 = 40148
+    Location40156 = 40156
+    Location40323 = 40323
+    Location40324 = 40324
+    Location40414 = 40414
+    Location40415 = 40415
+    Location40430 = 40430
+    Location40431 = 40431
+    Location40432 = 40432
+    Location40433 = 40433
+    Location40485 = 40485
+    Location40517 = 40517
+    Location40571 = 40571
+    Location40587 = 40587
+    Location40602 = 40602
+    Location40674 = 40674
+    NotARetryableWriteCommand = 50768
+    Location51024 = 51024
+    Location51081 = 51081
+    Location51082 = 51082
+    Location51083 = 51083
+    Location51103 = 51103
+    Location51104 = 51104
+    Location51105 = 51105
+    Location51106 = 51106
+    Location51107 = 51107
+    Location51108 = 51108
+    Location51109 = 51109
+    Location51110 = 51110
+    Location51111 = 51111
+    Location51132 = 51132
+    Location51151 = 51151
+    Location51156 = 51156
+    Location51183 = 51183
+    Location51186 = 51186
+    Location51246 = 51246
+    Location5626701 = 5626701
+    Location5626702 = 5626702
+    Location5739101 = 5739101
 
 # Error codes whose failure of a change-stream getMore the driver may resume from; the server
 # labels them ResumableChangeStreamError (the driver decides only by label at wire version >= 9).
@@ -101,7 +171,10 @@ RESUMABLE_CHANGE_STREAM_CODES = frozenset(
 
 def code_name(code: int) -> str:
     """Return MongoDB's name for an error code, or ``"Location<code>"`` for location codes."""
-    return CODE_NAMES.get(code, f"Location{code}")
+    try:
+        return ErrorCode(code).name
+    except ValueError:
+        return f"Location{code}"
 
 
 class CommandError(Exception):

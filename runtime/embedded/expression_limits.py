@@ -19,7 +19,7 @@ import enum
 import math
 from typing import Any
 
-from runtime.embedded.errors import CommandError
+from runtime.embedded.errors import CommandError, ErrorCode
 
 #: MongoDB's ``internalQueryMaxRangeBytes`` (100 MiB) and the bytes it counts per element.
 MAX_RANGE_BYTES = 100 * 1024 * 1024
@@ -99,7 +99,8 @@ def check_shape(name: str, operand: Any) -> None:
     if name == "$cond" and isinstance(operand, dict):
         missing = [f for f in _CONDITIONAL_FIELDS if f not in operand]
         if missing:
-            raise CommandError(17080, f"Missing '{missing[0]}' parameter to $cond")
+            raise CommandError(ErrorCode.Location17080,
+                               f"Missing '{missing[0]}' parameter to $cond")
         return
     count = len(operand) if isinstance(operand, list) else 1
     if not isinstance(operand, list) and name not in _SINGLE_ALLOWED:

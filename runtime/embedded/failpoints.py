@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.embedded.errors import RESUMABLE_CHANGE_STREAM_CODES, CommandError
+from runtime.embedded.errors import RESUMABLE_CHANGE_STREAM_CODES, CommandError, ErrorCode
 
 SUPPORTED = ("failCommand", "failGetMoreAfterCursorCheckout", "onPrimaryTransactionalWrite")
 
@@ -65,7 +65,8 @@ class Injected:
 
 def _int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise CommandError(2, f"{what} must be a non-negative number, got {value!r}")
+        raise CommandError(ErrorCode.BadValue,
+                           f"{what} must be a non-negative number, got {value!r}")
     return int(value)
 
 
@@ -82,20 +83,23 @@ class FailPoints:
         """
         name = body.get("configureFailPoint")
         if name not in SUPPORTED:
-            raise CommandError(2, f"unknown fail point {name!r}; supported: {', '.join(SUPPORTED)}")
+            raise CommandError(ErrorCode.BadValue,
+                               f"unknown fail point {name!r}; supported: {', '.join(SUPPORTED)}")
         mode = body.get("mode")
         data = body.get("data") or {}
         if not isinstance(data, dict):
-            raise CommandError(14, "configureFailPoint 'data' must be an object")
+            raise CommandError(ErrorCode.TypeMismatch,
+                               "configureFailPoint 'data' must be an object")
         if name == "failCommand" and mode != "off":
             commands = data.get("failCommands")
             if not isinstance(commands, list) or not all(isinstance(c, str) for c in commands):
-                raise CommandError(2, "failCommand needs 'failCommands', an array of command "
+                raise CommandError(ErrorCode.BadValue,
+                                   "failCommand needs 'failCommands', an array of command "
                                    "names")
         labels = data.get("errorLabels")
         if labels is not None and (not isinstance(labels, list)
                                    or not all(isinstance(x, str) for x in labels)):
-            raise CommandError(14, "'errorLabels' must be an array of strings")
+            raise CommandError(ErrorCode.TypeMismatch, "'errorLabels' must be an array of strings")
         for key in ("errorCode", "blockTimeMS", "failBeforeCommitExceptionCode"):
             if key in data:
                 _int(data[key], f"data.{key}")
@@ -109,7 +113,8 @@ class FailPoints:
         elif isinstance(mode, dict) and "skip" in mode:
             point = FailPoint(name, None, _int(mode["skip"], "mode.skip"), data)
         else:
-            raise CommandError(9, f"invalid fail point mode {mode!r}; use 'alwaysOn', 'off', "
+            raise CommandError(ErrorCode.FailedToParse,
+                               f"invalid fail point mode {mode!r}; use 'alwaysOn', 'off', "
                                "{times: n} or {skip: n}")
         old = self.points.pop(name, None)
         if point is not None:

@@ -18,7 +18,7 @@ from typing import Any
 from bson import ObjectId
 from sortedcontainers import SortedList
 
-from runtime.embedded.errors import CommandError, WriteError
+from runtime.embedded.errors import CommandError, ErrorCode, WriteError
 from runtime.embedded.names import check_index_name
 from runtime.embedded.ordering import (
     BOTTOM,
@@ -153,7 +153,8 @@ class Index:
                 )
             )
             if len(combos) > MAX_ENTRIES_PER_DOCUMENT:
-                raise WriteError(17280, f"too many index keys for index {self.spec.name}")
+                raise WriteError(ErrorCode.Location17280,
+                                 f"too many index keys for index {self.spec.name}")
         return combos
 
     def check_unique(self, doc: dict[str, Any], doc_id: Key, ignore: set[Key]) -> None:
@@ -173,8 +174,7 @@ class Index:
             value = get_path(doc, path)
             key_value[path] = None if value is MISSING else value
         shown = ", ".join(f"{k}: {v!r}" for k, v in key_value.items())
-        return WriteError(
-            11000,
+        return WriteError(ErrorCode.DuplicateKey,
             f"E11000 duplicate key error collection: index: {self.spec.name} "
             f"dup key: {{ {shown} }}",
             {"keyPattern": dict(self.spec.key), "keyValue": key_value},
@@ -268,7 +268,7 @@ def ttl_problem(value: Any) -> str | None:
 
 
 def _type_error(name: str, value: Any, expected: str) -> CommandError:
-    return CommandError(14, f"The field '{name}' must be {expected}, but got "
+    return CommandError(ErrorCode.TypeMismatch, f"The field '{name}' must be {expected}, but got "
                         f"{type(value).__name__} in an index specification")
 
 
@@ -280,27 +280,32 @@ def check_index_spec(raw: Any, position: int) -> dict[str, Any]:
     BadValue (2), InvalidIndexSpecificationOption (197).
     """
     if not isinstance(raw, dict):
-        raise CommandError(14, f"BSON field 'createIndexes.indexes.{position}' is the wrong "
+        raise CommandError(ErrorCode.TypeMismatch,
+                           f"BSON field 'createIndexes.indexes.{position}' is the wrong "
                            f"type '{type(raw).__name__}', expected type 'object'")
     for required in ("key", "name"):
         if required not in raw:
-            raise CommandError(9, f"The '{required}' field is a required property of an index "
+            raise CommandError(ErrorCode.FailedToParse,
+                               f"The '{required}' field is a required property of an index "
                                f"specification (createIndexes.indexes.{position})")
     key = raw["key"]
     if not isinstance(key, dict):
         raise _type_error("key", key, "an object")
     if not key:
-        raise CommandError(67, "Index keys cannot be an empty object: 'key' needs at least one "
+        raise CommandError(ErrorCode.CannotCreateIndex,
+                           "Index keys cannot be an empty object: 'key' needs at least one "
                            "field")
     for path, direction in key.items():
         if isinstance(direction, str) and (type(direction) is not str
                                            or direction not in INDEX_PLUGINS):
-            raise CommandError(67, f"Unknown index plugin '{direction}' for field '{path}'; "
+            raise CommandError(ErrorCode.CannotCreateIndex,
+                               f"Unknown index plugin '{direction}' for field '{path}'; "
                                "use 1, -1 or one of " + ", ".join(sorted(INDEX_PLUGINS)))
     name = check_index_name(raw["name"])
     unknown = sorted(k for k in raw if k not in INDEX_SPEC_FIELDS)
     if unknown:
-        raise CommandError(197, f"The field '{unknown[0]}' is not valid for an index "
+        raise CommandError(ErrorCode.InvalidIndexSpecificationOption,
+                           f"The field '{unknown[0]}' is not valid for an index "
                            f"specification (index '{name}')")
     for option in _BOOLEAN_OPTIONS:
         value = raw.get(option)
@@ -312,14 +317,16 @@ def check_index_spec(raw: Any, position: int) -> dict[str, Any]:
             raise _type_error(option, value, "an object")
     if "expireAfterSeconds" in raw:
         if list(key) == ["_id"]:
-            raise CommandError(197, "The field 'expireAfterSeconds' is not valid for an _id "
+            raise CommandError(ErrorCode.InvalidIndexSpecificationOption,
+                               "The field 'expireAfterSeconds' is not valid for an _id "
                                f"index specification (index '{name}')")
         if len(key) != 1:
-            raise CommandError(67, "TTL indexes are single-field indexes, compound indexes do "
+            raise CommandError(ErrorCode.CannotCreateIndex,
+                               "TTL indexes are single-field indexes, compound indexes do "
                                f"not support TTL (index '{name}')")
         problem = ttl_problem(raw["expireAfterSeconds"])
         if problem is not None:
-            raise CommandError(67, f"{problem} (index '{name}')")
+            raise CommandError(ErrorCode.CannotCreateIndex, f"{problem} (index '{name}')")
     return raw
 
 
@@ -328,23 +335,27 @@ def parse_index_spec(raw: dict[str, Any]) -> IndexSpec:
     key = raw.get("key")
     name = raw.get("name")
     if not isinstance(key, dict) or not key:
-        raise CommandError(9, "index specification must contain a non-empty 'key' document")
+        raise CommandError(ErrorCode.FailedToParse,
+                           "index specification must contain a non-empty 'key' document")
     if type(name) is not str or not name:
-        raise CommandError(9, "index specification must contain a string 'name'")
+        raise CommandError(ErrorCode.FailedToParse,
+                           "index specification must contain a string 'name'")
     for path, direction in key.items():
         if not path or (path.startswith("$") and path != "$**"):
-            raise CommandError(67, f"bad index key pattern field name {path!r}")
+            raise CommandError(ErrorCode.CannotCreateIndex,
+                               f"bad index key pattern field name {path!r}")
         if isinstance(direction, bool) or not (
             (isinstance(direction, int | float) and direction != 0)
             or (type(direction) is str and direction in INDEX_PLUGINS)
         ):
-            raise CommandError(67, f"bad index key pattern value {direction!r} for {path!r}")
+            raise CommandError(ErrorCode.CannotCreateIndex,
+                               f"bad index key pattern value {direction!r} for {path!r}")
     partial = raw.get("partialFilterExpression")
     if partial is not None and not isinstance(partial, dict):
-        raise CommandError(9, "partialFilterExpression must be a document")
+        raise CommandError(ErrorCode.FailedToParse, "partialFilterExpression must be a document")
     ttl = raw.get("expireAfterSeconds")
     if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl < 0):
-        raise CommandError(2, "expireAfterSeconds must be a non-negative number")
+        raise CommandError(ErrorCode.BadValue, "expireAfterSeconds must be a non-negative number")
     known = {"key", "name", "unique", "sparse", "partialFilterExpression", "expireAfterSeconds",
              "v", "ns"}
     options = {k: v for k, v in raw.items() if k not in known}

@@ -16,7 +16,7 @@ import regex
 from bson import Regex
 
 from runtime.embedded import deadlines, regex_limits
-from runtime.embedded.errors import CommandError
+from runtime.embedded.errors import CommandError, ErrorCode
 
 _ARGUMENTS = ("input", "regex", "options")
 _FLAGS = {"i": regex.IGNORECASE, "m": regex.MULTILINE, "s": regex.DOTALL, "x": regex.VERBOSE,
@@ -42,11 +42,13 @@ def _prepare(operator: str, parser: Any, operand: Any) -> tuple[str | None, Any]
     error for malformed arguments."""
     if not isinstance(operand, dict):
         name = _TYPE_NAMES.get(type(operand), type(operand).__name__)
-        raise CommandError(51103, f"{operator} expects an object of named arguments but found:"
+        raise CommandError(ErrorCode.Location51103,
+                           f"{operator} expects an object of named arguments but found:"
                            f" {name}")
     for key in operand:
         if key not in _ARGUMENTS:
-            raise CommandError(31024, f"{operator} found an unknown argument: {key}")
+            raise CommandError(ErrorCode.Location31024,
+                               f"{operator} found an unknown argument: {key}")
     for key, code in (("input", 31022), ("regex", 31023)):
         if key not in operand:
             raise CommandError(code, f"{operator} requires '{key}' parameter")
@@ -55,39 +57,46 @@ def _prepare(operator: str, parser: Any, operand: Any) -> tuple[str | None, Any]
     options = parser.parse(operand["options"]) if "options" in operand else None
     compiled = _compile(operator, pattern, options)
     if not _nullish(text) and not isinstance(text, str):
-        raise CommandError(51104, f"{operator} needs 'input' to be of type string")
+        raise CommandError(ErrorCode.Location51104,
+                           f"{operator} needs 'input' to be of type string")
     return (None if _nullish(text) else text), compiled
 
 
 def _compile(operator: str, pattern: Any, options: Any) -> Any:
     if not (_nullish(pattern) or isinstance(pattern, str | Regex | re.Pattern)):
-        raise CommandError(51105, f"{operator} needs 'regex' to be of type string or regex")
+        raise CommandError(ErrorCode.Location51105,
+                           f"{operator} needs 'regex' to be of type string or regex")
     if not _nullish(options) and not isinstance(options, str):
-        raise CommandError(51106, f"{operator} needs 'options' to be of type string")
+        raise CommandError(ErrorCode.Location51106,
+                           f"{operator} needs 'options' to be of type string")
     flags = 0
     if not isinstance(pattern, str) and not _nullish(pattern):
         flags = int(pattern.flags) & regex_limits.FLAGS & ~regex.UNICODE
         if flags and not _nullish(options):
-            raise CommandError(51107, f"{operator}: found regex option(s) specified in both "
+            raise CommandError(ErrorCode.Location51107,
+                               f"{operator}: found regex option(s) specified in both "
                                "'regex' and 'option' fields")
         pattern = pattern.pattern
     if isinstance(pattern, str) and "\0" in pattern:
-        raise CommandError(51109, f"{operator}: regular expression cannot contain an embedded "
+        raise CommandError(ErrorCode.Location51109,
+                           f"{operator}: regular expression cannot contain an embedded "
                            "null byte")
     if isinstance(options, str):
         if "\0" in options:
-            raise CommandError(51110, f"{operator}: regular expression options cannot contain "
+            raise CommandError(ErrorCode.Location51110,
+                               f"{operator}: regular expression options cannot contain "
                                "an embedded null byte")
         for letter in options:
             if letter not in _FLAGS:
-                raise CommandError(51108, f"{operator} invalid flag in regex options: {letter}")
+                raise CommandError(ErrorCode.Location51108,
+                                   f"{operator} invalid flag in regex options: {letter}")
             flags |= _FLAGS[letter]
     if not isinstance(pattern, str):
         return None
     try:
         return regex_limits.compile_pattern(pattern, flags)
     except (regex.error, OverflowError, RecursionError, ValueError) as exc:
-        raise CommandError(51111, f"Invalid Regex in {operator}: {exc}") from exc
+        raise CommandError(ErrorCode.Location51111, f"Invalid Regex in {operator}: {exc}") from exc
 
 
 def _match_document(match: regex.Match[str]) -> dict[str, Any]:
@@ -128,7 +137,8 @@ def regex_find_all(parser: Any, operand: Any) -> list[dict[str, Any]]:
         total += _MATCH_OVERHEAD_BYTES + len(document["match"]) + sum(
             len(c) for c in document["captures"] if c is not None)
         if total > MAX_FIND_ALL_BYTES:
-            raise CommandError(51151, "$regexFindAll: the size of buffer to store output "
+            raise CommandError(ErrorCode.Location51151,
+                               "$regexFindAll: the size of buffer to store output "
                                "exceeded the 64MB limit")
         out.append(document)
         position = found.end() + 1 if found.end() == found.start() else found.end()

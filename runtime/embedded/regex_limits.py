@@ -26,7 +26,7 @@ import regex
 from bson import Regex
 
 from runtime.embedded import deadlines
-from runtime.embedded.errors import CommandError
+from runtime.embedded.errors import CommandError, ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,10 @@ def query_pattern(operand: Any) -> Pattern:
     else:
         pattern, flags = operand, 0
     if not isinstance(pattern, str):
-        raise CommandError(2, "$regex has to be a string")
+        raise CommandError(ErrorCode.BadValue, "$regex has to be a string")
     if "\0" in pattern:
-        raise CommandError(2, "Regular expression cannot contain an embedded null byte")
+        raise CommandError(ErrorCode.BadValue,
+                           "Regular expression cannot contain an embedded null byte")
     try:
         return compile_pattern(pattern, flags)
     except (regex.error, OverflowError, RecursionError, ValueError) as exc:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from runtime.embedded.errors import CommandError
+from runtime.embedded.errors import CommandError, ErrorCode
 
 #: The scope of a privilege that holds on every database and on the cluster.
 ANY_DATABASE = "*"
@@ -117,15 +117,17 @@ def parse_role(value: Any, default_db: str, command: str) -> RoleGrant:
             and isinstance(value.get("db"), str):
         name, db = value["role"], value["db"]
     else:
-        raise CommandError(2, f"{command}: a role must be a role name string or a "
+        raise CommandError(ErrorCode.BadValue, f"{command}: a role must be a role name string or a "
                            "{role: <name>, db: <database>} document")
     try:
         role = BuiltinRole(name)
     except ValueError:
-        raise CommandError(31, f"Could not find role: {name}@{db} (known roles: "
+        raise CommandError(ErrorCode.RoleNotFound,
+                           f"Could not find role: {name}@{db} (known roles: "
                            f"{', '.join(r.value for r in BuiltinRole)})") from None
     if role in GLOBAL_ROLES and db != "admin":
-        raise CommandError(31, f"Could not find role: {name}@{db} ({name} exists only in "
+        raise CommandError(ErrorCode.RoleNotFound,
+                           f"Could not find role: {name}@{db} ({name} exists only in "
                            "the admin database; grant {role: '" + name + "', db: 'admin'})")
     return RoleGrant(role, db)
 
@@ -133,7 +135,7 @@ def parse_role(value: Any, default_db: str, command: str) -> RoleGrant:
 def parse_roles(value: Any, default_db: str, command: str) -> list[RoleGrant]:
     """A ``roles`` array; duplicates are dropped, order kept."""
     if not isinstance(value, list):
-        raise CommandError(14, f"{command}: 'roles' must be an array of roles")
+        raise CommandError(ErrorCode.TypeMismatch, f"{command}: 'roles' must be an array of roles")
     grants: list[RoleGrant] = []
     for item in value:
         grant = parse_role(item, default_db, command)

@@ -24,7 +24,7 @@ from typing import Any
 
 from scramp import ScramMechanism  # type: ignore[import-untyped]
 
-from runtime.embedded.errors import CommandError
+from runtime.embedded.errors import CommandError, ErrorCode
 from runtime.embedded.users import ITERATIONS, Mechanism, User
 
 AUTH_FAILED = "Authentication failed."
@@ -34,7 +34,7 @@ _FAKE_SECRET = os.urandom(32)
 
 def auth_failed() -> CommandError:
     """The one error every authentication failure gets (code 18)."""
-    return CommandError(18, AUTH_FAILED)
+    return CommandError(ErrorCode.AuthenticationFailed, AUTH_FAILED)
 
 
 def payload_text(value: Any) -> str:

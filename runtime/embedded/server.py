@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.embedded import ttl, wire
-from runtime.embedded.errors import CommandError
+from runtime.embedded.errors import CommandError, ErrorCode
 from runtime.embedded.persistence import DataDirError, Persistence
 from runtime.embedded.state import CloseConnection, ServerConfig, ServerState
 
@@ -313,7 +313,8 @@ class EmbeddedMongoServer:
                                         query_failure=True)
         name = next(iter(request.body), "")
         if name not in HELLO_COMMANDS:
-            doc = CommandError(352, f"Unsupported OP_QUERY command: {name}. The client "
+            doc = CommandError(ErrorCode.UnsupportedOpQueryCommand,
+                               f"Unsupported OP_QUERY command: {name}. The client "
                                "driver may require an upgrade.").to_document()
         else:
             doc = await self.state.execute(request.body, connection)
@@ -338,7 +339,8 @@ def _encode(encoder: Callable[[int, int, dict[str, Any]], bytes], response_to: i
         return encoder(response_to, request_id, doc)
     except Exception as exc:
         log.exception("reply to request %d cannot be encoded", response_to)
-        error = CommandError(1, f"internal error: reply cannot be encoded: {exc}").to_document()
+        error = CommandError(ErrorCode.InternalError,
+                             f"internal error: reply cannot be encoded: {exc}").to_document()
         return encoder(response_to, request_id, error)
 
 

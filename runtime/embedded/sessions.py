@@ -17,7 +17,7 @@ from bson.binary import Binary
 
 from runtime.embedded.access import TRANSIENT, Transaction
 from runtime.embedded.auth import current_caller
-from runtime.embedded.errors import CommandError
+from runtime.embedded.errors import CommandError, ErrorCode
 
 SESSION_TIMEOUT_MINUTES = 30
 NO_TXN_NUMBER = -1
@@ -46,7 +46,8 @@ def _session_key(lsid: dict[str, Any]) -> bytes:
         return value.bytes
     if isinstance(value, Binary) and value.subtype in (3, 4) and len(value) == 16:
         return bytes(value)
-    raise CommandError(14, "BSON field 'lsid.id' is the wrong type, expected a UUID "
+    raise CommandError(ErrorCode.TypeMismatch,
+                       "BSON field 'lsid.id' is the wrong type, expected a UUID "
                        "(binData subtype 4)")
 
 
@@ -68,9 +69,11 @@ def _registry_key(lsid: dict[str, Any]) -> tuple[bytes, tuple[str, str] | None]:
 def validate_lsid(lsid: Any) -> None:
     """Reject an ``lsid`` that is not ``{id: UUID}`` (as MongoDB does, with a TypeMismatch)."""
     if not isinstance(lsid, dict):
-        raise CommandError(14, "BSON field 'lsid' is the wrong type, expected type 'object'")
+        raise CommandError(ErrorCode.TypeMismatch,
+                           "BSON field 'lsid' is the wrong type, expected type 'object'")
     if "id" not in lsid:
-        raise CommandError(40414, "BSON field 'lsid.id' is missing but a required field")
+        raise CommandError(ErrorCode.Location40414,
+                           "BSON field 'lsid.id' is missing but a required field")
     _session_key(lsid)
 
 
@@ -116,5 +119,6 @@ class SessionRegistry:
 
 def no_such_transaction(txn_number: int) -> CommandError:
     """Error 251 with the label that makes drivers retry the whole transaction."""
-    return CommandError(251, f"Transaction with txnNumber {txn_number} has been aborted or "
+    return CommandError(ErrorCode.NoSuchTransaction,
+                        f"Transaction with txnNumber {txn_number} has been aborted or "
                         "does not exist.", labels=[TRANSIENT])

@@ -39,7 +39,12 @@ from runtime.embedded.commands import COMMANDS, arguments
 from runtime.embedded.commands.registry import GENERIC_FIELDS, CommandContext, Handler
 from runtime.embedded.cursors import CursorRegistry
 from runtime.embedded.datastore import DataStore, WriteUnit
-from runtime.embedded.errors import RESUMABLE_CHANGE_STREAM_CODES, CommandError, WriteError
+from runtime.embedded.errors import (
+    RESUMABLE_CHANGE_STREAM_CODES,
+    CommandError,
+    ErrorCode,
+    WriteError,
+)
 from runtime.embedded.failpoints import FailPoints, Injected
 from runtime.embedded.persistence import Persistence
 from runtime.embedded.sessions import Session, SessionRegistry, no_such_transaction
@@ -151,7 +156,8 @@ class ServerState:
         session = ctx.session
         txn_number = ctx.body.get("txnNumber")
         if session is None or not isinstance(txn_number, int):
-            raise CommandError(50768, f"{ctx.name} needs a session (lsid) and a txnNumber")
+            raise CommandError(ErrorCode.NotARetryableWriteCommand,
+                               f"{ctx.name} needs a session (lsid) and a txnNumber")
         if txn_number < session.last_txn_number:
             raise _too_old(txn_number, session)
         if txn_number > session.last_txn_number:
@@ -177,7 +183,8 @@ class ServerState:
             session.transaction = None
             return {"ok": 1.0}
         if session.txn_state == "committed":
-            raise CommandError(256, "Transaction has been committed; it cannot be aborted.")
+            raise CommandError(ErrorCode.TransactionCommitted,
+                               "Transaction has been committed; it cannot be aborted.")
         if session.txn_state != "in_progress":
             raise no_such_transaction(txn_number)
         self._abort(session)
@@ -188,29 +195,36 @@ class ServerState:
         """Start or continue the transaction a command belongs to; None outside transactions."""
         if body.get("autocommit", True) is not False:
             if body.get("startTransaction"):
-                raise CommandError(50768, "startTransaction requires autocommit: false")
+                raise CommandError(ErrorCode.NotARetryableWriteCommand,
+                                   "startTransaction requires autocommit: false")
             if "autocommit" in body:
-                raise CommandError(72, "autocommit may only be specified as false")
+                raise CommandError(ErrorCode.InvalidOptions,
+                                   "autocommit may only be specified as false")
             return None
         txn_number = body.get("txnNumber")
         if session is None or not isinstance(txn_number, int):
-            raise CommandError(50768, "a transaction needs lsid and txnNumber")
+            raise CommandError(ErrorCode.NotARetryableWriteCommand,
+                               "a transaction needs lsid and txnNumber")
         if name in FINISH_COMMANDS:
             return session.transaction
         info = COMMANDS.get(name)
         if info is not None and not info.in_transaction:
-            raise CommandError(263, f"Cannot run '{name}' in a multi-document transaction.")
+            raise CommandError(ErrorCode.OperationNotSupportedInTransaction,
+                               f"Cannot run '{name}' in a multi-document transaction.")
         if "writeConcern" in body:
-            raise CommandError(72, "writeConcern is not allowed within a multi-statement "
+            raise CommandError(ErrorCode.InvalidOptions,
+                               "writeConcern is not allowed within a multi-statement "
                                "transaction")
         if txn_number < session.last_txn_number:
             raise _too_old(txn_number, session)
         if body.get("startTransaction"):
             if txn_number == session.last_txn_number:
                 if session.txn_state == "committed":
-                    raise CommandError(256, f"Transaction {txn_number} has already been "
+                    raise CommandError(ErrorCode.TransactionCommitted,
+                                       f"Transaction {txn_number} has already been "
                                        "committed")
-                raise CommandError(117, f"Cannot start a transaction with txnNumber "
+                raise CommandError(ErrorCode.ConflictingOperationInProgress,
+                                   f"Cannot start a transaction with txnNumber "
                                    f"{txn_number}: it has already been used on this session")
             self._abort(session)
             session.last_txn_number = txn_number
@@ -219,12 +233,14 @@ class ServerState:
             session.txn_state = "in_progress"
             return session.transaction
         if txn_number == session.last_txn_number and session.txn_state == "committed":
-            raise CommandError(256, f"Transaction {txn_number} has been committed")
+            raise CommandError(ErrorCode.TransactionCommitted,
+                               f"Transaction {txn_number} has been committed")
         if txn_number != session.last_txn_number or session.txn_state != "in_progress" \
                 or session.transaction is None:
             raise no_such_transaction(txn_number)
         if "readConcern" in body:
-            raise CommandError(72, "Only the first command in a transaction may specify a "
+            raise CommandError(ErrorCode.InvalidOptions,
+                               "Only the first command in a transaction may specify a "
                                "readConcern")
         return session.transaction
 
@@ -265,7 +281,8 @@ class ServerState:
             raise
         except Exception as exc:  # a bug must cost one command, never the server
             log.exception("internal error in command %s", next(iter(body), "?"))
-            reply = CommandError(1, f"internal error: {type(exc).__name__}: {exc}").to_document()
+            reply = CommandError(ErrorCode.InternalError,
+                                 f"internal error: {type(exc).__name__}: {exc}").to_document()
         ts = self.store.clock.now()
         reply["operationTime"] = ts
         reply["$clusterTime"] = {"clusterTime": ts, "signature": {
@@ -274,16 +291,17 @@ class ServerState:
 
     async def _execute(self, body: dict[str, Any], connection: dict[str, Any]) -> dict[str, Any]:
         if not body:
-            raise CommandError(59, "empty command document")
+            raise CommandError(ErrorCode.CommandNotFound, "empty command document")
         name = next(iter(body))
         db = body.get("$db")
         if type(db) is not str or not db:  # (bson Code is a str subclass)
-            raise CommandError(40571, "OP_MSG requests require a $db argument")
+            raise CommandError(ErrorCode.Location40571, "OP_MSG requests require a $db argument")
         info = COMMANDS.get(name)
         if info is None or (info.test_only and not self.config.enable_test_commands):
-            raise CommandError(59, f"no such command: '{name}'")
+            raise CommandError(ErrorCode.CommandNotFound, f"no such command: '{name}'")
         if info.admin_only and db != "admin":
-            raise CommandError(13, f"{name} may only be run against the admin database.")
+            raise CommandError(ErrorCode.Unauthorized,
+                               f"{name} may only be run against the admin database.")
         if self.auth.enabled:
             self.auth.authorize(name, body, db, connection)
         self.opcounters["command"] += 1
@@ -299,7 +317,8 @@ class ServerState:
         )
         if txn_number is not None and not in_transaction and not request.retryable_write \
                 and not request.finishes_transaction:
-            raise CommandError(50768, f"txnNumber may only be provided for multi-document "
+            raise CommandError(ErrorCode.NotARetryableWriteCommand,
+                               f"txnNumber may only be provided for multi-document "
                                f"transactions and retryable write commands; '{name}' is "
                                "neither")
         injected = self.injected_failure(name, body, connection)
@@ -329,7 +348,8 @@ class ServerState:
         name = request.name
         session = self.sessions.get(body.get("lsid"))
         if body.get("txnNumber") is not None and session is None:
-            raise CommandError(72, "Transaction number requires a session ID (lsid) to also be "
+            raise CommandError(ErrorCode.InvalidOptions,
+                               "Transaction number requires a session ID (lsid) to also be "
                                "specified")
         transaction = self._transaction_for(name, body, session)
         statement_of = transaction if not request.finishes_transaction else None
@@ -363,7 +383,8 @@ class ServerState:
                 self._abort(session)
                 if isinstance(exc, CloseConnection | CommandError):
                     raise
-                raise CommandError(1, f"internal error: {type(exc).__name__}: {exc}") from exc
+                raise CommandError(ErrorCode.InternalError,
+                                   f"internal error: {type(exc).__name__}: {exc}") from exc
             raise
         if request.retryable_write and reply.get("ok"):
             assert session is not None
@@ -378,7 +399,8 @@ class ServerState:
             raise _too_old(txn_number, session)
         if txn_number == session.last_txn_number:
             if session.txn_state != "none":
-                raise CommandError(225, f"Cannot run a retryable write with txnNumber "
+                raise CommandError(ErrorCode.TransactionTooOld,
+                                   f"Cannot run a retryable write with txnNumber "
                                    f"{txn_number}: a transaction has used that number on this "
                                    "session")
             if session.retry_reply is not None:
@@ -430,7 +452,7 @@ def _txn_number(body: dict[str, Any]) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise arguments.wrong_type("OperationSessionInfo.txnNumber", value, ("long",))
     if value < 0:
-        raise CommandError(2, f"txnNumber ({value}) must be non-negative")
+        raise CommandError(ErrorCode.BadValue, f"txnNumber ({value}) must be non-negative")
     return value
 
 
@@ -447,7 +469,8 @@ def _check_generic_arguments(name: str, body: dict[str, Any]) -> None:
 
 
 def _too_old(txn_number: int, session: Session) -> CommandError:
-    return CommandError(225, f"Cannot start transaction {txn_number} on session because a newer "
+    return CommandError(ErrorCode.TransactionTooOld,
+                        f"Cannot start transaction {txn_number} on session because a newer "
                         f"transaction {session.last_txn_number} has already started")
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from bson.binary import Binary
 
 from runtime.embedded import engine
-from runtime.embedded.errors import CommandError
+from runtime.embedded.errors import CommandError, ErrorCode
 from runtime.embedded.indexes import Index, IndexSpec
 from runtime.embedded.names import check_collection
 from runtime.embedded.ordering import Key, id_key
@@ -60,7 +60,8 @@ class Collection:
                     index.check_unique(doc, key, set())
                 except Exception as exc:
                     message = getattr(exc, "message", str(exc))
-                    raise CommandError(11000, f"Index build failed: {message}") from exc
+                    raise CommandError(ErrorCode.DuplicateKey,
+                                       f"Index build failed: {message}") from exc
             index.add(doc, key)
         self.indexes[spec.name] = index
         return index

@@ -22,7 +22,7 @@ from bson.binary import Binary
 from scramp import ScramMechanism  # type: ignore[import-untyped]
 
 from runtime.embedded.datastore import DataStore, WriteUnit
-from runtime.embedded.errors import CommandError
+from runtime.embedded.errors import CommandError, ErrorCode
 from runtime.embedded.ordering import id_key
 from runtime.embedded.roles import RoleGrant, parse_roles
 
@@ -64,7 +64,8 @@ class ScramCredential:
             salt, stored, server, count = ScramMechanism(str(mechanism)).make_auth_info(
                 secret, ITERATIONS[mechanism])
         except Exception:  # scramp's SASLprep rejects prohibited characters
-            raise CommandError(2, "the password contains characters SASLprep prohibits "
+            raise CommandError(ErrorCode.BadValue,
+                               "the password contains characters SASLprep prohibits "
                                "(control or unassigned characters); choose another") from None
         return cls(int(count), bytes(salt), stored, server)
 
@@ -245,5 +246,6 @@ class UserRegistry:
 
     def _refuse_file_user(self, db: str, name: str) -> None:
         if (db, name) in self.file_users:
-            raise CommandError(2, f"user {name}@{db} is defined in --users-file; edit that "
+            raise CommandError(ErrorCode.BadValue,
+                               f"user {name}@{db} is defined in --users-file; edit that "
                                "file and restart the server to change it")

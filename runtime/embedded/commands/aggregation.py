@@ -10,7 +10,7 @@ from runtime.embedded.commands.arguments import Fields
 from runtime.embedded.commands.crud import check_collation, check_hint, matching
 from runtime.embedded.commands.registry import GENERIC_FIELDS, CommandContext, command
 from runtime.embedded.cursors import first_batch_reply
-from runtime.embedded.errors import CommandError, WriteError
+from runtime.embedded.errors import CommandError, ErrorCode, WriteError
 from runtime.embedded.ordering import id_key, value_key
 
 _AGGREGATE_FIELDS = frozenset({"aggregate", "pipeline", "cursor", "explain", "allowDiskUse",
@@ -33,10 +33,12 @@ def _pipeline(ctx: CommandContext) -> list[dict[str, Any]]:
     pipeline = Fields(ctx.body, "aggregate").array("pipeline", required=True)
     assert pipeline is not None
     if not all(isinstance(s, dict) for s in pipeline):
-        raise CommandError(14, "Each element of the 'pipeline' array must be an object")
+        raise CommandError(ErrorCode.TypeMismatch,
+                           "Each element of the 'pipeline' array must be an object")
     for stage in pipeline:
         if len(stage) != 1:
-            raise CommandError(40323, "A pipeline stage specification object must contain "
+            raise CommandError(ErrorCode.Location40323,
+                               "A pipeline stage specification object must contain "
                                "exactly one field.")
     return pipeline
 
@@ -53,36 +55,42 @@ async def aggregate(ctx: CommandContext) -> dict[str, Any]:
     fields.document("collation")
     arguments.hint(fields)
     if fields.boolean("explain"):
-        raise CommandError(2, "explain is not supported by the embedded server")
+        raise CommandError(ErrorCode.BadValue, "explain is not supported by the embedded server")
     for key in ctx.body:
         if key not in _AGGREGATE_FIELDS and key not in GENERIC_FIELDS:
-            raise CommandError(40415, f"BSON field 'aggregate.{key}' is an unknown field.")
+            raise CommandError(ErrorCode.Location40415,
+                               f"BSON field 'aggregate.{key}' is an unknown field.")
     check_collation(ctx.body.get("collation"))
     ctx.variables = engine.let_variables(ctx.body.get("let"), ctx.variables)
     cursor_opts = ctx.body.get("cursor")
     if cursor_opts is None:
-        raise CommandError(9, "The 'cursor' option is required, except for aggregate with the "
+        raise CommandError(ErrorCode.FailedToParse,
+                           "The 'cursor' option is required, except for aggregate with the "
                            "explain argument")
     batch_size = arguments.cursor_batch_size(ctx.body)
     if pipeline and "$changeStream" in pipeline[0]:
         if ctx.transaction is not None:
-            raise CommandError(263, "Cannot run a $changeStream in a transaction")
+            raise CommandError(ErrorCode.OperationNotSupportedInTransaction,
+                               "Cannot run a $changeStream in a transaction")
         return _open_change_stream(ctx, target, pipeline, batch_size)
     for stage in pipeline[1:]:
         if "$changeStream" in stage:
-            raise CommandError(40602, "$changeStream is only valid as the first stage in a "
+            raise CommandError(ErrorCode.Location40602,
+                               "$changeStream is only valid as the first stage in a "
                                "pipeline.")
     if type(target) is not str:
         if target == 1:
-            raise CommandError(40324, "collection-less aggregate stages ($currentOp, "
+            raise CommandError(ErrorCode.Location40324,
+                               "collection-less aggregate stages ($currentOp, "
                                "$listLocalSessions, $documents) are not supported")
-        raise CommandError(73, "'aggregate' needs a collection name or 1")
+        raise CommandError(ErrorCode.InvalidNamespace, "'aggregate' needs a collection name or 1")
     writer = None
     if pipeline and next(iter(pipeline[-1])) in ("$out", "$merge"):
         writer = pipeline[-1]
         pipeline = pipeline[:-1]
         if ctx.transaction is not None:
-            raise CommandError(263, f"{next(iter(writer))} cannot be used in a transaction")
+            raise CommandError(ErrorCode.OperationNotSupportedInTransaction,
+                               f"{next(iter(writer))} cannot be used in a transaction")
     coll = ctx.access.collection(ctx.db, target)
     check_hint(coll, ctx.body.get("hint"))
     query: dict[str, Any] = {}
@@ -106,7 +114,7 @@ def _open_change_stream(ctx: CommandContext, target: Any, pipeline: list[dict[st
     elif type(target) is str:
         coll = target
     else:
-        raise CommandError(73, "'aggregate' needs a collection name or 1")
+        raise CommandError(ErrorCode.InvalidNamespace, "'aggregate' needs a collection name or 1")
     state = ctx.state
     stream = change_streams.open_stream(state.cursors.new_id(), ctx.db, coll, pipeline,
                                         state.store.changelog)
@@ -127,7 +135,8 @@ def _write_results(ctx: CommandContext, writer: dict[str, Any],
             if isinstance(spec, dict):
                 target_db, target_coll = spec.get("db", ctx.db), spec.get("coll")
             if type(target_coll) is not str or type(target_db) is not str:
-                raise CommandError(14, "$out needs a collection name (and a database name)")
+                raise CommandError(ErrorCode.TypeMismatch,
+                                   "$out needs a collection name (and a database name)")
             store = ctx.state.store
             existing = store.catalog.get(target_db, target_coll)
             if existing is not None:
@@ -152,17 +161,20 @@ def _merge(ctx: CommandContext, spec: Any, results: list[dict[str, Any]]) -> Non
     if type(spec) is str:
         spec = {"into": spec}
     if not isinstance(spec, dict):
-        raise CommandError(14, "$merge needs a collection name or a specification object")
+        raise CommandError(ErrorCode.TypeMismatch,
+                           "$merge needs a collection name or a specification object")
     into = spec.get("into")
     target_db, target_coll = ctx.db, into
     if isinstance(into, dict):
         target_db, target_coll = into.get("db", ctx.db), into.get("coll")
     if type(target_coll) is not str or type(target_db) is not str:
-        raise CommandError(14, "$merge 'into' must name a collection (and a database)")
+        raise CommandError(ErrorCode.TypeMismatch,
+                           "$merge 'into' must name a collection (and a database)")
     on = spec.get("on", "_id")
     on_fields = [on] if isinstance(on, str) else list(on) if isinstance(on, list) else []
     if not on_fields or not all(isinstance(f, str) and f for f in on_fields):
-        raise CommandError(51186, "$merge 'on' must be a field name or an array of field names")
+        raise CommandError(ErrorCode.Location51186,
+                           "$merge 'on' must be a field name or an array of field names")
     when_matched = spec.get("whenMatched", "merge")
     when_not_matched = spec.get("whenNotMatched", "insert")
     access = ctx.access
@@ -174,7 +186,8 @@ def _merge(ctx: CommandContext, spec: Any, results: list[dict[str, Any]]) -> Non
             and index.spec.partial_filter is None
             for index in existing_coll.indexes.values()
         ):
-            raise CommandError(51183, "Cannot find index to verify that join fields will be "
+            raise CommandError(ErrorCode.Location51183,
+                               "Cannot find index to verify that join fields will be "
                                "unique")
     coll = access.ensure(target_db, target_coll)
     for doc in results:
@@ -184,7 +197,8 @@ def _merge(ctx: CommandContext, spec: Any, results: list[dict[str, Any]]) -> Non
                 if field == "_id":
                     doc = {"_id": _new_id(), **doc}
                 else:
-                    raise CommandError(51132, f"$merge write error: 'on' field '{field}' cannot "
+                    raise CommandError(ErrorCode.Location51132,
+                                       f"$merge write error: 'on' field '{field}' cannot "
                                        "be missing")
             query[field] = doc[field]
         existing = next(matching(ctx, coll, query, None), None)
@@ -192,13 +206,15 @@ def _merge(ctx: CommandContext, spec: Any, results: list[dict[str, Any]]) -> Non
             if when_not_matched == "insert":
                 access.insert(coll, doc if "_id" in doc else {"_id": _new_id(), **doc})
             elif when_not_matched == "fail":
-                raise CommandError(13113, "$merge could not find a matching document in the "
+                raise CommandError(ErrorCode.Location13113,
+                                   "$merge could not find a matching document in the "
                                    "target collection")
             continue
         if when_matched == "keepExisting":
             continue
         if when_matched == "fail":
-            raise CommandError(11000, "$merge found a matching document with whenMatched: fail")
+            raise CommandError(ErrorCode.DuplicateKey,
+                               "$merge found a matching document with whenMatched: fail")
         if when_matched == "replace":
             new = {"_id": existing["_id"], **{k: v for k, v in doc.items() if k != "_id"}}
         elif when_matched == "merge":
@@ -208,6 +224,7 @@ def _merge(ctx: CommandContext, spec: Any, results: list[dict[str, Any]]) -> Non
             variables["new"] = doc
             new = engine.apply_update(existing, when_matched, {}, None, False, variables)
         else:
-            raise CommandError(2, f"unsupported $merge whenMatched {when_matched!r}")
+            raise CommandError(ErrorCode.BadValue,
+                               f"unsupported $merge whenMatched {when_matched!r}")
         if id_key(new["_id"]) != id_key(existing["_id"]) or value_key(new) != value_key(existing):
             access.replace(coll, existing, new, True)

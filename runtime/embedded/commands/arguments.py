@@ -14,7 +14,6 @@ import math
 import re
 import uuid
 from collections.abc import Sequence
-from enum import IntEnum
 from typing import Any
 
 from bson import DBRef, ObjectId, Regex
@@ -26,7 +25,7 @@ from bson.max_key import MaxKey
 from bson.min_key import MinKey
 from bson.timestamp import Timestamp
 
-from runtime.embedded.errors import CommandError
+from runtime.embedded.errors import CommandError, ErrorCode
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
@@ -34,16 +33,6 @@ INT64_MIN = -(2**63)
 
 NUMBER_TYPES = ("long", "int", "decimal", "double")
 BOOL_TYPES = ("bool", "long", "int", "decimal", "double")
-
-
-class ArgCode(IntEnum):
-    """Error codes of argument checks (mongod's)."""
-
-    BAD_VALUE = 2
-    FAILED_TO_PARSE = 9
-    TYPE_MISMATCH = 14
-    MISSING_FIELD = 40414
-    OUT_OF_RANGE = 51024  # an IDL range validator (``gte: 0``, ``lte: N``)
 
 
 def type_name(value: Any) -> str:
@@ -77,13 +66,13 @@ def wrong_type(field: str, value: Any, expected: Sequence[str]) -> CommandError:
         wanted = f"expected type '{expected[0]}'"
     else:
         wanted = f"expected types '[{', '.join(expected)}]'"
-    return CommandError(ArgCode.TYPE_MISMATCH, f"BSON field '{field}' is the wrong type "
+    return CommandError(ErrorCode.TypeMismatch, f"BSON field '{field}' is the wrong type "
                         f"'{type_name(value)}', {wanted}")
 
 
 def missing(field: str) -> CommandError:
     """The error for a required field that is absent."""
-    return CommandError(ArgCode.MISSING_FIELD, f"BSON field '{field}' is missing but a required "
+    return CommandError(ErrorCode.Location40414, f"BSON field '{field}' is missing but a required "
                         "field")
 
 
@@ -185,7 +174,7 @@ class Fields:
         number = safe_long(value)
         if minimum is not None and number < minimum:
             shown = field if short_name else self.name(field)
-            raise CommandError(ArgCode.OUT_OF_RANGE, f"BSON field '{shown}' value must be >= "
+            raise CommandError(ErrorCode.Location51024, f"BSON field '{shown}' value must be >= "
                                f"{minimum}, actual value '{number}'")
         return number
 
@@ -204,17 +193,17 @@ def max_time_ms(command: str, body: dict[str, Any]) -> int | None:
         return None
     value = body["maxTimeMS"]
     if value is None:
-        raise CommandError(ArgCode.BAD_VALUE, "maxTimeMS must be a number")
+        raise CommandError(ErrorCode.BadValue, "maxTimeMS must be a number")
     if not is_number(value):
         raise wrong_type(f"{command}.maxTimeMS", value, NUMBER_TYPES)
     number = safe_long(value)
     if number < 0:
-        raise CommandError(ArgCode.OUT_OF_RANGE, "BSON field 'maxTimeMS' value must be >= 0, "
+        raise CommandError(ErrorCode.Location51024, "BSON field 'maxTimeMS' value must be >= 0, "
                            f"actual value '{number}'")
     if number > INT32_MAX:
-        raise CommandError(ArgCode.BAD_VALUE, f"{number} value for maxTimeMS is out of range")
+        raise CommandError(ErrorCode.BadValue, f"{number} value for maxTimeMS is out of range")
     if isinstance(value, float) and not value.is_integer():  # NaN included
-        raise CommandError(ArgCode.BAD_VALUE, "maxTimeMS has non-integral value")
+        raise CommandError(ErrorCode.BadValue, "maxTimeMS has non-integral value")
     return number
 
 
@@ -224,9 +213,9 @@ UPDATE_ARGUMENT_ERROR = "Update argument must be either an object or an array"
 def update_argument(value: Any) -> dict[str, Any] | list[dict[str, Any]]:
     """An update (``u``, findAndModify's ``update``): operators, replacement or pipeline."""
     if not isinstance(value, dict | list):
-        raise CommandError(ArgCode.FAILED_TO_PARSE, UPDATE_ARGUMENT_ERROR)
+        raise CommandError(ErrorCode.FailedToParse, UPDATE_ARGUMENT_ERROR)
     if isinstance(value, list) and not all(isinstance(stage, dict) for stage in value):
-        raise CommandError(ArgCode.TYPE_MISMATCH, "Each element of the 'pipeline' array must be "
+        raise CommandError(ErrorCode.TypeMismatch, "Each element of the 'pipeline' array must be "
                            "an object")
     return value
 
@@ -235,7 +224,7 @@ def hint(fields: Fields, field: str = "hint") -> None:
     """An index hint: a name or a key pattern."""
     value = fields.doc.get(field)
     if value is not None and not isinstance(value, str | dict):
-        raise CommandError(ArgCode.FAILED_TO_PARSE, "hint must be either a string or nested "
+        raise CommandError(ErrorCode.FailedToParse, "hint must be either a string or nested "
                            "object")
 
 
@@ -263,7 +252,7 @@ def check_delete_statements(statements: list[dict[str, Any]]) -> None:
         fields.document("q")
         limit = fields.integer("limit", 0, minimum=None)
         if limit not in (0, 1):
-            raise CommandError(ArgCode.FAILED_TO_PARSE, "The limit field in delete objects must "
+            raise CommandError(ErrorCode.FailedToParse, "The limit field in delete objects must "
                                f"be 0 or 1. Got {limit}")
         fields.document("sort")
         fields.document("collation")
@@ -291,10 +280,10 @@ def count_number(body: dict[str, Any], field: str) -> int:
     if value is None:
         return 0
     if not is_number(value):
-        raise CommandError(ArgCode.BAD_VALUE, f"{field} value is not a valid number")
+        raise CommandError(ErrorCode.BadValue, f"{field} value is not a valid number")
     number = safe_long(value)
     if field == "skip" and number < 0:
-        raise CommandError(ArgCode.BAD_VALUE, "skip value is negative in count query")
+        raise CommandError(ErrorCode.BadValue, "skip value is negative in count query")
     return number
 
 
@@ -304,5 +293,5 @@ def cursor_batch_size(body: dict[str, Any]) -> int | None:
     if cursor is None:
         return None
     if not isinstance(cursor, dict):
-        raise CommandError(ArgCode.TYPE_MISMATCH, "cursor field must be missing or an object")
+        raise CommandError(ErrorCode.TypeMismatch, "cursor field must be missing or an object")
     return Fields(cursor, "cursor").integer("batchSize")

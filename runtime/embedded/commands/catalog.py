@@ -21,7 +21,7 @@ from runtime.embedded.commands.registry import (
     doc_option,
 )
 from runtime.embedded.cursors import first_batch_reply
-from runtime.embedded.errors import CommandError
+from runtime.embedded.errors import CommandError, ErrorCode
 from runtime.embedded.indexes import check_index_spec, parse_index_spec, ttl_problem
 from runtime.embedded.names import check_collection, check_new_collection, split_namespace
 from runtime.embedded.storage import ID_INDEX, Collection
@@ -42,13 +42,14 @@ _COLL_MOD_FIELDS = _CREATE_OPTIONS | {"collMod", "index", "dryRun", "cappedSize"
 def _reject_unknown_fields(ctx: CommandContext, known: set[str]) -> None:
     for key in ctx.body:
         if key not in known and key not in GENERIC_FIELDS:
-            raise CommandError(40415, f"BSON field '{ctx.name}.{key}' is an unknown field.")
+            raise CommandError(ErrorCode.Location40415,
+                               f"BSON field '{ctx.name}.{key}' is an unknown field.")
 
 
 def _require(ctx: CommandContext, name: str) -> Collection:
     coll = ctx.access.collection(ctx.db, name)
     if coll is None:
-        raise CommandError(26, f"ns does not exist: {ctx.namespace(name)}")
+        raise CommandError(ErrorCode.NamespaceNotFound, f"ns does not exist: {ctx.namespace(name)}")
     return coll
 
 
@@ -60,11 +61,13 @@ async def create(ctx: CommandContext) -> dict[str, Any]:
     check_new_collection(ctx.db, name)
     check_collection_options(ctx.body, "create")
     if ctx.access.collection(ctx.db, name) is not None:
-        raise CommandError(48, f"Collection {ctx.namespace(name)} already exists.")
+        raise CommandError(ErrorCode.NamespaceExists,
+                           f"Collection {ctx.namespace(name)} already exists.")
     options = {k: v for k, v in ctx.body.items()
                if k in _CREATE_OPTIONS and k not in ("comment",)}
     if "viewOn" in options:
-        raise CommandError(166, "views are not supported by the embedded server")
+        raise CommandError(ErrorCode.CommandNotSupportedOnView,
+                           "views are not supported by the embedded server")
     ctx.state.store.create_collection(ctx.unit, ctx.db, name, options)
     return {"ok": 1.0}
 
@@ -89,10 +92,11 @@ async def coll_mod(ctx: CommandContext) -> dict[str, Any]:
                     index_change.get("keyPattern"):
                 target = index
         if target is None:
-            raise CommandError(27, "cannot find index for collMod")
+            raise CommandError(ErrorCode.IndexNotFound, "cannot find index for collMod")
         if "expireAfterSeconds" in index_change:
             if target.spec.name == ID_INDEX or len(target.spec.key) != 1:
-                raise CommandError(72, f"collMod: index '{target.spec.name}' cannot become a "
+                raise CommandError(ErrorCode.InvalidOptions,
+                                   f"collMod: index '{target.spec.name}' cannot become a "
                                    "TTL index: TTL indexes are single-field indexes on a field "
                                    "other than _id")
             reply["expireAfterSeconds_old"] = target.spec.expire_after_seconds
@@ -114,13 +118,15 @@ def _check_index_change(change: dict[str, Any]) -> None:
     (InvalidOptions 72)."""
     unknown = sorted(k for k in change if k not in _INDEX_CHANGE_FIELDS)
     if unknown:
-        raise CommandError(40415, f"BSON field 'collMod.index.{unknown[0]}' is an unknown field.")
+        raise CommandError(ErrorCode.Location40415,
+                           f"BSON field 'collMod.index.{unknown[0]}' is an unknown field.")
     if "name" in change and not isinstance(change["name"], str):
         raise wrong_type("collMod.index.name", change["name"], "string")
     if "keyPattern" in change and not isinstance(change["keyPattern"], dict):
         raise wrong_type("collMod.index.keyPattern", change["keyPattern"], "object")
     if ("name" in change) == ("keyPattern" in change):
-        raise CommandError(72, "collMod.index needs exactly one of 'name' and 'keyPattern' to "
+        raise CommandError(ErrorCode.InvalidOptions,
+                           "collMod.index needs exactly one of 'name' and 'keyPattern' to "
                            "say which index to change")
     for flag in ("hidden", "unique", "prepareUnique", "forceNonUnique"):
         check_bool(change, flag, "collMod.index")
@@ -130,7 +136,7 @@ def _check_index_change(change: dict[str, Any]) -> None:
             raise wrong_type("collMod.index.expireAfterSeconds", ttl, "long")
         problem = ttl_problem(ttl)
         if problem is not None:
-            raise CommandError(72, f"collMod: {problem}")
+            raise CommandError(ErrorCode.InvalidOptions, f"collMod: {problem}")
 
 
 @command("drop")
@@ -162,15 +168,17 @@ async def rename_collection(ctx: CommandContext) -> dict[str, Any]:
     check_bool(ctx.body, "stayTemp", "renameCollection")
     check_new_collection(dst_db, dst_name)
     if (src_db, src_name) == (dst_db, dst_name):
-        raise CommandError(20, f"Can't rename a collection to itself: {source}")
+        raise CommandError(ErrorCode.IllegalOperation,
+                           f"Can't rename a collection to itself: {source}")
     store = ctx.state.store
     coll = store.catalog.get(src_db, src_name)
     if coll is None:
-        raise CommandError(26, f"Source collection {source} does not exist")
+        raise CommandError(ErrorCode.NamespaceNotFound,
+                           f"Source collection {source} does not exist")
     existing = store.catalog.get(dst_db, dst_name)
     if existing is not None:
         if not ctx.body.get("dropTarget"):
-            raise CommandError(48, f"target namespace {target} exists")
+            raise CommandError(ErrorCode.NamespaceExists, f"target namespace {target} exists")
         store.drop_collection(ctx.unit, existing)
     store.rename_collection(ctx.unit, coll, dst_db, dst_name)
     return {"ok": 1.0}
@@ -213,12 +221,13 @@ async def create_indexes(ctx: CommandContext) -> dict[str, Any]:
     name = ctx.collection_name()
     raw = ctx.body.get("indexes")
     if raw is None:
-        raise CommandError(40414, "BSON field 'createIndexes.indexes' is missing but a "
+        raise CommandError(ErrorCode.Location40414,
+                           "BSON field 'createIndexes.indexes' is missing but a "
                            "required field")
     if not isinstance(raw, list):
         raise wrong_type("createIndexes.indexes", raw, "array")
     if not raw:
-        raise CommandError(2, "Must specify at least one index to create")
+        raise CommandError(ErrorCode.BadValue, "Must specify at least one index to create")
     specs = [parse_index_spec(check_index_spec(r, i)) for i, r in enumerate(raw)]
     created = ctx.access.collection(ctx.db, name) is None
     coll = ctx.access.ensure(ctx.db, name)
@@ -233,9 +242,11 @@ async def create_indexes(ctx: CommandContext) -> dict[str, Any]:
             if existing.spec.to_document() == spec.to_document():
                 continue
             if same_name is not None and same_name.spec.key != spec.key:
-                raise CommandError(86, f"An existing index has the same name as the requested "
+                raise CommandError(ErrorCode.IndexKeySpecsConflict,
+                                   f"An existing index has the same name as the requested "
                                    f"index but a different key: {spec.name}")
-            raise CommandError(85, f"An equivalent index already exists with a different name "
+            raise CommandError(ErrorCode.IndexOptionsConflict,
+                               f"An equivalent index already exists with a different name "
                                f"or options: {existing.spec.name}")
         store.create_index(ctx.unit, coll, spec)
     return {"numIndexesBefore": before, "numIndexesAfter": len(coll.indexes),
@@ -258,7 +269,8 @@ async def drop_indexes(ctx: CommandContext) -> dict[str, Any]:
     """Drop one index by name or key, several by name, or all but ``_id_`` with ``"*"``."""
     wanted = ctx.body.get("index")
     if wanted is None:
-        raise CommandError(40414, "BSON field 'dropIndexes.index' is missing but a required "
+        raise CommandError(ErrorCode.Location40414,
+                           "BSON field 'dropIndexes.index' is missing but a required "
                            "field")
     if isinstance(wanted, list) and not all(type(n) is str for n in wanted):
         bad = next(n for n in wanted if type(n) is not str)
@@ -277,14 +289,15 @@ async def drop_indexes(ctx: CommandContext) -> dict[str, Any]:
     elif isinstance(wanted, dict):
         names = [i.spec.name for i in coll.indexes.values() if dict(i.spec.key) == wanted]
         if not names:
-            raise CommandError(27, f"can't find index with key: {wanted}")
+            raise CommandError(ErrorCode.IndexNotFound, f"can't find index with key: {wanted}")
     else:
-        raise CommandError(14, "'index' must be a name, a key pattern, a list or '*'")
+        raise CommandError(ErrorCode.TypeMismatch,
+                           "'index' must be a name, a key pattern, a list or '*'")
     for name in names:
         if name == ID_INDEX:
-            raise CommandError(72, "cannot drop _id index")
+            raise CommandError(ErrorCode.InvalidOptions, "cannot drop _id index")
         if name not in coll.indexes:
-            raise CommandError(27, f"index not found with name [{name}]")
+            raise CommandError(ErrorCode.IndexNotFound, f"index not found with name [{name}]")
     for name in names:
         ctx.state.store.drop_index(ctx.unit, coll, name)
     return {"nIndexesWas": count, "ok": 1.0}

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from runtime.embedded.commands import arguments
-from runtime.embedded.commands.arguments import ArgCode, is_number
-from runtime.embedded.errors import CommandError
+from runtime.embedded.commands.arguments import is_number
+from runtime.embedded.errors import CommandError, ErrorCode
 
 
 def wrong_type(field: str, value: Any, expected: str) -> CommandError:
@@ -43,7 +43,7 @@ def check_string(body: dict[str, Any], field: str, command: str,
     if type(value) is not str:
         raise wrong_type(f"{command}.{field}", value, "string")
     if allowed and value not in allowed:
-        raise CommandError(ArgCode.BAD_VALUE, f"Enumeration value '{value}' for field "
+        raise CommandError(ErrorCode.BadValue, f"Enumeration value '{value}' for field "
                            f"'{command}.{field}' is not a valid value; use one of "
                            + ", ".join(allowed))
 
@@ -61,7 +61,7 @@ def check_number(body: dict[str, Any], field: str, command: str, low: float | No
         bound = f">= {low:g}" if low is not None else ""
         if high is not None:
             bound += (" and " if bound else "") + f"<= {high:g}"
-        raise CommandError(ArgCode.OUT_OF_RANGE, f"BSON field '{command}.{field}' value must "
+        raise CommandError(ErrorCode.Location51024, f"BSON field '{command}.{field}' value must "
                            f"be {bound}, actual value '{value}'")
 
 
@@ -77,13 +77,14 @@ def check_pre_and_post_images(body: dict[str, Any], command: str) -> None:
         return
     field = f"{command}.changeStreamPreAndPostImages"
     if "enabled" not in option:
-        raise CommandError(ArgCode.MISSING_FIELD, f"BSON field '{field}.enabled' is missing "
+        raise CommandError(ErrorCode.Location40414, f"BSON field '{field}.enabled' is missing "
                            "but a required field")
     if not isinstance(option["enabled"], bool | int | float):
         raise wrong_type(f"{field}.enabled", option["enabled"], "bool")
     unknown = [k for k in option if k != "enabled"]
     if unknown:
-        raise CommandError(40415, f"BSON field '{field}.{unknown[0]}' is an unknown field.")
+        raise CommandError(ErrorCode.Location40415,
+                           f"BSON field '{field}.{unknown[0]}' is an unknown field.")
 
 
 #: 1 PB: the largest capped collection size mongod accepts.

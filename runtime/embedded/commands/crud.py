@@ -23,7 +23,7 @@ from runtime.embedded.commands.registry import (
     sort_option,
 )
 from runtime.embedded.cursors import QueryCursor, first_batch_reply
-from runtime.embedded.errors import CommandError, WriteError
+from runtime.embedded.errors import CommandError, ErrorCode, WriteError
 from runtime.embedded.ordering import MISSING, document_sort_key, get_path, value_key
 from runtime.embedded.storage import Collection
 from runtime.embedded.update_description import same_value
@@ -59,9 +59,10 @@ def check_hint(coll: Collection | None, hint: Any) -> None:
     elif isinstance(hint, dict) and hint:
         found = any(dict(i.spec.key) == hint for i in coll.indexes.values())
     else:
-        raise CommandError(9, "hint must be a string or an object")
+        raise CommandError(ErrorCode.FailedToParse, "hint must be a string or an object")
     if not found:
-        raise CommandError(2, "error processing query: planner returned error :: caused by :: "
+        raise CommandError(ErrorCode.BadValue,
+                           "error processing query: planner returned error :: caused by :: "
                            "hint provided does not correspond to an existing index")
 
 
@@ -80,23 +81,25 @@ def check_collation(collation: Any) -> None:
         isinstance(collation, dict) and collation.get("locale") == "simple"
     ):
         return
-    raise CommandError(2, "collations other than {locale: 'simple'} are not supported by the "
+    raise CommandError(ErrorCode.BadValue,
+                       "collations other than {locale: 'simple'} are not supported by the "
                        "embedded server")
 
 
 def _prepare_insert(raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
-        raise WriteError(14, "document to insert must be an object")
+        raise WriteError(ErrorCode.TypeMismatch, "document to insert must be an object")
     doc: dict[str, Any] = raw
     if "_id" not in doc:
         doc = {"_id": ObjectId(), **doc}
     elif next(iter(doc)) != "_id":
         doc = {"_id": doc["_id"], **{k: v for k, v in doc.items() if k != "_id"}}
     if isinstance(doc["_id"], list):
-        raise WriteError(2, "can't use an array for _id")
+        raise WriteError(ErrorCode.BadValue, "can't use an array for _id")
     for key in doc:
         if key.startswith("$"):
-            raise WriteError(52, f"Document can't have $ prefixed field names: {key}")
+            raise WriteError(ErrorCode.DollarPrefixedFieldName,
+                             f"Document can't have $ prefixed field names: {key}")
     return doc
 
 
@@ -147,7 +150,8 @@ def _replacement(old: dict[str, Any] | None, replacement: dict[str, Any]) -> dic
     if "_id" in replacement and not same_value(replacement["_id"], old["_id"]) and (
         replacement["_id"] != old["_id"]
     ):
-        raise WriteError(66, "After applying the update, the (immutable) field '_id' was found "
+        raise WriteError(ErrorCode.ImmutableField,
+                         "After applying the update, the (immutable) field '_id' was found "
                          "to have been altered")
     return {"_id": old["_id"], **{k: v for k, v in replacement.items() if k != "_id"}}
 
@@ -169,15 +173,17 @@ def _upsert_document(query: dict[str, Any], update: dict[str, Any] | list[dict[s
 def _update_one_statement(ctx: CommandContext, coll: Collection, stmt: Any,
                           index: int, upserted: list[dict[str, Any]]) -> tuple[int, int]:
     if not isinstance(stmt, dict):
-        raise WriteError(14, "update statement must be an object")
+        raise WriteError(ErrorCode.TypeMismatch, "update statement must be an object")
     query = engine.validate_filter(stmt.get("q"))
     update = stmt.get("u")
     if not isinstance(update, dict | list):
-        raise WriteError(14, "BSON field 'update.updates.u' must be an object or an array")
+        raise WriteError(ErrorCode.TypeMismatch,
+                         "BSON field 'update.updates.u' must be an object or an array")
     multi = Fields(stmt, "update.updates").boolean("multi")
     is_replacement = isinstance(update, dict) and not engine.is_operator_update(update)
     if is_replacement and multi:
-        raise WriteError(9, "multi update is not supported for replacement-style update")
+        raise WriteError(ErrorCode.FailedToParse,
+                         "multi update is not supported for replacement-style update")
     array_filters = stmt.get("arrayFilters")
     sort = sort_option(stmt, "sort")
     check_hint(coll, stmt.get("hint"))
@@ -244,11 +250,12 @@ async def delete(ctx: CommandContext) -> dict[str, Any]:
     for index, stmt in enumerate(statements):
         try:
             if not isinstance(stmt, dict):
-                raise WriteError(14, "delete statement must be an object")
+                raise WriteError(ErrorCode.TypeMismatch, "delete statement must be an object")
             query = engine.validate_filter(stmt.get("q"))
             limit = arguments.safe_long(stmt.get("limit") or 0)
             if limit not in (0, 1):
-                raise WriteError(9, "The limit field in delete objects must be 0 or 1")
+                raise WriteError(ErrorCode.FailedToParse,
+                                 "The limit field in delete objects must be 0 or 1")
             if coll is None:
                 continue
             check_hint(coll, stmt.get("hint"))
@@ -309,9 +316,11 @@ async def find(ctx: CommandContext) -> dict[str, Any]:
     """Query a collection; returns a cursor."""
     for key, value in ctx.body.items():
         if key in _FIND_UNSUPPORTED and value:
-            raise CommandError(2, f"find option '{key}' is not supported by the embedded server")
+            raise CommandError(ErrorCode.BadValue,
+                               f"find option '{key}' is not supported by the embedded server")
         if key not in _FIND_FIELDS and key not in _FIND_UNSUPPORTED and key not in GENERIC_FIELDS:
-            raise CommandError(40415, f"BSON field 'find.{key}' is an unknown field.")
+            raise CommandError(ErrorCode.Location40415,
+                               f"BSON field 'find.{key}' is an unknown field.")
     fields = arguments.check_find(ctx.body)
     ctx.variables = engine.let_variables(ctx.body.get("let"), ctx.variables)
     check_collation(ctx.body.get("collation"))
@@ -413,9 +422,11 @@ async def find_and_modify(ctx: CommandContext) -> dict[str, Any]:
     args.documents("arrayFilters")
     arguments.hint(args)
     if remove and (update is not None or upsert or return_new):
-        raise CommandError(9, "Cannot specify remove together with update, upsert or new")
+        raise CommandError(ErrorCode.FailedToParse,
+                           "Cannot specify remove together with update, upsert or new")
     if not remove and not isinstance(update, dict | list):
-        raise CommandError(9, "Either an update or remove=true must be specified")
+        raise CommandError(ErrorCode.FailedToParse,
+                           "Either an update or remove=true must be specified")
     coll = ctx.access.collection(ctx.db, name)
     check_hint(coll, body.get("hint"))
     old = next(matching(ctx, coll, query, sort, 1), None) if coll is not None else None

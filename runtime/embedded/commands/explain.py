@@ -20,7 +20,7 @@ from bson.int64 import Int64
 from runtime.embedded import engine, planner
 from runtime.embedded.commands import arguments
 from runtime.embedded.commands.registry import CommandContext, command, sort_option
-from runtime.embedded.errors import CommandError
+from runtime.embedded.errors import CommandError, ErrorCode
 from runtime.embedded.storage import Collection
 
 
@@ -52,7 +52,8 @@ def _number(body: dict[str, Any], name: str) -> int:
 def _first(body: dict[str, Any], field: str, kind: str) -> dict[str, Any]:
     statements = body.get(field)
     if not isinstance(statements, list) or not statements or not isinstance(statements[0], dict):
-        raise CommandError(9, f"explain of {kind} needs at least one statement in '{field}'")
+        raise CommandError(ErrorCode.FailedToParse,
+                           f"explain of {kind} needs at least one statement in '{field}'")
     statement: dict[str, Any] = statements[0]
     return statement
 
@@ -61,7 +62,7 @@ def _describe(name: str, body: dict[str, Any]) -> _Query:
     """The read an explainable command performs."""
     target = body.get(name)
     if type(target) is not str or not target:
-        raise CommandError(73, f"'{name}' needs a collection name string")
+        raise CommandError(ErrorCode.InvalidNamespace, f"'{name}' needs a collection name string")
     if name == "find":
         return _Query(target, engine.validate_filter(body.get("filter")), sort_option(body),
                       _number(body, "skip"), _number(body, "limit"))
@@ -89,7 +90,8 @@ def _describe(name: str, body: dict[str, Any]) -> _Query:
                 isinstance(pipeline[0].get("$match"), dict):
             query = pipeline[0]["$match"]
         return _Query(target, query)
-    raise CommandError(2, f"explain of '{name}' is not supported by the embedded server")
+    raise CommandError(ErrorCode.BadValue,
+                       f"explain of '{name}' is not supported by the embedded server")
 
 
 def _winning_plan(coll: Collection | None, read: _Query, chosen: planner.Plan) -> dict[str, Any]:
@@ -146,12 +148,13 @@ async def explain(ctx: CommandContext) -> dict[str, Any]:
     """Describe (and, unless ``verbosity`` is queryPlanner, run) the plan of a command."""
     inner = ctx.body.get("explain")
     if not isinstance(inner, dict) or not inner:
-        raise CommandError(14, "explain command requires a nested object")
+        raise CommandError(ErrorCode.TypeMismatch, "explain command requires a nested object")
     raw_verbosity = ctx.body.get("verbosity", Verbosity.ALL_PLANS.value)
     try:
         verbosity = Verbosity(raw_verbosity)
     except ValueError:
-        raise CommandError(2, f"verbosity string must be one of {[v.value for v in Verbosity]}"
+        raise CommandError(ErrorCode.BadValue,
+                           f"verbosity string must be one of {[v.value for v in Verbosity]}"
                            ) from None
     name = next(iter(inner))
     read = _describe(name, inner)

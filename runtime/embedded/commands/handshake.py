@@ -16,7 +16,7 @@ from bson import ObjectId
 from bson.int64 import Int64
 
 from runtime.embedded.commands.registry import GENERIC_FIELDS, CommandContext, command
-from runtime.embedded.errors import CommandError
+from runtime.embedded.errors import CommandError, ErrorCode
 from runtime.embedded.planner import QUERY_EXECUTOR
 from runtime.embedded.users import Mechanism
 from runtime.embedded.wire import MAX_BSON_SIZE, MAX_MESSAGE_SIZE
@@ -36,7 +36,8 @@ async def hello(ctx: CommandContext) -> dict[str, Any]:
     conn = ctx.connection
     if "client" in ctx.body:
         if conn.get("metadata_seen"):
-            raise CommandError(186, "The client metadata document may only be sent in the first "
+            raise CommandError(ErrorCode.ClientMetadataCannotBeMutated,
+                               "The client metadata document may only be sent in the first "
                                "hello")
         conn["metadata_seen"] = True
         app = ctx.body["client"].get("application") if isinstance(ctx.body["client"], dict) \
@@ -118,14 +119,17 @@ async def set_parameter(ctx: CommandContext) -> dict[str, Any]:
     """Change a runtime parameter; only ``transactionLifetimeLimitSeconds`` is supported."""
     wanted = {k: v for k, v in ctx.body.items() if k not in GENERIC_FIELDS and k != ctx.name}
     if not wanted:
-        raise CommandError(2, "no option found to set, use help:true to see options")
+        raise CommandError(ErrorCode.BadValue,
+                           "no option found to set, use help:true to see options")
     unknown = [k for k in wanted if k not in SETTABLE_PARAMETERS]
     if unknown:
-        raise CommandError(2, f"attempted to set unrecognized parameter [{unknown[0]}]; "
+        raise CommandError(ErrorCode.BadValue,
+                           f"attempted to set unrecognized parameter [{unknown[0]}]; "
                            f"supported: {', '.join(SETTABLE_PARAMETERS)}")
     value = wanted["transactionLifetimeLimitSeconds"]
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 1:
-        raise CommandError(2, "transactionLifetimeLimitSeconds must be a number >= 1")
+        raise CommandError(ErrorCode.BadValue,
+                           "transactionLifetimeLimitSeconds must be a number >= 1")
     was = ctx.state.transaction_lifetime_s
     ctx.state.transaction_lifetime_s = value
     return {"was": was, "ok": 1.0}

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime.embedded.access import Access, Transaction
 from runtime.embedded.datastore import WriteUnit
-from runtime.embedded.errors import CommandError
+from runtime.embedded.errors import CommandError, ErrorCode
 
 if TYPE_CHECKING:
     from runtime.embedded.sessions import Session
@@ -43,7 +43,8 @@ class CommandContext:
         """The collection named by the command's first field, validated."""
         value = self.body.get(self.name)
         if type(value) is not str or not value:  # bson's Code is a str subclass
-            raise CommandError(73, f"collection name has invalid type {type(value).__name__}; "
+            raise CommandError(ErrorCode.InvalidNamespace,
+                               f"collection name has invalid type {type(value).__name__}; "
                                f"'{self.name}' needs a collection name string")
         return value
 
@@ -88,9 +89,11 @@ def int_option(body: dict[str, Any], name: str, default: int | None = None) -> i
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise CommandError(14, f"BSON field '{name}' is the wrong type, expected a number")
+        raise CommandError(ErrorCode.TypeMismatch,
+                           f"BSON field '{name}' is the wrong type, expected a number")
     if value < 0:
-        raise CommandError(2, f"BSON field '{name}' value must be >= 0, actual value '{value}'")
+        raise CommandError(ErrorCode.BadValue,
+                           f"BSON field '{name}' value must be >= 0, actual value '{value}'")
     return int(value)
 
 
@@ -100,7 +103,7 @@ def doc_option(body: dict[str, Any], name: str) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise CommandError(14, f"BSON field '{name}' is the wrong type "
+        raise CommandError(ErrorCode.TypeMismatch, f"BSON field '{name}' is the wrong type "
                            f"'{type(value).__name__}', expected type 'object'")
     return value
 
@@ -116,7 +119,8 @@ def sort_option(body: dict[str, Any], name: str = "sort") -> list[tuple[str, int
             result.append((path, -1))  # {$meta: ...}: no text scores here, keep order stable
             continue
         if direction not in (1, -1):
-            raise CommandError(15974, f"Illegal key in $sort specification: {path}: "
+            raise CommandError(ErrorCode.Location15974,
+                               f"Illegal key in $sort specification: {path}: "
                                f"{direction!r}; use 1 or -1")
         result.append((path, int(direction)))
     return result

@@ -14,7 +14,7 @@ import dataclasses
 from typing import Any
 
 from runtime.embedded.commands.registry import CommandContext, command
-from runtime.embedded.errors import CommandError
+from runtime.embedded.errors import CommandError, ErrorCode
 from runtime.embedded.roles import RoleGrant, parse_roles, privileges
 from runtime.embedded.users import Mechanism, ScramCredential, User, new_user
 
@@ -60,10 +60,12 @@ async def connection_status(ctx: CommandContext) -> dict[str, Any]:
 def _name(ctx: CommandContext) -> str:
     value = ctx.body.get(ctx.name)
     if not isinstance(value, str) or not value:
-        raise CommandError(14, f"{ctx.name} needs the user name as a non-empty string, e.g. "
+        raise CommandError(ErrorCode.TypeMismatch,
+                           f"{ctx.name} needs the user name as a non-empty string, e.g. "
                            f"{{{ctx.name}: 'alice'}}")
     if ctx.db == "$external":
-        raise CommandError(2, f"{ctx.name}: users on $external are not supported; use a "
+        raise CommandError(ErrorCode.BadValue,
+                           f"{ctx.name}: users on $external are not supported; use a "
                            "database such as admin")
     return value
 
@@ -73,7 +75,8 @@ def _check_fields(ctx: CommandContext) -> None:
 
     for key in ctx.body:
         if key != ctx.name and key not in GENERIC_FIELDS and key not in _USER_FIELDS:
-            raise CommandError(40415, f"BSON field '{ctx.name}.{key}' is an unknown field.")
+            raise CommandError(ErrorCode.Location40415,
+                               f"BSON field '{ctx.name}.{key}' is an unknown field.")
 
 
 def _mechanisms(ctx: CommandContext) -> list[Mechanism] | None:
@@ -81,29 +84,34 @@ def _mechanisms(ctx: CommandContext) -> list[Mechanism] | None:
     if raw is None:
         return None
     if not isinstance(raw, list) or not raw:
-        raise CommandError(2, f"{ctx.name}: 'mechanisms' must be a non-empty array of "
+        raise CommandError(ErrorCode.BadValue,
+                           f"{ctx.name}: 'mechanisms' must be a non-empty array of "
                            "SCRAM-SHA-1 and/or SCRAM-SHA-256")
     try:
         return [Mechanism(m) for m in raw]
     except ValueError:
-        raise CommandError(2, f"{ctx.name}: unknown mechanism in 'mechanisms'; use "
+        raise CommandError(ErrorCode.BadValue,
+                           f"{ctx.name}: unknown mechanism in 'mechanisms'; use "
                            "SCRAM-SHA-1 and/or SCRAM-SHA-256") from None
 
 
 def _password(ctx: CommandContext, required: bool) -> str | None:
     if "pwd" not in ctx.body:
         if required:
-            raise CommandError(2, "Must provide a 'pwd' field for all user documents, except "
+            raise CommandError(ErrorCode.BadValue,
+                               "Must provide a 'pwd' field for all user documents, except "
                                "those with '$external' as the user's source db")
         return None
     pwd = ctx.body["pwd"]
     if not isinstance(pwd, str):
-        raise CommandError(14, f"BSON field '{ctx.name}.pwd' is the wrong type, expected "
+        raise CommandError(ErrorCode.TypeMismatch,
+                           f"BSON field '{ctx.name}.pwd' is the wrong type, expected "
                            "type 'string'")
     if not pwd:
-        raise CommandError(2, "User passwords must not be empty")
+        raise CommandError(ErrorCode.BadValue, "User passwords must not be empty")
     if ctx.body.get("digestPassword") is False:
-        raise CommandError(2, f"{ctx.name}: digestPassword: false is not supported (the "
+        raise CommandError(ErrorCode.BadValue,
+                           f"{ctx.name}: digestPassword: false is not supported (the "
                            "server derives SCRAM keys itself); leave it out")
     return pwd
 
@@ -111,7 +119,8 @@ def _password(ctx: CommandContext, required: bool) -> str | None:
 def _custom_data(ctx: CommandContext) -> dict[str, Any] | None:
     custom = ctx.body.get("customData")
     if custom is not None and not isinstance(custom, dict):
-        raise CommandError(14, f"BSON field '{ctx.name}.customData' is the wrong type, "
+        raise CommandError(ErrorCode.TypeMismatch,
+                           f"BSON field '{ctx.name}.customData' is the wrong type, "
                            "expected type 'object'")
     return custom
 
@@ -119,9 +128,11 @@ def _custom_data(ctx: CommandContext) -> dict[str, Any] | None:
 def _existing(ctx: CommandContext, name: str) -> User:
     user = ctx.state.auth.users.get(ctx.db, name)
     if user is None:
-        raise CommandError(11, f"Could not find user \"{name}\" for db \"{ctx.db}\"")
+        raise CommandError(ErrorCode.UserNotFound,
+                           f"Could not find user \"{name}\" for db \"{ctx.db}\"")
     if user.from_file:
-        raise CommandError(2, f"{ctx.name}: user {name}@{ctx.db} is defined in --users-file; "
+        raise CommandError(ErrorCode.BadValue,
+                           f"{ctx.name}: user {name}@{ctx.db} is defined in --users-file; "
                            "edit that file and restart the server to change it")
     return dataclasses.replace(user)  # the registry's copy is shared: change a new one
 
@@ -134,11 +145,11 @@ async def create_user(ctx: CommandContext) -> dict[str, Any]:
     password = _password(ctx, required=True)
     assert password is not None
     if "roles" not in ctx.body:
-        raise CommandError(2, "createUser needs a 'roles' array (it may be empty)")
+        raise CommandError(ErrorCode.BadValue, "createUser needs a 'roles' array (it may be empty)")
     roles = parse_roles(ctx.body["roles"], ctx.db, "createUser")
     registry = ctx.state.auth.users
     if registry.get(ctx.db, name) is not None:
-        raise CommandError(51, f"User \"{name}@{ctx.db}\" already exists")
+        raise CommandError(ErrorCode.UserAlreadyExists, f"User \"{name}@{ctx.db}\" already exists")
     user = new_user(name, ctx.db, password, roles, _mechanisms(ctx))
     user.custom_data = _custom_data(ctx)
     registry.save(ctx.unit, user)
@@ -155,7 +166,8 @@ async def update_user(ctx: CommandContext) -> dict[str, Any]:
     mechanisms = _mechanisms(ctx)
     if password is None and mechanisms is None and "roles" not in ctx.body \
             and "customData" not in ctx.body:
-        raise CommandError(2, "updateUser: nothing to update; give pwd, roles, mechanisms or "
+        raise CommandError(ErrorCode.BadValue,
+                           "updateUser: nothing to update; give pwd, roles, mechanisms or "
                            "customData")
     if password is not None:
         chosen = mechanisms or [Mechanism(m) for m in user.mechanisms] or list(Mechanism)
@@ -163,7 +175,8 @@ async def update_user(ctx: CommandContext) -> dict[str, Any]:
     elif mechanisms is not None:
         missing = [m for m in mechanisms if m not in user.credentials]
         if missing:
-            raise CommandError(2, f"updateUser: adding {missing[0]} needs the password; "
+            raise CommandError(ErrorCode.BadValue,
+                               f"updateUser: adding {missing[0]} needs the password; "
                                "give pwd as well")
         user.credentials = {m: c for m, c in user.credentials.items() if m in mechanisms}
     if "roles" in ctx.body:
@@ -179,7 +192,8 @@ async def drop_user(ctx: CommandContext) -> dict[str, Any]:
     """Remove a user; connections authenticated as it lose their access at once."""
     name = _name(ctx)
     if not ctx.state.auth.users.delete(ctx.unit, ctx.db, name):
-        raise CommandError(11, f"Could not find user \"{name}\" for db \"{ctx.db}\"")
+        raise CommandError(ErrorCode.UserNotFound,
+                           f"Could not find user \"{name}\" for db \"{ctx.db}\"")
     return {"ok": 1.0}
 
 
@@ -241,7 +255,8 @@ async def users_info(ctx: CommandContext) -> dict[str, Any]:
                     and isinstance(target.get("db", ctx.db), str):
                 who = (target.get("db", ctx.db), target["user"])
             else:
-                raise CommandError(2, "usersInfo takes 1, a user name, {user, db}, an array "
+                raise CommandError(ErrorCode.BadValue,
+                                   "usersInfo takes 1, a user name, {user, db}, an array "
                                    "of those, or {forAllDBs: true}")
             user = registry.get(*who)
             if user is not None:
