@@ -38,7 +38,7 @@ _DB_ACTIONS: dict[str, Action] = {
                     Action.WRITE),
     **dict.fromkeys(("create", "createIndexes", "drop", "dropIndexes", "deleteIndexes"),
                     Action.MANAGE),
-    **dict.fromkeys(("collMod", "dropDatabase"), Action.DB_ADMIN),
+    **dict.fromkeys(("collMod", "dropDatabase", "validate"), Action.DB_ADMIN),
     **dict.fromkeys(("createUser", "updateUser", "dropUser", "dropAllUsersFromDatabase",
                      "grantRolesToUser", "revokeRolesFromUser", "usersInfo"),
                     Action.USER_ADMIN),

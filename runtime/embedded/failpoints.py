@@ -15,6 +15,10 @@ Fail points, in modes ``alwaysOn``, ``{times: n}``, ``{skip: n}`` and ``off``:
     ``failBeforeCommitExceptionCode`` fails the write before it is applied; otherwise the write
     is applied and recorded, and then the connection is closed without a reply
     (``closeConnection``, default true), so the driver's retry must find the recorded result.
+``maxTimeAlwaysTimeOut``
+    Every command that carries a time limit (``maxTimeMS`` > 0) fails with MaxTimeMSExpired
+    (50) "operation exceeded time limit", as if its time ran out; drivers' suites use it to test
+    their handling of server-side timeouts.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from typing import Any
 
 from runtime.embedded.errors import RESUMABLE_CHANGE_STREAM_CODES, CommandError, ErrorCode
 
-SUPPORTED = ("failCommand", "failGetMoreAfterCursorCheckout", "onPrimaryTransactionalWrite")
+SUPPORTED = ("failCommand", "failGetMoreAfterCursorCheckout", "onPrimaryTransactionalWrite",
+             "maxTimeAlwaysTimeOut")
 
 
 @dataclass
@@ -122,8 +127,15 @@ class FailPoints:
         return 0 if old is None else 1
 
     def check(self, command: str, app_name: str | None,
-              is_change_stream_get_more: bool) -> Injected | None:
-        """The failure to inject into this command, if a fail point applies."""
+              is_change_stream_get_more: bool, time_limited: bool = False) -> Injected | None:
+        """The failure to inject into this command, if a fail point applies.
+
+        ``time_limited``: the command carries ``maxTimeMS`` (for ``maxTimeAlwaysTimeOut``).
+        """
+        point = self.points.get("maxTimeAlwaysTimeOut")
+        if point is not None and time_limited and point.fire():
+            return Injected(error=CommandError(ErrorCode.MaxTimeMSExpired,
+                                               "operation exceeded time limit"))
         point = self.points.get("failCommand")
         if point is not None and command in point.data.get("failCommands", []):
             wanted_app = point.data.get("appName")

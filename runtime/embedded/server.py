@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import gc
 import itertools
 import logging
@@ -23,7 +24,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +241,7 @@ class EmbeddedMongoServer:
                                       "peer": f"{peer[0]}:{peer[1]}" if peer else ""}
         state.connection_count += 1
         state.connections_made += 1
+        state.operations.connected(connection)
         self._connections.add(writer)
         task = asyncio.current_task()
         if task is not None:
@@ -249,8 +251,7 @@ class EmbeddedMongoServer:
                 raw_header = await reader.readexactly(wire.HEADER.size)
                 header = wire.parse_header(raw_header)
                 payload = await reader.readexactly(header.length - wire.HEADER.size)
-                reply = await self._handle_message(header, payload, connection)
-                if reply is not None:
+                async for reply in self._replies(header, payload, connection):
                     writer.write(reply)
                     await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, CloseConnection,
@@ -265,18 +266,44 @@ class EmbeddedMongoServer:
                 self._handlers.discard(task)
             self._connections.discard(writer)
             state.connection_count -= 1
+            state.operations.disconnected(connection)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _handle_message(self, header: wire.Header, payload: bytes,
-                              connection: dict[str, Any]) -> bytes | None:
-        """The reply to one well-framed message (None for a moreToCome request). Whatever is
-        wrong inside the message is answered with an error document, never by closing."""
-        assert self.state is not None
+    async def _replies(self, header: wire.Header, payload: bytes,
+                       connection: dict[str, Any]) -> AsyncIterator[bytes]:
+        """The replies to one well-framed message: none for a moreToCome request, one usually,
+        and for a ``getMore`` sent with exhaustAllowed the whole exhaust stream (OP_MSG spec:
+        each batch but the last flagged moreToCome, answering the previous reply), so the
+        driver reads batch after batch without sending getMores."""
+        request = await self._handle_message(header, payload, connection)
+        if request is None:
+            return
+        reply, body, exhaust = request
+        response_to = header.request_id
         response_id = next(self._request_ids)
+        while exhaust and reply.get("ok") and _open_cursor(reply):
+            yield _encode(functools.partial(wire.encode_op_msg, flags=wire.FLAG_MORE_TO_COME),
+                          response_to, response_id, reply)
+            response_to, response_id = response_id, next(self._request_ids)
+            assert self.state is not None
+            reply = await self.state.execute(body, connection)
+        encoder: Callable[[int, int, dict[str, Any]], bytes] = wire.encode_op_msg
         if header.op_code == wire.OP_QUERY:
-            return await self._handle_op_query(header, payload, connection, response_id)
+            # A legacy query's $err answer carries the QueryFailure flag.
+            encoder = functools.partial(wire.encode_op_reply, query_failure="$err" in reply)
+        yield _encode(encoder, response_to, response_id, reply)
+
+    async def _handle_message(self, header: wire.Header, payload: bytes,
+                              connection: dict[str, Any]
+                              ) -> tuple[dict[str, Any], dict[str, Any], bool] | None:
+        """The reply document to one well-framed message, the request body and whether the
+        reply may start an exhaust stream (None for a moreToCome request). Whatever is wrong
+        inside the message is answered with an error document, never by closing."""
+        assert self.state is not None
+        if header.op_code == wire.OP_QUERY:
+            return await self._handle_op_query(header, payload, connection), {}, False
         try:
             if header.op_code != wire.OP_MSG:
                 raise _unsupported_op_code(header.op_code)
@@ -288,29 +315,26 @@ class EmbeddedMongoServer:
                     wire.verify_checksum(header, payload)
             request = wire.parse_op_msg(header, payload)
         except wire.BadRequest as exc:
-            doc = CommandError(exc.code, exc.message).to_document()
-            return _encode(wire.encode_op_msg, header.request_id, response_id, doc)
+            return CommandError(exc.code, exc.message).to_document(), {}, False
         reply = await self.state.execute(request.body, connection)
         if request.more_to_come:
             return None
-        return _encode(wire.encode_op_msg, header.request_id, response_id, reply)
+        exhaust = request.exhaust_allowed and next(iter(request.body), "") == "getMore"
+        return reply, request.body, exhaust
 
     async def _handle_op_query(self, header: wire.Header, payload: bytes,
-                               connection: dict[str, Any], response_id: int) -> bytes:
+                               connection: dict[str, Any]) -> dict[str, Any]:
         """Legacy OP_QUERY: only the handshake (``hello`` on ``<db>.$cmd``) is served."""
         assert self.state is not None
         try:
             full_name, request = wire.parse_op_query(header, payload)
         except wire.BadRequest as exc:
-            doc = CommandError(exc.code, exc.message).to_document()
-            return _encode(wire.encode_op_reply, header.request_id, response_id, doc)
+            return CommandError(exc.code, exc.message).to_document()
         if not full_name.endswith(".$cmd"):
             # mongod's answer to a legacy query (find) since 5.1: an $err document.
             message = wire.LEGACY_REMOVED_MESSAGE.format("OP_QUERY")
-            doc = {"$err": message, "errmsg": message, "code": wire.WireError.OP_QUERY_REMOVED,
-                   "ok": 0.0}
-            return wire.encode_op_reply(header.request_id, response_id, doc,
-                                        query_failure=True)
+            return {"$err": message, "errmsg": message,
+                    "code": wire.WireError.OP_QUERY_REMOVED, "ok": 0.0}
         name = next(iter(request.body), "")
         if name not in HELLO_COMMANDS:
             doc = CommandError(ErrorCode.UnsupportedOpQueryCommand,
@@ -318,7 +342,7 @@ class EmbeddedMongoServer:
                                "driver may require an upgrade.").to_document()
         else:
             doc = await self.state.execute(request.body, connection)
-        return _encode(wire.encode_op_reply, header.request_id, response_id, doc)
+        return doc
 
 
 def _unsupported_op_code(op_code: int) -> wire.BadRequest:
@@ -342,6 +366,11 @@ def _encode(encoder: Callable[[int, int, dict[str, Any]], bytes], response_to: i
         error = CommandError(ErrorCode.InternalError,
                              f"internal error: reply cannot be encoded: {exc}").to_document()
         return encoder(response_to, request_id, error)
+
+
+def _open_cursor(reply: dict[str, Any]) -> bool:
+    cursor = reply.get("cursor")
+    return isinstance(cursor, dict) and bool(cursor.get("id"))
 
 
 def _advertised_host(host: str) -> str:

@@ -223,10 +223,11 @@ def parse_op_query(header: Header, payload: bytes) -> tuple[str, Request]:
     return full_name, Request(request_id=header.request_id, op_code=OP_QUERY, body=query)
 
 
-def encode_op_msg(response_to: int, request_id: int, doc: dict[str, Any]) -> bytes:
-    """Encode a single-section OP_MSG reply."""
+def encode_op_msg(response_to: int, request_id: int, doc: dict[str, Any],
+                  flags: int = 0) -> bytes:
+    """Encode a single-section OP_MSG reply (``flags``: e.g. moreToCome in an exhaust stream)."""
     body = bson.encode(doc, codec_options=CODEC)
-    payload = struct.pack("<I", 0) + b"\x00" + body
+    payload = struct.pack("<I", flags) + b"\x00" + body
     return HEADER.pack(HEADER.size + len(payload), request_id, response_to, OP_MSG) + payload
 
 

@@ -273,3 +273,25 @@ def test_fail_the_handshake_of_one_application(
     assert len(heartbeats.failures) == 1
     assert heartbeats.successes >= 1
     assert client.admin.command("ping")["ok"] == 1
+
+
+def test_max_time_always_time_out_fails_commands_with_a_time_limit(
+        fresh_server: ServerFactory) -> None:
+    """``maxTimeAlwaysTimeOut`` (mongod's fail point, used by drivers' suites): a command with
+    ``maxTimeMS`` fails with MaxTimeMSExpired (50); one without a limit runs."""
+    from pymongo.errors import ExecutionTimeout
+
+    server = fresh_server(in_memory=True, enable_test_commands=True)
+    client: MongoClient[dict[str, Any]] = MongoClient(server.uri)
+    try:
+        client.db.items.insert_one({"_id": 1})
+        client.admin.command({"configureFailPoint": "maxTimeAlwaysTimeOut",
+                              "mode": "alwaysOn"})
+        with pytest.raises(ExecutionTimeout) as info:
+            client.db.items.find_one({}, max_time_ms=100_000)
+        assert info.value.code == 50
+        assert client.db.items.find_one({}) == {"_id": 1}
+        client.admin.command({"configureFailPoint": "maxTimeAlwaysTimeOut", "mode": "off"})
+        assert client.db.items.find_one({}, max_time_ms=100_000) == {"_id": 1}
+    finally:
+        client.close()

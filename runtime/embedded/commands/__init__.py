@@ -9,6 +9,7 @@ from runtime.embedded.commands import (  # noqa: F401  (imported for registratio
     testing,
     transactions,
     users,
+    validate,
 )
 from runtime.embedded.commands.registry import COMMANDS, CommandInfo
 
