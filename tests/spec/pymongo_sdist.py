@@ -153,9 +153,10 @@ def installed_pymongo_version() -> str:
     return importlib.metadata.version("pymongo")
 
 
-def _download_sdist(version: str, cache_dir: Path, timeout: float) -> Path:
-    """Return the sdist tarball of ``pymongo==version``, downloading it if needed."""
-    tarball = cache_dir / f"pymongo-{version}.tar.gz"
+def _download_sdist(version: str, cache_dir: Path, timeout: float,
+                    package: str = "pymongo") -> Path:
+    """Return the sdist tarball of ``package==version``, downloading it if needed."""
+    tarball = cache_dir / f"{package}-{version}.tar.gz"
     if tarball.is_file():
         return tarball
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +165,7 @@ def _download_sdist(version: str, cache_dir: Path, timeout: float) -> Path:
         "-m",
         "pip",
         "download",
-        f"pymongo=={version}",
+        f"{package}=={version}",
         "--no-binary",
         ":all:",
         "--no-deps",
@@ -179,18 +180,23 @@ def _download_sdist(version: str, cache_dir: Path, timeout: float) -> Path:
     if proc.returncode != 0 or not tarball.is_file():
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
         raise SdistUnavailable(
-            f"could not download the pymongo {version} sdist into {cache_dir} "
-            f"(put pymongo-{version}.tar.gz there to work offline):\n{tail}"
+            f"could not download the {package} {version} sdist into {cache_dir} "
+            f"(put {package}-{version}.tar.gz there to work offline):\n{tail}"
         )
     return tarball
 
 
 def ensure_test_tree(
-    version: str | None = None, cache_dir: Path = CACHE_DIR, download_timeout: float = 600
+    version: str | None = None,
+    cache_dir: Path = CACHE_DIR,
+    download_timeout: float = 600,
+    package: str = "pymongo",
 ) -> Path:
     """Return a directory that holds the sdist's ``test/`` tree and a ``pytest.ini``.
 
-    The directory (``<cache_dir>/pymongo-<version>-tests``) is created on first use;
+    ``package`` is the distribution whose sdist is used (``pymongo`` by default; the
+    same works for other drivers that ship their tests, e.g. ``motor``). The directory
+    (``<cache_dir>/<package>-<version>-tests``) is created on first use;
     extraction goes to a temporary directory that is renamed into place, so concurrent
     callers never see a half-extracted tree.
 
@@ -198,25 +204,25 @@ def ensure_test_tree(
         SdistUnavailable: if the tarball is not cached and cannot be downloaded, or
             does not contain ``test/``.
     """
-    version = version or installed_pymongo_version()
-    root = cache_dir / f"pymongo-{version}-tests"
-    if (root / "test" / "unified_format.py").is_file() and (root / "pytest.ini").is_file():
+    version = version or importlib.metadata.version(package)
+    root = cache_dir / f"{package}-{version}-tests"
+    if (root / "test" / "__init__.py").is_file() and (root / "pytest.ini").is_file():
         return root
-    tarball = _download_sdist(version, cache_dir, download_timeout)
-    staging = Path(tempfile.mkdtemp(prefix=f".pymongo-{version}-", dir=cache_dir))
+    tarball = _download_sdist(version, cache_dir, download_timeout, package)
+    staging = Path(tempfile.mkdtemp(prefix=f".{package}-{version}-", dir=cache_dir))
     try:
-        prefix = f"pymongo-{version}/test/"
+        prefix = f"{package}-{version}/test/"
         with tarfile.open(tarball, "r:gz") as archive:
             members = [m for m in archive.getmembers() if m.name.startswith(prefix)]
             if not members:
                 raise SdistUnavailable(f"{tarball} has no {prefix} directory")
             archive.extractall(staging, members=members, filter="data")
-        extracted = staging / f"pymongo-{version}"
+        extracted = staging / f"{package}-{version}"
         (extracted / "pytest.ini").write_text(_PYTEST_INI, encoding="utf-8")
         try:
             extracted.rename(root)
         except OSError:
-            if not (root / "test" / "unified_format.py").is_file():
+            if not (root / "test" / "__init__.py").is_file():
                 raise
             # Another process won the race; its tree is as good as ours.
     finally:
@@ -234,7 +240,7 @@ def _child_env(host: str, port: int, extra: Mapping[str, str] | None) -> dict[st
 
 
 def run_suite(
-    module: str,
+    module: str | Sequence[str],
     host: str,
     port: int,
     junit_path: Path,
@@ -249,7 +255,8 @@ def run_suite(
     """Run ``test/<module>`` of the sdist against ``host:port`` and parse the results.
 
     Args:
-        module: File name in the sdist's ``test/`` directory, e.g. ``test_change_stream.py``.
+        module: File name in the sdist's ``test/`` directory, e.g. ``test_change_stream.py``
+            (or several, e.g. ``["asyncio_tests/test_asyncio_collection.py", ...]``).
         host, port: The server under test (``DB_IP``/``DB_PORT``).
         junit_path: Where pytest writes its JUnit XML report.
         select: ``-k`` expression (default ``Unified``: only the unified-format tests).
@@ -274,7 +281,7 @@ def run_suite(
         str(tree / "pytest.ini"),
         "--rootdir",
         str(tree),
-        f"test/{module}",
+        *[f"test/{m}" for m in ([module] if isinstance(module, str) else module)],
         "-p",
         "no:cacheprovider",
         "-q",
