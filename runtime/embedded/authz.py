@@ -32,22 +32,24 @@ AUTHENTICATED_COMMANDS = frozenset({
 })
 
 _DB_ACTIONS: dict[str, Action] = {
-    **dict.fromkeys(("find", "count", "distinct", "getMore", "aggregate"), Action.FIND),
+    **dict.fromkeys(("find", "count", "distinct", "getMore", "aggregate", "dataSize", "dbHash"),
+                    Action.FIND),
     **dict.fromkeys(("listCollections", "listIndexes", "dbStats", "collStats"), Action.LIST),
     **dict.fromkeys(("insert", "update", "delete", "findAndModify", "findandmodify"),
                     Action.WRITE),
     **dict.fromkeys(("create", "createIndexes", "drop", "dropIndexes", "deleteIndexes"),
                     Action.MANAGE),
-    **dict.fromkeys(("collMod", "dropDatabase", "validate"), Action.DB_ADMIN),
+    **dict.fromkeys(("collMod", "dropDatabase", "validate", "profile"), Action.DB_ADMIN),
     **dict.fromkeys(("createUser", "updateUser", "dropUser", "dropAllUsersFromDatabase",
                      "grantRolesToUser", "revokeRolesFromUser", "usersInfo"),
                     Action.USER_ADMIN),
 }
 
 _CLUSTER_ACTIONS: dict[str, Action] = {
-    **dict.fromkeys(("serverStatus", "getCmdLineOpts", "hostInfo", "getLog", "getParameter"),
-                    Action.CLUSTER_MONITOR),
-    **dict.fromkeys(("setParameter", "killAllSessions", "configureFailPoint"),
+    **dict.fromkeys(("serverStatus", "getCmdLineOpts", "hostInfo", "getLog", "getParameter",
+                     "replSetGetStatus", "getDefaultRWConcern", "top", "lockInfo",
+                     "connPoolStats"), Action.CLUSTER_MONITOR),
+    **dict.fromkeys(("setParameter", "killAllSessions", "configureFailPoint", "killOp"),
                     Action.CLUSTER_ADMIN),
 }
 

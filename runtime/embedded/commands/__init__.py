@@ -4,6 +4,7 @@ from runtime.embedded.commands import (  # noqa: F401  (imported for registratio
     aggregation,
     catalog,
     crud,
+    diagnostics,
     explain,
     handshake,
     testing,
