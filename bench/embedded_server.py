@@ -5,6 +5,10 @@ Usage::
     python bench/embedded_server.py            # 1k and 1M documents
     python bench/embedded_server.py --quick    # 1k and 100k documents, shorter runs
     python bench/embedded_server.py --sizes 1k,10k --threads 1,8 --storage memory
+    python bench/embedded_server.py --long-reads [--docs N]   # claims during long reads
+
+``--long-reads`` runs ``bench/long_reads.py`` instead (issue 12: claim latency while another
+client counts or scans ``--docs`` unindexed documents, default 1M); see its docstring.
 
 For every storage mode (``memory``: ``--in-memory``; ``disk``: ``--dbpath`` in a
 temporary directory) and every collection size, a fresh server process is started
@@ -660,7 +664,14 @@ def render(cfg: Config, results: Results, started: datetime) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the markdown report to stdout."""
-    cfg = parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--long-reads" in args:
+        args.remove("--long-reads")
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        long_reads = importlib.import_module("long_reads")
+        code: int = long_reads.main(args)
+        return code
+    cfg = parse_args(args)
     started = datetime.now(UTC)
     results = Results(load_at_start=load_average())
     t0 = time.perf_counter()

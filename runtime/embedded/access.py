@@ -3,7 +3,11 @@
 :class:`DirectAccess` applies each write to the catalog at once (one command is one atomic unit).
 :class:`TransactionAccess` keeps a transaction's writes in a private overlay that only that
 transaction reads; at commit they are checked for conflicts and applied as one unit, so readers
-and change streams see all of them at once, and nothing of an aborted one.
+and change streams see all of them at once, and nothing of an aborted one. Under the overlay a
+transaction reads one snapshot, taken when it starts (as mongod does at its first operation):
+what others commit afterwards stays invisible to it, and writing a document they changed since
+is a ``WriteConflict``. :class:`SnapshotAccess` serves reads with ``readConcern: snapshot``
+outside transactions the same way (see :mod:`runtime.embedded.versions`).
 """
 
 from __future__ import annotations
@@ -13,12 +17,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from runtime.embedded import deadlines, planner
+from runtime.embedded import deadlines, engine, json_schema, planner
 from runtime.embedded.datastore import DataStore, WriteUnit
 from runtime.embedded.document_rules import Write, check_storable
 from runtime.embedded.errors import CommandError, ErrorCode, WriteError
 from runtime.embedded.ordering import Key, id_key
 from runtime.embedded.storage import Collection
+from runtime.embedded.versions import SnapshotView
 
 TRANSIENT = "TransientTransactionError"
 
@@ -65,8 +70,23 @@ def _documents(coll: Collection, keys: Iterator[Key]) -> Iterator[dict[str, Any]
             yield doc
 
 
+def check_validator(coll: Collection, new: dict[str, Any], old: dict[str, Any] | None,
+                    bypass: bool) -> None:
+    """The collection's ``validator`` for a write of ``new`` over ``old`` (None: an insert),
+    unless the command set ``bypassDocumentValidation``: DocumentValidationFailure (121)."""
+    if bypass or not coll.options.get("validator"):
+        return
+    error = json_schema.validation_error(coll.options, new, old,
+                                         lambda query, doc: engine.matches(query, doc, {}))
+    if error is not None:
+        raise error
+
+
 class DirectAccess:
     """Reads and writes the committed state; writes are recorded in ``unit``."""
+
+    #: Set from the command's ``bypassDocumentValidation`` (skips the collection's validator).
+    bypass_validation = False
 
     def __init__(self, store: DataStore, unit: WriteUnit) -> None:
         self.store = store
@@ -84,14 +104,70 @@ class DirectAccess:
         return _documents(coll, chosen.ids), chosen.sorted_by_index
 
     def insert(self, coll: Collection, doc: dict[str, Any]) -> None:
+        check_validator(coll, doc, None, self.bypass_validation)
         self.store.insert(self.unit, coll, doc)
 
     def replace(self, coll: Collection, old: dict[str, Any], new: dict[str, Any],
                 is_replacement: bool) -> None:
+        check_validator(coll, new, old, self.bypass_validation)
         self.store.replace(self.unit, coll, old, new, is_replacement)
 
     def delete(self, coll: Collection, doc: dict[str, Any]) -> None:
         self.store.delete(self.unit, coll, doc)
+
+
+def _snapshot_documents(view: SnapshotView, coll: Collection,
+                        keys: Iterator[Key]) -> Iterator[dict[str, Any]]:
+    """The documents of a plan's keys as ``view`` sees them, then those the plan (which reads
+    the current indexes) could not find: existing at the view's time but changed since."""
+    uuid = coll.uuid
+    seen: set[Key] = set()
+    tick = deadlines.tick
+    for key in keys:
+        tick()
+        if key in seen:
+            continue
+        seen.add(key)
+        doc = view.resolve(uuid, key, coll.docs.get(key))
+        if doc is not None:
+            yield doc
+    yield from view.missing(uuid, seen)
+
+
+class SnapshotAccess(DirectAccess):
+    """Reads the state at one cluster time (``readConcern: snapshot`` outside transactions);
+    such commands do not write."""
+
+    def __init__(self, store: DataStore, unit: WriteUnit, view: SnapshotView) -> None:
+        super().__init__(store, unit)
+        self.view = view
+
+    def candidates(self, coll: Collection, query: dict[str, Any],
+                   sort: list[tuple[str, int]] | None) -> tuple[Iterator[dict[str, Any]], bool]:
+        chosen = planner.plan(coll, query, sort)
+        if self.view.untouched(coll.uuid):
+            # Nothing changed since the snapshot (yet): index order still holds; a write made
+            # while the cursor is open is resolved away document by document.
+            return _snapshot_documents(self.view, coll, chosen.ids), chosen.sorted_by_index
+        return _snapshot_documents(self.view, coll, chosen.ids), False
+
+    def _refuse(self) -> CommandError:
+        return CommandError(ErrorCode.InvalidOptions,
+                            "a command with readConcern level snapshot cannot write outside a "
+                            "multi-document transaction")
+
+    def ensure(self, db: str, name: str) -> Collection:
+        raise self._refuse()
+
+    def insert(self, coll: Collection, doc: dict[str, Any]) -> None:
+        raise self._refuse()
+
+    def replace(self, coll: Collection, old: dict[str, Any], new: dict[str, Any],
+                is_replacement: bool) -> None:
+        raise self._refuse()
+
+    def delete(self, coll: Collection, doc: dict[str, Any]) -> None:
+        raise self._refuse()
 
 
 @dataclass
@@ -111,6 +187,8 @@ class Transaction:
     steps: list[tuple[str, str, str, Key, bool]] = field(default_factory=list)
     failed: CommandError | None = None
     started: float = field(default_factory=time.monotonic)  # for the lifetime limit
+    #: The snapshot the transaction reads (None: the latest committed state).
+    snapshot: SnapshotView | None = None
 
     def release(self, store: DataStore) -> None:
         """Drop this transaction's document locks."""
@@ -122,6 +200,8 @@ class Transaction:
 
 class TransactionAccess:
     """Reads the committed state through the transaction's overlay; buffers writes."""
+
+    bypass_validation = False
 
     def __init__(self, store: DataStore, txn: Transaction) -> None:
         self.store = store
@@ -146,6 +226,7 @@ class TransactionAccess:
 
     def _merged(self, coll: Collection, keys: Iterator[Key]) -> Iterator[dict[str, Any]]:
         touched = self.txn.touched
+        view = self.txn.snapshot
         seen: set[Key] = set()
         for key in keys:
             deadlines.tick()
@@ -156,8 +237,19 @@ class TransactionAccess:
                     yield entry.current
                 continue
             doc = coll.docs.get(key)
+            if view is not None:
+                if key in seen:
+                    continue
+                seen.add(key)
+                doc = view.resolve(coll.uuid, key, doc)
             if doc is not None:
                 yield doc
+        if view is not None:
+            # Documents of the snapshot that the committed indexes no longer lead to.
+            for doc in view.missing(coll.uuid, seen):
+                key = id_key(doc["_id"])
+                if (coll.db, coll.name, key) not in touched:
+                    yield doc
         # Documents this transaction inserted or changed that the plan did not find (the plan
         # reads the committed indexes, which do not know the transaction's new values); the
         # caller filters every candidate against the query anyway.
@@ -174,8 +266,14 @@ class TransactionAccess:
                 "Write conflict during plan execution and yielding is disabled.",
                 labels=[TRANSIENT],
             )
-        self.store.transaction_locks[lock_key] = self.txn
         entry = self.txn.touched.get(lock_key)
+        view = self.txn.snapshot
+        if entry is None and view is not None and view.changed(coll.uuid, key):
+            raise CommandError(ErrorCode.WriteConflict,
+                "Write conflict: the document was changed after this transaction's snapshot",
+                labels=[TRANSIENT],
+            )
+        self.store.transaction_locks[lock_key] = self.txn
         if entry is None:
             base = coll.docs.get(key)
             entry = _Touched(coll=coll, base=base, current=base)
@@ -202,6 +300,7 @@ class TransactionAccess:
 
     def insert(self, coll: Collection, doc: dict[str, Any]) -> None:
         check_storable(doc, Write.INSERT)
+        check_validator(coll, doc, None, self.bypass_validation)
         key = id_key(doc["_id"])
         entry = self._touch(coll, key)
         if entry.current is not None:
@@ -213,6 +312,7 @@ class TransactionAccess:
     def replace(self, coll: Collection, old: dict[str, Any], new: dict[str, Any],
                 is_replacement: bool) -> None:
         check_storable(new, Write.UPDATE)
+        check_validator(coll, new, old, self.bypass_validation)
         key = id_key(old["_id"])
         entry = self._touch(coll, key)
         self._check_unique(coll, new, key)

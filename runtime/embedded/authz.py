@@ -39,7 +39,8 @@ _DB_ACTIONS: dict[str, Action] = {
                     Action.WRITE),
     **dict.fromkeys(("create", "createIndexes", "drop", "dropIndexes", "deleteIndexes"),
                     Action.MANAGE),
-    **dict.fromkeys(("collMod", "dropDatabase", "validate", "profile"), Action.DB_ADMIN),
+    **dict.fromkeys(("collMod", "dropDatabase", "validate", "profile", "planCacheClear",
+                     "planCacheClearFilters", "planCacheListFilters"), Action.DB_ADMIN),
     **dict.fromkeys(("createUser", "updateUser", "dropUser", "dropAllUsersFromDatabase",
                      "grantRolesToUser", "revokeRolesFromUser", "usersInfo"),
                     Action.USER_ADMIN),
@@ -48,9 +49,11 @@ _DB_ACTIONS: dict[str, Action] = {
 _CLUSTER_ACTIONS: dict[str, Action] = {
     **dict.fromkeys(("serverStatus", "getCmdLineOpts", "hostInfo", "getLog", "getParameter",
                      "replSetGetStatus", "getDefaultRWConcern", "top", "lockInfo",
-                     "connPoolStats"), Action.CLUSTER_MONITOR),
-    **dict.fromkeys(("setParameter", "killAllSessions", "configureFailPoint", "killOp"),
-                    Action.CLUSTER_ADMIN),
+                     "connPoolStats", "getClusterParameter", "replSetGetConfig"),
+                    Action.CLUSTER_MONITOR),
+    **dict.fromkeys(("setParameter", "killAllSessions", "configureFailPoint", "killOp",
+                     "fsync", "fsyncUnlock", "logRotate", "dropConnections",
+                     "setFeatureCompatibilityVersion"), Action.CLUSTER_ADMIN),
 }
 
 GLOBAL_ROLE_NAMES = frozenset(str(r) for r in GLOBAL_ROLES)

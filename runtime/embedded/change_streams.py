@@ -21,6 +21,7 @@ from bson.int64 import Int64
 from bson.timestamp import Timestamp
 
 from runtime.embedded import compiled, engine
+from runtime.embedded.change_stream_options import validate_options, validate_stages
 from runtime.embedded.changelog import (
     TOKEN_EVENT,
     TOKEN_HIGH_WATER_MARK,
@@ -39,21 +40,17 @@ from runtime.embedded.storage import Catalog
 if TYPE_CHECKING:
     from runtime.embedded.cursors import CursorOwner
 
-ALLOWED_STAGES = frozenset(
-    {"$match", "$project", "$addFields", "$set", "$unset", "$replaceRoot", "$replaceWith",
-     "$redact"}
-)
 EXPANDED_EVENTS = frozenset({"create", "createIndexes", "dropIndexes", "modify"})
+#: Changes of view definitions (see :mod:`.views`) and the events they show as: only database and
+#: cluster streams with showExpandedEvents see them, as on mongod 7.0.
+VIEW_EVENTS = {"createView": "create", "modifyView": "modify", "dropView": "drop"}
 DEFAULT_AWAIT_MS = 1000
 #: The longest one getMore waits for events, whatever its ``maxTimeMS`` (which may be up to
 #: 2^31-1 ms): it then answers with an empty batch and the driver simply asks again, so a
 #: forgotten connection or a hostile value never holds a server task for days.
 MAX_AWAIT_MS = 10_000
-_FULL_DOCUMENT = ("default", "updateLookup", "whenAvailable", "required")
-_BEFORE_CHANGE = ("off", "whenAvailable", "required")
 
 ERROR_CLUSTER_STREAM = 73
-ERROR_STAGE_NOT_ALLOWED = 20
 ERROR_FATAL = 280  # ChangeStreamFatalError
 # Errors of MongoDB's NonResumableChangeStreamError category carry this label: drivers must not
 # resume from them.
@@ -92,65 +89,6 @@ class ChangeStreamCursor:
     owner: CursorOwner | None = None
 
 
-def _validate_options(spec: Any) -> dict[str, Any]:
-    if not isinstance(spec, dict):
-        raise CommandError(ErrorCode.TypeMismatch,
-                           "the $changeStream stage specification must be an object")
-    known = {"fullDocument", "fullDocumentBeforeChange", "resumeAfter", "startAfter",
-             "startAtOperationTime", "showExpandedEvents", "allChangesForCluster",
-             "showMigrationEvents", "showSystemEvents", "allowToRunOnConfigDB"}
-    for key in spec:
-        if key not in known:
-            raise CommandError(ErrorCode.Location40415,
-                               f"BSON field '$changeStream.{key}' is an unknown field.")
-    if spec.get("fullDocument", "default") not in _FULL_DOCUMENT:
-        raise CommandError(ErrorCode.BadValue,
-                           f"unknown fullDocument mode {spec.get('fullDocument')!r}")
-    if spec.get("fullDocumentBeforeChange", "off") not in _BEFORE_CHANGE:
-        raise CommandError(ErrorCode.BadValue, "unknown fullDocumentBeforeChange mode "
-                           f"{spec.get('fullDocumentBeforeChange')!r}")
-    for flag in ("showExpandedEvents", "allChangesForCluster"):
-        if flag in spec and not isinstance(spec[flag], bool):
-            raise CommandError(ErrorCode.TypeMismatch,
-                               f"BSON field '$changeStream.{flag}' is the wrong type, "
-                               "expected type 'bool'")
-    if "startAtOperationTime" in spec and not isinstance(spec["startAtOperationTime"], Timestamp):
-        raise CommandError(ErrorCode.TypeMismatch,
-                           "BSON field '$changeStream.startAtOperationTime' is the wrong "
-                           "type, expected type 'timestamp'")
-    for option in ("resumeAfter", "startAfter"):
-        if option in spec and not isinstance(spec[option], dict):
-            raise CommandError(ErrorCode.TypeMismatch,
-                               f"BSON field '$changeStream.{option}' is the wrong type, "
-                               "expected type 'object'")
-    starts = [k for k in ("resumeAfter", "startAfter", "startAtOperationTime") if k in spec]
-    if len(starts) > 1:
-        raise CommandError(ErrorCode.Location40674,
-                           "Only one type of resume option is allowed, but multiple were "
-                           "found.")
-    return spec
-
-
-def _validate_stages(stages: list[dict[str, Any]]) -> None:
-    for stage in stages:
-        if not isinstance(stage, dict) or len(stage) != 1:
-            raise CommandError(ErrorCode.Location40323,
-                               "A pipeline stage specification object must contain "
-                               "exactly one field.")
-        name = next(iter(stage))
-        if name == "$changeStream":
-            raise CommandError(ErrorCode.Location40602,
-                               "$changeStream is only valid as the first stage in a "
-                               "pipeline.")
-        if name not in ALLOWED_STAGES:
-            if not engine.known_stage(name) and name not in ("$group", "$sort", "$limit",
-                                                               "$skip", "$lookup", "$out"):
-                raise CommandError(ErrorCode.Location40324,
-                                   f"Unrecognized pipeline stage name: '{name}'")
-            raise CommandError(ERROR_STAGE_NOT_ALLOWED, f"Stage {name} is not permitted in a "
-                               "$changeStream pipeline")
-
-
 def _resume_point(position: ResumePosition, token: Any, log: ChangeLog) -> ChangeEntry | None:
     """Check that the log can resume after ``position``; returns its entry when still held."""
     if position.seq > log.last_seq:
@@ -174,7 +112,7 @@ def _token_not_found(token: Any) -> CommandError:
 def open_stream(cursor_id: int, db: str, coll: str | None, pipeline: list[dict[str, Any]],
                 log: ChangeLog) -> ChangeStreamCursor:
     """Validate a change-stream pipeline and create its cursor at the right log position."""
-    spec = _validate_options(pipeline[0]["$changeStream"])
+    spec = validate_options(pipeline[0]["$changeStream"])
     cluster = bool(spec.get("allChangesForCluster"))
     if cluster and (db != "admin" or coll is not None):
         raise CommandError(ERROR_CLUSTER_STREAM, "A $changeStream with 'allChangesForCluster:true' "
@@ -183,7 +121,7 @@ def open_stream(cursor_id: int, db: str, coll: str | None, pipeline: list[dict[s
         raise CommandError(ERROR_CLUSTER_STREAM, "$changeStream may not be opened on the internal "
                            "admin database")
     stages = pipeline[1:]
-    _validate_stages(stages)
+    validate_stages(stages)
     start_time: Timestamp | None = None
     resumed_entry: ChangeEntry | None = None
     if "resumeAfter" in spec or "startAfter" in spec:
@@ -237,6 +175,9 @@ def _namespace_of_target(entry: ChangeEntry) -> tuple[Any, Any]:
 def _in_scope(stream: ChangeStreamCursor, entry: ChangeEntry) -> bool:
     if entry.db in INTERNAL_DATABASES:
         return False
+    if entry.op in VIEW_EVENTS:
+        return stream.expanded and (stream.cluster or stream.coll is None) and (
+            stream.cluster or entry.db == stream.db)
     if entry.op in EXPANDED_EVENTS and not stream.expanded:
         return False
     if stream.cluster:
@@ -294,7 +235,7 @@ def _wants_description(stream: ChangeStreamCursor) -> bool:
 def _event(stream: ChangeStreamCursor, entry: ChangeEntry, catalog: Catalog) -> dict[str, Any]:
     event: dict[str, Any] = {
         "_id": entry.token(),
-        "operationType": entry.op,
+        "operationType": VIEW_EVENTS.get(entry.op, entry.op),
         "clusterTime": entry.cluster_time,
         "wallTime": entry.wall_time,
     }

@@ -28,8 +28,19 @@ class ClusterClock:
             self._increment += 1
         return Timestamp(self._seconds, self._increment)
 
+    def follow(self) -> Timestamp:
+        """The timestamp right after the latest one (same second): for the later changes of
+        one commit, after one :meth:`tick` (cheaper than ticking again)."""
+        self._increment += 1
+        return Timestamp(self._seconds, self._increment)
+
     def now(self) -> Timestamp:
         """The latest timestamp handed out (the cluster's operation time)."""
         if self._seconds == 0:
             return self.tick()
+        return Timestamp(self._seconds, self._increment)
+
+    def latest(self) -> Timestamp:
+        """The latest timestamp handed out, without handing out one (``Timestamp(0, 0)``
+        before the first)."""
         return Timestamp(self._seconds, self._increment)

@@ -15,23 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bson.int64 import Int64
-
 from runtime.embedded import engine, expression_limits
 
 NOTHING: Any = engine.mm_helpers.NOTHING
-_NUMBERS = (int, float, Int64)
 
 
-def _to_bool(value: Any) -> bool:
-    """MongoDB truthiness (false, null, missing and 0 are false), as the engine judges it."""
-    if value is True:
-        return True
-    if value is False or value is None or value is NOTHING:
-        return False
-    return not (type(value) in _NUMBERS and value == 0)
-
-
+#: MongoDB truthiness (false, null, missing and numeric zero are false), the engine's own.
+_to_bool = engine.to_bool
 #: MongoDB truthiness, for the compiled matcher's ``$expr``.
 to_bool = _to_bool
 

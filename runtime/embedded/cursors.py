@@ -17,7 +17,7 @@ import itertools
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bson
 from bson.int64 import Int64
@@ -26,6 +26,9 @@ from runtime.embedded.auth import current_caller
 from runtime.embedded.errors import CommandError, ErrorCode
 from runtime.embedded.sessions import session_id
 from runtime.embedded.wire import CODEC
+
+if TYPE_CHECKING:
+    from runtime.embedded.scans import Scan
 
 DEFAULT_FIRST_BATCH = 101
 MAX_BATCH_BYTES = 16 * 1024 * 1024 - 16 * 1024
@@ -78,6 +81,39 @@ class QueryCursor:
                 break
         else:
             self.exhausted = True
+        return batch
+
+
+@dataclass
+class ScanCursor:
+    """A cursor whose results a :class:`~runtime.embedded.scans.Scan` computes slice by slice
+    (each ``getMore`` continues the scan, yielding the event loop between slices)."""
+
+    cursor_id: int
+    ns: str
+    scan: Scan
+    owner: CursorOwner | None = None
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether every result was returned."""
+        return self.scan.exhausted
+
+    async def next_batch(self, batch_size: int | None) -> list[dict[str, Any]]:
+        """Up to ``batch_size`` documents (and under 16 MiB). A second ``getMore`` while one is
+        still running is CursorInUse (143), as on mongod."""
+        scan = self.scan
+        if scan.busy:
+            raise CommandError(ErrorCode.CursorInUse,
+                               f"cursor id {self.cursor_id} is already in use")
+        scan.busy = True
+        try:
+            limit = batch_size if batch_size and batch_size > 0 else None
+            batch = await scan.take(limit, MAX_BATCH_BYTES)
+        finally:
+            scan.busy = False
+        if not scan.exhausted:
+            scan.freeze()
         return batch
 
 
@@ -138,7 +174,10 @@ class CursorRegistry:
 
     def remove(self, cursor_id: int) -> bool:
         """Close a cursor; returns whether it existed."""
-        return self.cursors.pop(int(cursor_id), None) is not None
+        cursor = self.cursors.pop(int(cursor_id), None)
+        if isinstance(cursor, ScanCursor):
+            cursor.scan.close()
+        return cursor is not None
 
 
 def first_batch_reply(registry: CursorRegistry, ns: str, results: Iterator[dict[str, Any]],
@@ -151,4 +190,22 @@ def first_batch_reply(registry: CursorRegistry, ns: str, results: Iterator[dict[
     if not cursor.exhausted and not single_batch:
         registry.add(cursor)
         cursor_id = cursor.cursor_id
+    return {"cursor": {"firstBatch": batch, "id": Int64(cursor_id), "ns": ns}, "ok": 1.0}
+
+
+async def scan_first_batch_reply(registry: CursorRegistry, ns: str, scan: Scan,
+                                 batch_size: int | None,
+                                 single_batch: bool = False) -> dict[str, Any]:
+    """:func:`first_batch_reply` for a :class:`~runtime.embedded.scans.Scan`: the first batch
+    is read slice by slice; an open cursor continues the same scan on ``getMore``."""
+    size = DEFAULT_FIRST_BATCH if batch_size is None else batch_size
+    batch = await scan.take(size if size > 0 else None, MAX_BATCH_BYTES) if size != 0 else []
+    cursor_id = 0
+    if not scan.exhausted and not single_batch:
+        cursor = ScanCursor(registry.new_id(), ns, scan)
+        registry.add(cursor)
+        cursor_id = cursor.cursor_id
+        scan.freeze()
+    else:
+        scan.close()
     return {"cursor": {"firstBatch": batch, "id": Int64(cursor_id), "ns": ns}, "ok": 1.0}

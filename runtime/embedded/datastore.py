@@ -1,9 +1,16 @@
 """The write path: every mutation of the catalog, recorded as a unit that is logged and published.
 
 A :class:`WriteUnit` collects the storage operations and change-log entries of one command (or of
-one committed transaction). :meth:`DataStore.commit` stamps them with one cluster time, appends the
+one committed transaction). :meth:`DataStore.commit` stamps them with cluster times, appends the
 record to the write-ahead log (when persistent) and only then publishes the entries to change
 streams, so streams never show a change that a crash could lose.
+
+Cluster times follow mongod's oplog: each document written by a command (each insert of a batch,
+each document of a multi-update or multi-delete) and each catalog change gets its own cluster
+time, in order, and the command's reply carries the last one; a committed transaction is one
+oplog entry (``applyOps``), so all its changes share one cluster time (told apart by their
+``txnOpIndex``). The unit's record also carries the retryable-write record of the command
+(:mod:`runtime.embedded.retryable`), so a crash keeps both or neither.
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ from runtime.embedded.ordering import (
 )
 from runtime.embedded.persistence import Persistence
 from runtime.embedded.recovery import Recovery
+from runtime.embedded.retryable import RetryRecords
 from runtime.embedded.storage import ID_INDEX, Catalog, Collection
+from runtime.embedded.versions import Version, VersionHistory
 from runtime.embedded.wire import CODEC
 
 log = logging.getLogger(__name__)
@@ -46,6 +55,11 @@ class WriteUnit:
     entries: list[ChangeEntry] = field(default_factory=list)
     lsid: dict[str, Any] | None = None
     txn_number: Any = None
+    #: Each change in order, for stamping: (its change entry or None, and for a document write
+    #: [collection uuid, _id key, previous version]); see :meth:`DataStore.commit`.
+    steps: list[tuple[ChangeEntry | None, list[Any] | None]] = field(default_factory=list)
+    #: The retryable-write (or committed-transaction) record logged with this unit.
+    retry: dict[str, Any] | None = None
     #: How to take back each in-memory change, in the order they were made: a unit whose log
     #: record cannot be written is undone, so memory never holds what the log does not.
     undo: list[Callable[[], object]] = field(default_factory=list)
@@ -57,6 +71,15 @@ class WriteUnit:
         self.undo.clear()
         self.ops.clear()
         self.entries.clear()
+        self.steps.clear()
+        self.retry = None
+
+    def add(self, entry: ChangeEntry | None, version: list[Any] | None = None) -> None:
+        """Record one change: its change entry (published unless None) and, for a document
+        write, ``[collection uuid, _id key, previous version]``."""
+        if entry is not None:
+            self.entries.append(entry)
+        self.steps.append((entry, version))
 
 
 def _utcnow() -> datetime.datetime:
@@ -74,14 +97,17 @@ class DataStore:
         # Documents written by open transactions: (db, collection, _id key) -> transaction.
         self.transaction_locks: dict[tuple[str, str, Any], Any] = {}
         self._checkpoint_result: tuple[int, list[Path]] | None = None
+        #: Retryable-write records by session (``config.transactions``), durable with writes.
+        self.retry_records = RetryRecords()
         if persistence is not None:
-            Recovery(self.catalog, self.clock, self.changelog).run(persistence)
+            Recovery(self.catalog, self.clock, self.changelog, self.retry_records).run(persistence)
+        self.history = VersionHistory(self.clock.latest())
 
     # -- commit -------------------------------------------------------------------------------
 
     def commit(self, unit: WriteUnit) -> Timestamp:
         """Make a unit durable and visible to change streams; returns its cluster time."""
-        if not unit.ops and not unit.entries:
+        if not unit.ops and not unit.entries and unit.retry is None:
             return self.clock.now()
         last_seq = self.changelog.last_seq
         try:
@@ -93,11 +119,20 @@ class DataStore:
             raise
 
     def _commit(self, unit: WriteUnit) -> Timestamp:
+        versions: list[Version] = []
+        transaction = unit.lsid is not None
+        follow = self.clock.follow
         ts = self.clock.tick()
+        for number, (entry, version) in enumerate(unit.steps):
+            if number and not transaction:
+                ts = follow()  # outside a transaction, every change is its own oplog entry
+            if entry is not None:
+                entry.cluster_time = ts
+            if version is not None:
+                versions.append(((ts.time, ts.inc), version[0], version[1], version[2]))
         for index, entry in enumerate(unit.entries):
-            entry.cluster_time = ts
-            entry.txn_index = index
-            if unit.lsid is not None:
+            entry.txn_index = index if transaction else 0
+            if transaction:
                 entry.lsid = unit.lsid
                 entry.txn_number = unit.txn_number
             self.changelog.last_seq += 1
@@ -109,9 +144,16 @@ class DataStore:
                 raw = bson.encode(entry.to_document(), codec_options=CODEC)
                 entry.size = len(raw)
                 events.append(RawBSONDocument(raw))
-            self.persistence.append({"ts": ts, "ops": unit.ops, "events": events,
-                                     "sizes": [e.size for e in unit.entries]})
+            record = {"ts": ts, "ops": unit.ops, "events": events,
+                      "sizes": [e.size for e in unit.entries]}
+            if unit.retry is not None:
+                record["retry"] = unit.retry
+            self.persistence.append(record)
         unit.undo.clear()
+        if unit.retry is not None:
+            self.retry_records.put(unit.retry)
+        if versions:
+            self.history.record(versions)
         self.changelog.append(unit.entries, assign=False)
         return ts
 
@@ -141,9 +183,9 @@ class DataStore:
         coll.put(doc, None)
         unit.undo.append(lambda: coll.remove(doc))
         unit.ops.append({"op": "put", "db": coll.db, "coll": coll.name, "doc": doc})
-        if self._publishes(coll.db, coll.name):
-            unit.entries.append(self._entry("insert", coll, coll.db,
-                                            document_key={"_id": doc["_id"]}, post_image=doc))
+        unit.add(self._entry("insert", coll, coll.db, document_key={"_id": doc["_id"]},
+                             post_image=doc) if self._publishes(coll.db, coll.name) else None,
+                 [coll.uuid, key, None])
 
     def replace(self, unit: WriteUnit, coll: Collection, old: dict[str, Any],
                 new: dict[str, Any], is_replacement: bool) -> None:
@@ -154,7 +196,10 @@ class DataStore:
         coll.put(new, old)
         unit.undo.append(lambda: coll.put(old, new))
         unit.ops.append({"op": "put", "db": coll.db, "coll": coll.name, "doc": new})
-        if self._publishes(coll.db, coll.name):
+        version = [coll.uuid, key, old]
+        if not self._publishes(coll.db, coll.name):
+            unit.add(None, version)
+        else:
             if is_replacement:
                 entry = self._entry("replace", coll, coll.db, document_key={"_id": new["_id"]},
                                     post_image=new, pre_image=old)
@@ -164,17 +209,17 @@ class DataStore:
                                     before=old)
             if not coll.images_enabled:
                 entry.pre_image = None
-            unit.entries.append(entry)
+            unit.add(entry, version)
 
     def delete(self, unit: WriteUnit, coll: Collection, doc: dict[str, Any]) -> None:
         """Remove a document."""
         coll.remove(doc)
         unit.undo.append(lambda: coll.put(doc, None))
         unit.ops.append({"op": "del", "db": coll.db, "coll": coll.name, "id": doc["_id"]})
-        if self._publishes(coll.db, coll.name):
-            unit.entries.append(self._entry(
-                "delete", coll, coll.db, document_key={"_id": doc["_id"]},
-                pre_image=doc if coll.images_enabled else None))
+        unit.add(self._entry("delete", coll, coll.db, document_key={"_id": doc["_id"]},
+                             pre_image=doc if coll.images_enabled else None)
+                 if self._publishes(coll.db, coll.name) else None,
+                 [coll.uuid, id_key(doc["_id"]), doc])
 
     # -- catalog ------------------------------------------------------------------------------
 
@@ -192,7 +237,7 @@ class DataStore:
         unit.ops.append({"op": "create", "db": db, "coll": name, "options": options,
                          "uuid": coll.uuid})
         if self._publishes(db, name):
-            unit.entries.append(self._entry("create", coll, db, operation_description={
+            unit.add(self._entry("create", coll, db, operation_description={
                 "idIndex": {"v": 2, "key": {"_id": 1}, "name": ID_INDEX}}))
         return coll
 
@@ -203,7 +248,7 @@ class DataStore:
         unit.undo.append(lambda: self._restore(coll, db, name))
         unit.ops.append({"op": "drop", "db": db, "coll": name})
         if self._publishes(db, name):
-            unit.entries.append(self._entry("drop", coll, db))
+            unit.add(self._entry("drop", coll, db))
 
     def drop_database(self, unit: WriteUnit, db: str) -> None:
         """Drop every collection of a database, then the database."""
@@ -211,7 +256,7 @@ class DataStore:
             self.drop_collection(unit, coll)
         unit.ops.append({"op": "dropDatabase", "db": db})
         if db not in INTERNAL_DATABASES:
-            unit.entries.append(self._entry("dropDatabase", None, db))
+            unit.add(self._entry("dropDatabase", None, db))
 
     def rename_collection(self, unit: WriteUnit, coll: Collection, to_db: str,
                           to_name: str) -> None:
@@ -239,7 +284,7 @@ class DataStore:
             entry = self._entry("rename", coll, old_db, to={"db": to_db, "coll": to_name},
                                 operation_description=description)
             entry.coll = old_name
-            unit.entries.append(entry)
+            unit.add(entry)
 
     def create_index(self, unit: WriteUnit, coll: Collection, spec: IndexSpec) -> None:
         """Build and register an index."""
@@ -248,7 +293,7 @@ class DataStore:
         unit.ops.append({"op": "createIndex", "db": coll.db, "coll": coll.name,
                          "spec": spec.to_document()})
         if self._publishes(coll.db, coll.name):
-            unit.entries.append(self._entry("createIndexes", coll, coll.db,
+            unit.add(self._entry("createIndexes", coll, coll.db,
                                             operation_description={
                                                 "indexes": [spec.to_document()]}))
 
@@ -258,7 +303,7 @@ class DataStore:
         unit.undo.append(lambda: coll.indexes.__setitem__(name, index))
         unit.ops.append({"op": "dropIndex", "db": coll.db, "coll": coll.name, "name": name})
         if self._publishes(coll.db, coll.name):
-            unit.entries.append(self._entry("dropIndexes", coll, coll.db,
+            unit.add(self._entry("dropIndexes", coll, coll.db,
                                             operation_description={
                                                 "indexes": [index.spec.to_document()]}))
 
@@ -288,7 +333,7 @@ class DataStore:
             entry = self._entry("modify", coll, coll.db,
                                 operation_description={**changes, **(described or {})},
                                 state_before_change={"collectionOptions": old})
-            unit.entries.append(entry)
+            unit.add(entry)
 
     def _restore(self, coll: Collection, db: str, name: str) -> None:
         """Put a dropped or renamed collection back under its old name (undo)."""
@@ -321,6 +366,7 @@ class DataStore:
             for coll in self.catalog.all_collections()
         ]
         changes = list(self.changelog.entries)
+        retry_records = self.retry_records.snapshot()
         obsolete = persistence.rotate()
 
         def records() -> Iterator[dict[str, Any]]:
@@ -334,6 +380,9 @@ class DataStore:
                 chunk = changes[start : start + SNAPSHOT_DOCS_PER_RECORD]
                 yield {"kind": "changes", "entries": [e.to_document() for e in chunk],
                        "sizes": [e.size for e in chunk]}
+            for start in range(0, len(retry_records), SNAPSHOT_DOCS_PER_RECORD):
+                yield {"kind": "retryable",
+                       "records": retry_records[start : start + SNAPSHOT_DOCS_PER_RECORD]}
 
         def job() -> None:
             self._checkpoint_result = (persistence.write_snapshot(records()), obsolete)

@@ -18,6 +18,7 @@ from typing import Any
 from bson import ObjectId
 from sortedcontainers import SortedList
 
+from runtime.embedded import collation as collations
 from runtime.embedded.errors import CommandError, ErrorCode, WriteError
 from runtime.embedded.names import check_index_name
 from runtime.embedded.ordering import (
@@ -78,9 +79,15 @@ class IndexSpec:
         """The indexed paths in order."""
         return [f for f, _ in self.key]
 
+    @cached_property
+    def collation(self) -> collations.Collation | None:
+        """The index's collation (``None``: simple binary comparison)."""
+        return collations.resolve(self.options.get("collation"), None)
 
-def _field_keys(doc: dict[str, Any], path: str) -> tuple[list[Key], bool]:
-    value = get_path(doc, path)
+
+def _field_keys(doc: dict[str, Any], path: str,
+                get: Callable[[dict[str, Any], str], Any]) -> tuple[list[Key], bool]:
+    value = get(doc, path)
     if value is MISSING:
         return [(NULL,)], False
     if isinstance(value, list):
@@ -109,6 +116,12 @@ class Index:
         self._directions = spec.directions
         self._fields = [(path, direction < 0) for path, direction in
                         zip(spec.fields, self._directions, strict=True)]
+        #: Strings are stored as this collation's keys (so order and uniqueness follow it).
+        self.collation = spec.collation
+        self._get: Callable[[dict[str, Any], str], Any] = get_path
+        if self.collation is not None:
+            key = self.collation.key
+            self._get = lambda doc, path: collations.transform(get_path(doc, path), key)
 
     def keys_for(self, doc: dict[str, Any]) -> list[tuple[Any, ...]]:
         """Component tuples (without the ``_id`` key) that ``doc`` contributes."""
@@ -119,8 +132,9 @@ class Index:
         # The common case first: no field holds an array, so there is exactly one entry.
         components: list[Any] = []
         present = False
+        get = self._get
         for path, descending in self._fields:
-            value = get_path(doc, path)
+            value = get(doc, path)
             if isinstance(value, list):
                 break
             if value is MISSING:
@@ -136,7 +150,7 @@ class Index:
         per_field: list[list[Key]] = []
         present = False
         for path in self.spec.fields:
-            keys, is_array = _field_keys(doc, path)
+            keys, is_array = _field_keys(doc, path, get)
             if is_array:
                 self.multikey = True
             if get_path(doc, path) is not MISSING:
@@ -159,7 +173,7 @@ class Index:
 
     def check_unique(self, doc: dict[str, Any], doc_id: Key, ignore: set[Key]) -> None:
         """Raise DuplicateKey if another document (not in ``ignore``) has one of ``doc``'s keys."""
-        if not self.spec.unique:
+        if not self.spec.unique and self.spec.name != "_id_":  # _id: always unique
             return
         for components in self.keys_for(doc):
             for entry in self.entries.irange(components + (BOTTOM,), components + (TOP,)):
@@ -315,6 +329,8 @@ def check_index_spec(raw: Any, position: int) -> dict[str, Any]:
         value = raw.get(option)
         if value is not None and not isinstance(value, dict):
             raise _type_error(option, value, "an object")
+    if "collation" in raw:
+        collations.parse(raw["collation"])
     if "expireAfterSeconds" in raw:
         if list(key) == ["_id"]:
             raise CommandError(ErrorCode.InvalidIndexSpecificationOption,
@@ -330,8 +346,12 @@ def check_index_spec(raw: Any, position: int) -> dict[str, Any]:
     return raw
 
 
-def parse_index_spec(raw: dict[str, Any]) -> IndexSpec:
-    """Validate one entry of ``createIndexes.indexes`` (or a stored index specification)."""
+def parse_index_spec(raw: dict[str, Any],
+                     default_collation: dict[str, Any] | None = None) -> IndexSpec:
+    """Validate one entry of ``createIndexes.indexes`` (or a stored index specification).
+
+    An index without a ``collation`` gets ``default_collation`` (its collection's); the stored
+    option is the full specification mongod reports, absent for the simple collation."""
     key = raw.get("key")
     name = raw.get("name")
     if not isinstance(key, dict) or not key:
@@ -359,6 +379,10 @@ def parse_index_spec(raw: dict[str, Any]) -> IndexSpec:
     known = {"key", "name", "unique", "sparse", "partialFilterExpression", "expireAfterSeconds",
              "v", "ns"}
     options = {k: v for k, v in raw.items() if k not in known}
+    collation = collations.resolve(options.get("collation"), default_collation)
+    options.pop("collation", None)
+    if collation is not None:
+        options["collation"] = collation.to_document()
     return IndexSpec(
         name=name,
         key=list(key.items()),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import math
 import re
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -252,11 +253,17 @@ class Reverse:
         return hash(self.key)
 
 
-def document_sort_key(doc: dict[str, Any], sort: list[tuple[str, int]]) -> tuple[Any, ...]:
-    """Key that orders documents by a sort specification such as ``[("a", 1), ("b", -1)]``."""
+def document_sort_key(doc: dict[str, Any], sort: list[tuple[str, int]],
+                      collate: Callable[[Any], Any] | None = None) -> tuple[Any, ...]:
+    """Key that orders documents by a sort specification such as ``[("a", 1), ("b", -1)]``.
+
+    ``collate`` (a collation's value transform) makes strings compare by that collation."""
     parts: list[Any] = []
     for field, direction in sort:
         descending = direction < 0
-        key = sort_value_key(get_path(doc, field), descending)
+        value = get_path(doc, field)
+        if collate is not None:
+            value = collate(value)
+        key = sort_value_key(value, descending)
         parts.append(Reverse(key) if descending else key)
     return tuple(parts)

@@ -9,19 +9,23 @@ cost the same on a million documents as on a thousand.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 from collections import Counter
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from runtime.embedded.collation import Collation
 from runtime.embedded.engine import bson_equal
 from runtime.embedded.indexes import Index
-from runtime.embedded.ordering import Key, id_key
+from runtime.embedded.ordering import ARRAY, OBJECT, STRING, Key, id_key
 from runtime.embedded.query_bounds import (
     EVERYTHING,
     Bounds,
+    Interval,
     bounded_scan,
     field_bounds,
     implies,
@@ -39,6 +43,25 @@ MAX_POINT_COMBINATIONS = 1000
 #: collection scan). Counting happens as candidates are consumed, so a query that stops at its
 #: limit only counts what it read. Tests use it to prove that an index served a query.
 QUERY_EXECUTOR: Counter[str] = Counter()
+
+#: The collation of the read being planned, and its filter transformed by that collation (see
+#: :class:`~runtime.embedded.collation.CollatedFilter`); set around a read with
+#: :func:`collation_scope` so that callers in between (transactions, snapshots) need not pass it.
+_SCOPE: ContextVar[tuple[Collation | None, dict[str, Any] | None]] = ContextVar(
+    "collation_scope", default=(None, None))
+
+
+@contextlib.contextmanager
+def collation_scope(collation: Collation | None,
+                    bounds_query: dict[str, Any] | None) -> Iterator[None]:
+    """Plan reads inside the block under ``collation`` (``bounds_query``: the filter with its
+    strings transformed by it). An index serves string bounds or a sort only when its own
+    collation is the read's (MongoDB's rule); other indexes serve only non-string bounds."""
+    token = _SCOPE.set((collation, bounds_query))
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
 
 
 @dataclass
@@ -146,12 +169,15 @@ def _counted(keys: Iterator[Key], id_lookup: bool) -> Iterator[Key]:
 
 
 def plan(coll: Collection, query: dict[str, Any], sort: list[tuple[str, int]] | None) -> Plan:
-    """Choose how to read candidate documents for ``query`` (and ``sort``, if any).
+    """Choose how to read candidate documents for ``query`` (and ``sort``, if any), under the
+    collation of the current :func:`collation_scope` (simple outside one).
 
     The candidates are counted in :data:`QUERY_EXECUTOR` as they are read: index keys as the
     scan reads them, documents as they are fetched.
     """
-    chosen, id_lookup = _plan(coll, query, sort)
+    collation, bounds_query = _SCOPE.get()
+    chosen, id_lookup = _plan(coll, query, sort, collation,
+                              query if bounds_query is None else bounds_query)
     chosen.ids = _counted(chosen.ids, id_lookup)
     return chosen
 
@@ -170,21 +196,48 @@ def _eligible(index: Index, query: dict[str, Any]) -> bool:
     return spec.partial_filter is None or implies(query, spec.partial_filter, bson_equal)
 
 
-def _plan(coll: Collection, query: dict[str, Any],
-          sort: list[tuple[str, int]] | None) -> tuple[Plan, bool]:
+def _collatable(bounds: Bounds) -> bool:
+    """Whether the bounds reach strings (or documents/arrays, which may hold strings)."""
+    return not all(_plain_interval(i) for i in bounds)
+
+
+def _plain_interval(interval: Interval) -> bool:
+    low, high = interval.low, interval.high
+    return isinstance(low, tuple) and isinstance(high, tuple) and low[0] == high[0] and \
+        low[0] not in (STRING, OBJECT, ARRAY)
+
+
+def _index_bounds(index: Index, query: dict[str, Any], bounds_query: dict[str, Any],
+                  collation: Collation | None,
+                  cache: dict[tuple[bool, bool], dict[str, Bounds]]) -> dict[str, Bounds]:
+    same = index.collation == collation
+    cached = cache.get((same, index.multikey))
+    if cached is None:
+        cached = field_bounds(bounds_query if same else query, multikey=index.multikey)
+        if not same:  # a different collation orders strings differently: no string bounds
+            cached = {p: b for p, b in cached.items() if not _collatable(b)}
+        cache[(same, index.multikey)] = cached
+    return cached
+
+
+def _plan(coll: Collection, query: dict[str, Any], sort: list[tuple[str, int]] | None,
+          collation: Collation | None, bounds_query: dict[str, Any]) -> tuple[Plan, bool]:
     plain = field_bounds(query)
     id_bounds = plain.get("_id")
-    if id_bounds is not None and is_point(id_bounds) and not sort:
+    if id_bounds is not None and is_point(id_bounds) and not sort and (
+            collation is None or not _collatable(id_bounds)):
         return Plan(ID_INDEX, False, iter(point_keys(id_bounds))), True
+    cache: dict[tuple[bool, bool], dict[str, Bounds]] = {}
 
     best: tuple[tuple[int, int, int, int], Index, dict[str, Bounds], int, bool | None] | None
     best = None
     for index in coll.indexes.values():
         if not _eligible(index, query):
             continue
-        bounds = field_bounds(query, multikey=True) if index.multikey else plain
+        bounds = _index_bounds(index, query, bounds_query, collation, cache)
         prefix, constrained = _usable(index, bounds)
-        direction = _sort_matches(index, prefix, sort) if sort else None
+        direction = _sort_matches(index, prefix, sort) if sort and \
+            index.collation == collation else None
         if direction is not None and _combinations(index, bounds, prefix) > \
                 MAX_POINT_COMBINATIONS:
             direction = None  # too many $in combinations to merge in order

@@ -40,6 +40,7 @@ from runtime.embedded.ordering import (
     value_key,
 )
 from runtime.embedded.persistence import Persistence, record_label
+from runtime.embedded.retryable import RetryRecords
 from runtime.embedded.storage import ID_INDEX, Catalog, Collection
 from runtime.embedded.wire import CODEC
 
@@ -52,10 +53,12 @@ _ENTRY_FIELDS = frozenset(f.name for f in dataclasses.fields(ChangeEntry)) - {"s
 class Recovery:
     """Loads one data folder into a store's catalog, clock and change log."""
 
-    def __init__(self, catalog: Catalog, clock: ClusterClock, changelog: ChangeLog) -> None:
+    def __init__(self, catalog: Catalog, clock: ClusterClock, changelog: ChangeLog,
+                 retry_records: RetryRecords | None = None) -> None:
         self.catalog = catalog
         self.clock = clock
         self.changelog = changelog
+        self.retry_records = retry_records if retry_records is not None else RetryRecords()
 
     def _apply_op(self, op: dict[str, Any]) -> None:
         """Re-apply one logged operation (recovery; no events, no checks).
@@ -142,6 +145,9 @@ class Recovery:
                     docs = target.docs
                     for doc in record["docs"]:
                         docs[_fast_value_key(doc["_id"])] = doc  # == id_key(_id)
+                elif kind == "retryable":
+                    for retry in record["records"]:
+                        self.retry_records.put(retry)
                 elif kind == "changes":
                     sizes = record.get("sizes") or [0] * len(record["entries"])
                     entries.extend([_entry_from_log(e, s)
@@ -158,11 +164,14 @@ class Recovery:
                     with set_aside(f"log operation {record_label(op)} at {ts}",
                                    {"ts": ts, "op": op}):
                         self._apply_op(op)
+                if "retry" in record:
+                    self.retry_records.put(record["retry"])
                 sizes = record.get("sizes") or [0] * len(record["events"])
                 entries.extend([_entry_from_log(e, s)
                                 for e, s in zip(record["events"], sizes, strict=True)])
         for coll in self.catalog.all_collections():
             _build_indexes(coll, persistence)
+        self.retry_records.expire()
         self.changelog.append(entries, assign=False)
         if entries:
             self.changelog.last_time = entries[-1].cluster_time
@@ -213,7 +222,7 @@ def _index_entries(index: Index, items: list[tuple[Key, dict[str, Any]]]) -> Ite
     through :meth:`Index.keys_for`.
     """
     spec = index.spec
-    plain = (spec.partial_filter is None and not spec.sparse and all(
+    plain = (spec.partial_filter is None and not spec.sparse and index.collation is None and all(
         "." not in path and isinstance(direction, int | float) and not isinstance(direction, bool)
         for path, direction in spec.key))
     if not plain:

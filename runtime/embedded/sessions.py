@@ -18,6 +18,7 @@ from bson.binary import Binary
 from runtime.embedded.access import TRANSIENT, Transaction
 from runtime.embedded.auth import current_caller
 from runtime.embedded.errors import CommandError, ErrorCode
+from runtime.embedded.retryable import RetryRecords, make_record
 
 SESSION_TIMEOUT_MINUTES = 30
 NO_TXN_NUMBER = -1
@@ -38,6 +39,21 @@ class Session:
     transaction: Transaction | None = None
     txn_state: str = "none"  # none | in_progress | committed | aborted
     last_used: float = field(default_factory=time.monotonic)
+    user: tuple[str, str] | None = None  # the owner under --auth (part of the session's key)
+
+    def retry_record(self, reply: dict[str, Any] | None) -> dict[str, Any]:
+        """The durable record of this session's latest retryable write (its ``reply``) or, with
+        None, of its committed transaction (see :mod:`runtime.embedded.retryable`)."""
+        return make_record(self.lsid, self.user, self.last_txn_number, reply)
+
+    def restore(self, record: dict[str, Any]) -> None:
+        """Start from a record written before a restart."""
+        self.last_txn_number = int(record["txnNumber"])
+        if record.get("committed"):
+            self.txn_state = "committed"
+        else:
+            reply = record.get("reply")
+            self.retry_reply = dict(reply) if isinstance(reply, dict) else None
 
 
 def _session_key(lsid: dict[str, Any]) -> bytes:
@@ -80,8 +96,10 @@ def validate_lsid(lsid: Any) -> None:
 class SessionRegistry:
     """All sessions by ``lsid.id`` and user (the user only under ``--auth``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, records: RetryRecords | None = None) -> None:
         self.sessions: dict[tuple[bytes, tuple[str, str] | None], Session] = {}
+        #: Durable retryable-write records: a session unknown here starts from its record.
+        self.records = records if records is not None else RetryRecords()
 
     def get(self, lsid: Any) -> Session | None:
         """The session of a command's ``lsid`` (created on first use); None without one.
@@ -94,7 +112,10 @@ class SessionRegistry:
         key = _registry_key(lsid)
         session = self.sessions.get(key)
         if session is None:
-            session = Session(lsid=lsid)
+            session = Session(lsid=lsid, user=key[1])
+            record = self.records.get(key)
+            if record is not None:
+                session.restore(record)
             self.sessions[key] = session
         session.last_used = time.monotonic()
         return session
@@ -114,6 +135,7 @@ class SessionRegistry:
         """Sessions idle longer than the logical session timeout (removed from the registry)."""
         limit = time.monotonic() - SESSION_TIMEOUT_MINUTES * 60
         gone = [k for k, s in self.sessions.items() if s.last_used < limit]
+        self.records.expire()
         return [self.sessions.pop(k) for k in gone]
 
 

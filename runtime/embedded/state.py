@@ -1,8 +1,9 @@
 """The server's shared state and the command dispatcher.
 
 One asyncio event loop runs every command. A handler does not await between reading and writing
-storage (only change-stream getMores await, and they hold no write state), so each command is
-atomic with respect to every other, which is what makes 20 concurrent claimers safe.
+storage (only change-stream getMores and long reads await, and they hold no write state; see
+:mod:`runtime.embedded.scans`), so each write command is atomic with respect to every other,
+which is what makes 20 concurrent claimers safe.
 
 Sessions, retryable writes and transactions follow MongoDB's rules (see ``_execute``):
 
@@ -32,21 +33,23 @@ from typing import Any
 from bson.int64 import Int64
 
 from runtime.embedded import deadlines, engine
-from runtime.embedded.access import DirectAccess, Transaction, TransactionAccess
+from runtime.embedded.access import DirectAccess, SnapshotAccess, Transaction, TransactionAccess
 from runtime.embedded.auth import AuthManager
 from runtime.embedded.change_streams import ChangeStreamCursor
 from runtime.embedded.commands import COMMANDS, arguments
 from runtime.embedded.commands.registry import GENERIC_FIELDS, CommandContext, Handler
 from runtime.embedded.cursors import CursorRegistry
 from runtime.embedded.datastore import DataStore, WriteUnit
-from runtime.embedded.errors import (
-    RESUMABLE_CHANGE_STREAM_CODES,
-    CommandError,
-    ErrorCode,
-    WriteError,
+from runtime.embedded.error_labels import (
+    RETRYABLE_WRITE_CODES,
+    RETRYABLE_WRITE_LABEL,
+    add_labels,
 )
+from runtime.embedded.errors import CommandError, ErrorCode, WriteError
 from runtime.embedded.failpoints import FailPoints, Injected
+from runtime.embedded.operations import Operations
 from runtime.embedded.persistence import Persistence
+from runtime.embedded.read_concern import add_read_time, snapshot_view
 from runtime.embedded.sessions import Session, SessionRegistry, no_such_transaction
 from runtime.embedded.users import User
 
@@ -57,14 +60,6 @@ __all__ = ["GENERIC_FIELDS", "CloseConnection", "ServerConfig", "ServerState"]
 
 FINISH_COMMANDS = frozenset({"commitTransaction", "abortTransaction"})
 HELLO_COMMANDS = frozenset({"hello", "isMaster", "ismaster"})
-# Codes that make a retryable write (or commit/abort) safe to retry: RetryableWriteError.
-RETRYABLE_WRITE_CODES = frozenset({6, 7, 89, 91, 134, 189, 262, 9001, 10107, 11600, 11602,
-                                   13435, 13436})
-# Codes that abort a transaction in a way that retrying the whole transaction may fix.
-TRANSIENT_TRANSACTION_CODES = frozenset({24, 112, 251, 267}) | RETRYABLE_WRITE_CODES
-RETRYABLE_WRITE_LABEL = "RetryableWriteError"
-TRANSIENT_LABEL = "TransientTransactionError"
-RESUMABLE_LABEL = "ResumableChangeStreamError"
 DEFAULT_TRANSACTION_LIFETIME_S = 60
 
 
@@ -108,7 +103,7 @@ class ServerState:
             persistence.open()
         self.store = DataStore(int(config.oplog_size_mb * 1024 * 1024), persistence)
         self.auth = AuthManager(self.store, config.auth, config.users)
-        self.sessions = SessionRegistry()
+        self.sessions = SessionRegistry(self.store.retry_records)
         self.cursors = CursorRegistry()
         self.failpoints = FailPoints()
         self.started = time.monotonic()
@@ -118,6 +113,7 @@ class ServerState:
         self.opcounters: Counter[str] = Counter()
         # setParameter transactionLifetimeLimitSeconds: older transactions are aborted.
         self.transaction_lifetime_s: float = DEFAULT_TRANSACTION_LIFETIME_S
+        self.operations = Operations()  # connections and their running commands ($currentOp)
 
     # -- sessions -----------------------------------------------------------------------------
 
@@ -172,6 +168,8 @@ class ServerState:
                 if txn.failed is not None:
                     raise txn.failed
                 unit = TransactionAccess(self.store, txn).commit()
+                if unit.ops:  # durable, so a retried commit after a restart still succeeds
+                    unit.retry = session.retry_record(None)
                 self.store.commit(unit)
             except CommandError:
                 txn.release(self.store)
@@ -197,7 +195,7 @@ class ServerState:
             if body.get("startTransaction"):
                 raise CommandError(ErrorCode.NotARetryableWriteCommand,
                                    "startTransaction requires autocommit: false")
-            if "autocommit" in body:
+            if body.get("autocommit") is not None:  # IDL: null is absent
                 raise CommandError(ErrorCode.InvalidOptions,
                                    "autocommit may only be specified as false")
             return None
@@ -226,10 +224,12 @@ class ServerState:
                 raise CommandError(ErrorCode.ConflictingOperationInProgress,
                                    f"Cannot start a transaction with txnNumber "
                                    f"{txn_number}: it has already been used on this session")
+            view = snapshot_view(self.store, name, body, True)  # (a bad readConcern fails)
             self._abort(session)
             session.last_txn_number = txn_number
             session.retry_reply = None
-            session.transaction = Transaction(lsid=body["lsid"], txn_number=txn_number)
+            session.transaction = Transaction(lsid=body["lsid"], txn_number=txn_number,
+                                              snapshot=view)
             session.txn_state = "in_progress"
             return session.transaction
         if txn_number == session.last_txn_number and session.txn_state == "committed":
@@ -258,8 +258,11 @@ class ServerState:
             client = body.get("client")
             app = client.get("application") if isinstance(client, dict) else None
             app_name = app.get("name") if isinstance(app, dict) else None
+        limit = body.get("maxTimeMS")
+        time_limited = isinstance(limit, int | float) and not isinstance(limit, bool) \
+            and limit > 0
         return self.failpoints.check(name, app_name,
-                                     self._is_change_stream_get_more(name, body))
+                                     self._is_change_stream_get_more(name, body), time_limited)
 
     def _is_change_stream_get_more(self, name: str, body: dict[str, Any]) -> bool:
         if name != "getMore":
@@ -271,6 +274,7 @@ class ServerState:
 
     async def execute(self, body: dict[str, Any], connection: dict[str, Any]) -> dict[str, Any]:
         """Run one command and return its reply document (errors included, never raised)."""
+        self.operations.begin(connection, body)
         try:
             reply = await self._execute(body, connection)
         except CommandError as exc:
@@ -283,6 +287,8 @@ class ServerState:
             log.exception("internal error in command %s", next(iter(body), "?"))
             reply = CommandError(ErrorCode.InternalError,
                                  f"internal error: {type(exc).__name__}: {exc}").to_document()
+        finally:
+            self.operations.end(connection)
         ts = self.store.clock.now()
         reply["operationTime"] = ts
         reply["$clusterTime"] = {"clusterTime": ts, "signature": {
@@ -331,7 +337,7 @@ class ServerState:
         except CommandError as exc:
             if injected is None or injected.explicit_labels is None \
                     or exc is not injected.error:
-                _add_labels(exc, request, injected is not None and exc is injected.error)
+                add_labels(exc, request, injected is not None and exc is injected.error)
             raise
         if injected is not None and injected.write_concern_error is not None:
             reply = dict(reply)
@@ -375,7 +381,8 @@ class ServerState:
                     if point.error is not None:
                         raise point.error
                     close_after = point.close_after_write
-            reply = await self._call(name, body, db, handler, connection, session, transaction)
+            reply = await self._call(name, body, db, handler, connection, session, transaction,
+                                     request.retryable_write)
         except Exception as exc:
             if statement_of is not None:
                 # Any error inside a transaction aborts it, as on a real server.
@@ -415,11 +422,16 @@ class ServerState:
 
     async def _call(self, name: str, body: dict[str, Any], db: str, handler: Handler,
                     connection: dict[str, Any], session: Session | None,
-                    transaction: Transaction | None) -> dict[str, Any]:
+                    transaction: Transaction | None, retryable: bool = False) -> dict[str, Any]:
         unit = WriteUnit()
+        view = snapshot_view(self.store, name, body, False) if transaction is None else None
         access = (TransactionAccess(self.store, transaction) if transaction is not None
                   and name not in FINISH_COMMANDS
-                  else DirectAccess(self.store, unit))
+                  else DirectAccess(self.store, unit) if view is None
+                  else SnapshotAccess(self.store, unit, view))
+        if body.get("bypassDocumentValidation") is True and not isinstance(access,
+                                                                           SnapshotAccess):
+            access.bypass_validation = True
         now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
         ctx = CommandContext(
             state=self,
@@ -438,6 +450,10 @@ class ServerState:
         deadlines.start(body.get("maxTimeMS") if name != "getMore" else None)
         try:
             reply = await handler(ctx)
+            if view is not None:
+                add_read_time(reply, view.at)
+            if retryable and unit.ops and reply.get("ok") and session is not None:
+                unit.retry = session.retry_record(reply)  # logged with the write itself
         finally:
             deadlines.clear()
             self.store.commit(unit)
@@ -472,29 +488,3 @@ def _too_old(txn_number: int, session: Session) -> CommandError:
     return CommandError(ErrorCode.TransactionTooOld,
                         f"Cannot start transaction {txn_number} on session because a newer "
                         f"transaction {session.last_txn_number} has already started")
-
-
-def _add_labels(exc: CommandError, request: _Request, from_fail_point: bool = False) -> None:
-    """Add the error labels MongoDB would attach to this failure.
-
-    An error injected by ``failCommand`` on a change-stream getMore gets no
-    ResumableChangeStreamError label unless the fail point lists it: mongod raises it before
-    the cursor code that adds that label (the spec tests rely on this).
-    """
-
-    def add(label: str) -> None:
-        if label not in exc.labels:
-            exc.labels.append(label)
-
-    code = exc.code
-    if (request.retryable_write or request.finishes_transaction) \
-            and code in RETRYABLE_WRITE_CODES:
-        add(RETRYABLE_WRITE_LABEL)
-    if request.in_transaction and not request.finishes_transaction \
-            and code in TRANSIENT_TRANSACTION_CODES:
-        add(TRANSIENT_LABEL)
-    if request.finishes_transaction and code == 251:
-        add(TRANSIENT_LABEL)
-    if request.change_stream_get_more and code in RESUMABLE_CHANGE_STREAM_CODES \
-            and not from_fail_point:
-        add(RESUMABLE_LABEL)

@@ -38,7 +38,9 @@ class Collection:
         self.uuid = collection_uuid or Binary.from_uuid(uuid.uuid4())
         self.docs: dict[Key, dict[str, Any]] = {}
         self.indexes: dict[str, Index] = {}
-        self.add_index(IndexSpec(name=ID_INDEX, key=[("_id", 1)]))
+        collation = self.options.get("collation")  # the _id index follows the default
+        self.add_index(IndexSpec(name=ID_INDEX, key=[("_id", 1)],
+                                 options={"collation": collation} if collation else {}))
 
     @property
     def namespace(self) -> str:
@@ -75,8 +77,9 @@ class Collection:
         if not replacing and key in self.docs:
             raise self.indexes[ID_INDEX].duplicate_error(doc)
         for name, index in self.indexes.items():
-            if name != ID_INDEX and index.spec.unique and not (
-                    previous is not None and index.unchanged(previous, doc)):
+            # the _id index is unique too; under a collation its entries, not the keys, say so
+            unique = index.collation is not None if name == ID_INDEX else index.spec.unique
+            if unique and not (previous is not None and index.unchanged(previous, doc)):
                 index.check_unique(doc, key, set())
 
     def put(self, doc: dict[str, Any], previous: dict[str, Any] | None) -> None:
@@ -111,7 +114,7 @@ class Collection:
             "type": "collection",
             "options": dict(self.options),
             "info": {"readOnly": False, "uuid": self.uuid},
-            "idIndex": {"v": 2, "key": {"_id": 1}, "name": ID_INDEX},
+            "idIndex": self.indexes[ID_INDEX].spec.to_document(),
         }
 
 

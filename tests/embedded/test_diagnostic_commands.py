@@ -72,3 +72,26 @@ def test_shell_helpers_answer(client: MongoClient[dict[str, Any]]) -> None:
     with pytest.raises(OperationFailure) as info:
         client.admin.command("killOp")
     assert info.value.code == 40414  # "BSON field 'killOp.op' is missing but a required field"
+
+
+def test_administration_commands_tools_send(client: MongoClient[dict[str, Any]],
+                                            db: Database[dict[str, Any]]) -> None:
+    """``fsync``, ``logRotate``, plan-cache commands, FCV 7.0, ``changeStreamOptions`` and
+    ``rs.conf()`` answer; ``fsync`` with ``lock`` and a foreign FCV are refused with a reason."""
+    assert client.admin.command("fsync")["ok"] == 1.0
+    with pytest.raises(OperationFailure) as info:
+        client.admin.command("fsync", lock=True)
+    assert info.value.code == 20 and "lock" in str(info.value)
+    assert client.admin.command("logRotate")["ok"] == 1.0
+    db.items.insert_one({})
+    assert db.command("planCacheListFilters", "items")["filters"] == []
+    assert db.command("planCacheClear", "items")["ok"] == 1.0
+    assert client.admin.command("setFeatureCompatibilityVersion", "7.0", confirm=True)["ok"]
+    with pytest.raises(OperationFailure):
+        client.admin.command("setFeatureCompatibilityVersion", "8.0", confirm=True)
+    [param] = client.admin.command("getClusterParameter", "changeStreamOptions")[
+        "clusterParameters"]
+    assert param["_id"] == "changeStreamOptions"
+    config = client.admin.command("replSetGetConfig")["config"]
+    assert config["_id"] == client.admin.command("hello")["setName"]
+    assert [m["host"] for m in config["members"]] == [client.admin.command("hello")["me"]]

@@ -94,3 +94,15 @@ def test_count_and_aggregate(db: Db, tasks: Coll) -> None:
 def test_bad_verbosity_is_refused(db: Db, tasks: Coll) -> None:
     with pytest.raises(OperationFailure):
         db.command("explain", {"find": "tasks"}, verbosity="everything")
+
+
+def test_aggregate_with_explain_true_answers_the_plan(db: Database[dict[str, Any]]) -> None:
+    """``aggregate`` with ``explain: true`` (no ``cursor`` needed) answers the query plan, as
+    the explain command at queryPlanner verbosity (manual: "aggregate", field explain)."""
+    db.items.insert_many([{"_id": i, "a": i} for i in range(5)])
+    db.items.create_index("a")
+    reply = db.command({"aggregate": "items", "pipeline": [{"$match": {"a": 3}}],
+                        "explain": True})
+    plan = reply["queryPlanner"]["winningPlan"]
+    assert "IXSCAN" in str(plan) and "a_1" in str(plan)
+    assert "executionStats" not in reply

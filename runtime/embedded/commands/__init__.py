@@ -1,17 +1,6 @@
-"""Command handlers, one module per family; importing this package registers all of them."""
+"""Command handlers, one module per family; ``table.py`` lists every command and its handler."""
 
-from runtime.embedded.commands import (  # noqa: F401  (imported for registration)
-    aggregation,
-    catalog,
-    crud,
-    diagnostics,
-    explain,
-    handshake,
-    testing,
-    transactions,
-    users,
-    validate,
-)
-from runtime.embedded.commands.registry import COMMANDS, CommandInfo
+from runtime.embedded.commands.registry import CommandInfo
+from runtime.embedded.commands.table import COMMANDS
 
 __all__ = ["COMMANDS", "CommandInfo"]

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from runtime.embedded import change_streams, engine
+from runtime.embedded import (
+    change_streams,
+    collation,
+    collectionless,
+    engine,
+    scans,
+    stats_stages,
+    views,
+)
 from runtime.embedded.commands import arguments
 from runtime.embedded.commands.arguments import Fields
 from runtime.embedded.commands.crud import check_collation, check_hint, matching
-from runtime.embedded.commands.registry import GENERIC_FIELDS, CommandContext, command
+from runtime.embedded.commands.explain import explain as explain_command
+from runtime.embedded.commands.registry import GENERIC_FIELDS, CommandContext
 from runtime.embedded.cursors import first_batch_reply
 from runtime.embedded.errors import CommandError, ErrorCode, WriteError
 from runtime.embedded.ordering import id_key, value_key
@@ -19,12 +29,14 @@ _AGGREGATE_FIELDS = frozenset({"aggregate", "pipeline", "cursor", "explain", "al
 
 
 class _CollectionsOf:
-    """Lets ``$lookup``/``$unionWith`` read the other collections of one database."""
+    """Lets ``$lookup``/``$unionWith`` read the other collections (and views) of one database."""
 
     def __init__(self, ctx: CommandContext) -> None:
         self._ctx = ctx
 
     def documents(self, collection: str) -> list[dict[str, Any]]:
+        if views.definition(self._ctx.state.store.catalog, self._ctx.db, collection):
+            return views.run(self._ctx, collection, [])
         coll = self._ctx.access.collection(self._ctx.db, collection)
         return list(matching(self._ctx, coll, {}, None)) if coll is not None else []
 
@@ -43,7 +55,6 @@ def _pipeline(ctx: CommandContext) -> list[dict[str, Any]]:
     return pipeline
 
 
-@command("aggregate", in_transaction=True)
 async def aggregate(ctx: CommandContext) -> dict[str, Any]:
     """Run a pipeline; a leading ``$changeStream`` opens a change stream instead."""
     pipeline = _pipeline(ctx)
@@ -55,7 +66,11 @@ async def aggregate(ctx: CommandContext) -> dict[str, Any]:
     fields.document("collation")
     arguments.hint(fields)
     if fields.boolean("explain"):
-        raise CommandError(ErrorCode.BadValue, "explain is not supported by the embedded server")
+        # aggregate {explain: true} is the explain command at queryPlanner verbosity.
+        inner = {k: v for k, v in ctx.body.items()
+                 if k not in ("explain", "cursor") and k not in GENERIC_FIELDS}
+        ctx.body = {"explain": inner, "verbosity": "queryPlanner", "$db": ctx.db}
+        return await explain_command(ctx)
     for key in ctx.body:
         if key not in _AGGREGATE_FIELDS and key not in GENERIC_FIELDS:
             raise CommandError(ErrorCode.Location40415,
@@ -72,6 +87,7 @@ async def aggregate(ctx: CommandContext) -> dict[str, Any]:
         if ctx.transaction is not None:
             raise CommandError(ErrorCode.OperationNotSupportedInTransaction,
                                "Cannot run a $changeStream in a transaction")
+        views.refuse(ctx.state.store.catalog, ctx.db, target)
         return _open_change_stream(ctx, target, pipeline, batch_size)
     for stage in pipeline[1:]:
         if "$changeStream" in stage:
@@ -80,10 +96,17 @@ async def aggregate(ctx: CommandContext) -> dict[str, Any]:
                                "pipeline.")
     if type(target) is not str:
         if target == 1:
-            raise CommandError(ErrorCode.Location40324,
-                               "collection-less aggregate stages ($currentOp, "
-                               "$listLocalSessions, $documents) are not supported")
+            results = collectionless.run(ctx, pipeline)
+            return first_batch_reply(ctx.state.cursors, ctx.namespace("$cmd.aggregate"),
+                                     iter(results), batch_size)
         raise CommandError(ErrorCode.InvalidNamespace, "'aggregate' needs a collection name or 1")
+    collectionless.check_collection_pipeline(pipeline)
+    stats_stages.check_placement(pipeline)
+    if pipeline and next(iter(pipeline[0])) in stats_stages.STAGES:
+        results = stats_stages.run(ctx, target, pipeline, ctx.access.collection(ctx.db, target),
+                                   _CollectionsOf(ctx))
+        return first_batch_reply(ctx.state.cursors, ctx.namespace(target), iter(results),
+                                 batch_size)
     writer = None
     if pipeline and next(iter(pipeline[-1])) in ("$out", "$merge"):
         writer = pipeline[-1]
@@ -99,8 +122,19 @@ async def aggregate(ctx: CommandContext) -> dict[str, Any]:
         query, rest = pipeline[0]["$match"], pipeline[1:]
         if "$text" in query or "$where" in query:
             query, rest = {}, pipeline
-    source = list(matching(ctx, coll, query, None)) if coll is not None else []
-    results = engine.run_pipeline(source, rest, _CollectionsOf(ctx), ctx.variables)
+    if coll is None and views.definition(ctx.state.store.catalog, ctx.db, target) is not None:
+        results = views.run(ctx, target, pipeline)
+    else:
+        spec = ctx.body.get("collation")  # the leading $match and $sort follow the collation
+        sort, rest = collation.leading_sort(rest) if coll is not None and collation.resolve(
+            spec, coll.options.get("collation")) is not None else (None, rest)
+        if coll is not None and scans.sliced(coll):  # a long read: let other clients in
+            results = await scans.pipeline(ctx, coll, query, sort, rest, _CollectionsOf(ctx),
+                                           functools.partial(matching, collation_spec=spec))
+        else:
+            source = list(matching(ctx, coll, query, sort, None, spec)) \
+                if coll is not None else []
+            results = engine.run_pipeline(source, rest, _CollectionsOf(ctx), ctx.variables)
     if writer is not None:
         _write_results(ctx, writer, results)
         results = []
@@ -129,6 +163,14 @@ def _write_results(ctx: CommandContext, writer: dict[str, Any],
                    results: list[dict[str, Any]]) -> None:
     name, spec = next(iter(writer.items()))
     access = ctx.access
+    target = spec.get("into", spec.get("coll")) if isinstance(spec, dict) else spec
+    target_db = ctx.db
+    if isinstance(target, dict):
+        target_db, target = target.get("db", ctx.db), target.get("coll")
+    elif isinstance(spec, dict) and name == "$out":
+        target_db = spec.get("db", ctx.db)
+    if type(target_db) is str:
+        views.refuse(ctx.state.store.catalog, target_db, target)
     try:
         if name == "$out":
             target_db, target_coll = ctx.db, spec

@@ -6,7 +6,7 @@ from typing import Any
 
 from bson.int64 import Int64
 
-from runtime.embedded import engine
+from runtime.embedded import collation, engine, json_schema, views
 from runtime.embedded.commands import arguments
 from runtime.embedded.commands.catalog_args import (
     check_bool,
@@ -17,7 +17,6 @@ from runtime.embedded.commands.catalog_args import (
 from runtime.embedded.commands.registry import (
     GENERIC_FIELDS,
     CommandContext,
-    command,
     doc_option,
 )
 from runtime.embedded.cursors import first_batch_reply
@@ -53,37 +52,53 @@ def _require(ctx: CommandContext, name: str) -> Collection:
     return coll
 
 
-@command("create", in_transaction=True)
 async def create(ctx: CommandContext) -> dict[str, Any]:
     """Create a collection with options."""
     name = ctx.collection_name()
     _reject_unknown_fields(ctx, _CREATE_FIELDS)
     check_new_collection(ctx.db, name)
     check_collection_options(ctx.body, "create")
+    json_schema.check_validator_options(ctx.body)
     if ctx.access.collection(ctx.db, name) is not None:
         raise CommandError(ErrorCode.NamespaceExists,
                            f"Collection {ctx.namespace(name)} already exists.")
-    options = {k: v for k, v in ctx.body.items()
-               if k in _CREATE_OPTIONS and k not in ("comment",)}
-    if "viewOn" in options:
-        raise CommandError(ErrorCode.CommandNotSupportedOnView,
-                           "views are not supported by the embedded server")
+    if views.definition(ctx.state.store.catalog, ctx.db, name) is not None:
+        raise CommandError(ErrorCode.NamespaceExists,
+                           f"Namespace {ctx.namespace(name)} already exists (it is a view).")
+    options = {k: v for k, v in ctx.body.items()  # IDL: an optional field holding null is absent
+               if k in _CREATE_OPTIONS and k not in ("comment",) and v is not None}
+    if "viewOn" in options or "pipeline" in options:
+        if "viewOn" not in options:
+            raise CommandError(ErrorCode.InvalidOptions,
+                               "'pipeline' requires 'viewOn' to also be specified")
+        views.create(ctx, name, options)
+        return {"ok": 1.0}
+    if collation.given(options.get("collation")):  # stored complete, as mongod lists it
+        default = collation.parse(options.pop("collation"))
+        if default is not None:
+            options["collation"] = default.to_document()
     ctx.state.store.create_collection(ctx.unit, ctx.db, name, options)
     return {"ok": 1.0}
 
 
-@command("collMod")
 async def coll_mod(ctx: CommandContext) -> dict[str, Any]:
     """Change collection options (e.g. ``changeStreamPreAndPostImages``) or an index's TTL."""
     _reject_unknown_fields(ctx, _COLL_MOD_FIELDS)
     name = ctx.collection_name()
     check_collection(ctx.db, name)
     check_collection_options(ctx.body, "collMod")
+    json_schema.check_validator_options(ctx.body)
     index_change = doc_option(ctx.body, "index")
     if index_change is not None:
         _check_index_change(index_change)
-    coll = _require(ctx, name)
     changes = {k: v for k, v in ctx.body.items() if k in _CREATE_OPTIONS and k != "comment"}
+    if views.definition(ctx.state.store.catalog, ctx.db, name) is not None:
+        views.modify(ctx, name, {**changes, **({"index": index_change} if index_change else {})})
+        return {"ok": 1.0}
+    if "viewOn" in changes or "pipeline" in changes:
+        raise CommandError(ErrorCode.InvalidOptions,
+                           "'viewOn' and 'pipeline' can only be changed on a view")
+    coll = _require(ctx, name)
     reply: dict[str, Any] = {"ok": 1.0}
     if index_change is not None:
         target = None
@@ -139,18 +154,18 @@ def _check_index_change(change: dict[str, Any]) -> None:
             raise CommandError(ErrorCode.InvalidOptions, f"collMod: {problem}")
 
 
-@command("drop")
 async def drop(ctx: CommandContext) -> dict[str, Any]:
     """Drop a collection."""
     name = ctx.collection_name()
     check_collection(ctx.db, name)
+    if views.definition(ctx.state.store.catalog, ctx.db, name) is not None:
+        return views.drop(ctx, name)
     coll = _require(ctx, name)
     count = len(coll.indexes)
     ctx.state.store.drop_collection(ctx.unit, coll)
     return {"nIndexesWas": count, "ns": ctx.namespace(name), "ok": 1.0}
 
 
-@command("dropDatabase")
 async def drop_database(ctx: CommandContext) -> dict[str, Any]:
     """Drop every collection of the database."""
     if ctx.db in ctx.state.store.catalog.databases:
@@ -158,7 +173,6 @@ async def drop_database(ctx: CommandContext) -> dict[str, Any]:
     return {"dropped": ctx.db, "ok": 1.0}
 
 
-@command("renameCollection", admin_only=True)
 async def rename_collection(ctx: CommandContext) -> dict[str, Any]:
     """Rename ``db.a`` to ``db.b`` (``dropTarget`` honoured)."""
     source, target = ctx.body.get("renameCollection"), ctx.body.get("to")
@@ -171,6 +185,11 @@ async def rename_collection(ctx: CommandContext) -> dict[str, Any]:
         raise CommandError(ErrorCode.IllegalOperation,
                            f"Can't rename a collection to itself: {source}")
     store = ctx.state.store
+    if views.definition(store.catalog, src_db, src_name) is not None:
+        raise CommandError(ErrorCode.CommandNotSupportedOnView, f"cannot rename view: {source}")
+    if views.definition(store.catalog, dst_db, dst_name) is not None:
+        raise CommandError(ErrorCode.NamespaceExists,
+                           f"a view already exists with that name: {target}")
     coll = store.catalog.get(src_db, src_name)
     if coll is None:
         raise CommandError(ErrorCode.NamespaceNotFound,
@@ -184,7 +203,6 @@ async def rename_collection(ctx: CommandContext) -> dict[str, Any]:
     return {"ok": 1.0}
 
 
-@command("listCollections", in_transaction=True)
 async def list_collections(ctx: CommandContext) -> dict[str, Any]:
     """Collections of the database, filtered."""
     check_bool(ctx.body, "nameOnly", "listCollections")
@@ -192,16 +210,16 @@ async def list_collections(ctx: CommandContext) -> dict[str, Any]:
     query = engine.validate_filter(check_filter(ctx.body, "listCollections"))
     name_only = bool(ctx.body.get("nameOnly"))
     infos = []
-    for coll in ctx.state.store.catalog.collections(ctx.db):
-        info = coll.info()
+    every = [c.info() for c in ctx.state.store.catalog.collections(ctx.db)]
+    every += views.list_infos(ctx.state.store.catalog, ctx.db)
+    for info in sorted(every, key=lambda i: str(i["name"])):
         if engine.matches(query, info, ctx.variables):
-            infos.append({"name": info["name"], "type": "collection"} if name_only else info)
+            infos.append({"name": info["name"], "type": info["type"]} if name_only else info)
     batch_size = arguments.cursor_batch_size(ctx.body)
     return first_batch_reply(ctx.state.cursors, f"{ctx.db}.$cmd.listCollections", iter(infos),
                              batch_size)
 
 
-@command("listDatabases", admin_only=True)
 async def list_databases(ctx: CommandContext) -> dict[str, Any]:
     """Databases that hold at least one collection."""
     check_bool(ctx.body, "nameOnly", "listDatabases")
@@ -215,7 +233,6 @@ async def list_databases(ctx: CommandContext) -> dict[str, Any]:
     return {"databases": databases, "totalSize": Int64(0), "totalSizeMb": Int64(0), "ok": 1.0}
 
 
-@command("createIndexes", in_transaction=True)
 async def create_indexes(ctx: CommandContext) -> dict[str, Any]:
     """Create indexes (existing identical ones are a no-op; conflicting ones are errors)."""
     name = ctx.collection_name()
@@ -228,14 +245,18 @@ async def create_indexes(ctx: CommandContext) -> dict[str, Any]:
         raise wrong_type("createIndexes.indexes", raw, "array")
     if not raw:
         raise CommandError(ErrorCode.BadValue, "Must specify at least one index to create")
-    specs = [parse_index_spec(check_index_spec(r, i)) for i, r in enumerate(raw)]
+    current = ctx.access.collection(ctx.db, name)  # its default collation applies to new indexes
+    default = current.options.get("collation") if current is not None else None
+    specs = [parse_index_spec(check_index_spec(r, i), default) for i, r in enumerate(raw)]
+    views.refuse(ctx.state.store.catalog, ctx.db, name)
     created = ctx.access.collection(ctx.db, name) is None
     coll = ctx.access.ensure(ctx.db, name)
     before = len(coll.indexes)
     store = ctx.state.store
     for spec in specs:
         same_name = coll.indexes.get(spec.name)
-        same_key = next((i for i in coll.indexes.values() if i.spec.key == spec.key), None)
+        same_key = next((i for i in coll.indexes.values() if i.spec.key == spec.key and
+                         i.collation == spec.collation), None)  # collations may differ
         if same_name is not None or same_key is not None:
             existing = same_name or same_key
             assert existing is not None
@@ -253,10 +274,10 @@ async def create_indexes(ctx: CommandContext) -> dict[str, Any]:
             "createdCollectionAutomatically": created, "ok": 1.0}
 
 
-@command("listIndexes", in_transaction=True)
 async def list_indexes(ctx: CommandContext) -> dict[str, Any]:
     """The indexes of a collection."""
     name = ctx.collection_name()
+    views.refuse(ctx.state.store.catalog, ctx.db, name)
     coll = _require(ctx, name)
     docs = [i.spec.to_document() for i in coll.indexes.values()]
     batch_size = arguments.cursor_batch_size(ctx.body)
@@ -264,7 +285,6 @@ async def list_indexes(ctx: CommandContext) -> dict[str, Any]:
                              iter(docs), batch_size)
 
 
-@command("dropIndexes", "deleteIndexes")
 async def drop_indexes(ctx: CommandContext) -> dict[str, Any]:
     """Drop one index by name or key, several by name, or all but ``_id_`` with ``"*"``."""
     wanted = ctx.body.get("index")
@@ -277,6 +297,7 @@ async def drop_indexes(ctx: CommandContext) -> dict[str, Any]:
         raise wrong_type("dropIndexes.index", bad, "string")
     if not isinstance(wanted, str | list | dict):
         raise wrong_type("dropIndexes.index", wanted, "string, array or object")
+    views.refuse(ctx.state.store.catalog, ctx.db, ctx.collection_name())
     coll = _require(ctx, ctx.collection_name())
     count = len(coll.indexes)
     names: list[str]
@@ -303,18 +324,18 @@ async def drop_indexes(ctx: CommandContext) -> dict[str, Any]:
     return {"nIndexesWas": count, "ok": 1.0}
 
 
-@command("dbStats")
 async def db_stats(ctx: CommandContext) -> dict[str, Any]:
     """Rough statistics of a database."""
     colls = ctx.state.store.catalog.collections(ctx.db)
-    return {"db": ctx.db, "collections": len(colls), "views": 0,
+    return {"db": ctx.db, "collections": len(colls),
+            "views": len(views.list_infos(ctx.state.store.catalog, ctx.db)),
             "objects": sum(len(c.docs) for c in colls),
             "indexes": sum(len(c.indexes) for c in colls), "ok": 1.0}
 
 
-@command("collStats")
 async def coll_stats(ctx: CommandContext) -> dict[str, Any]:
     """Rough statistics of a collection."""
+    views.refuse(ctx.state.store.catalog, ctx.db, ctx.collection_name())
     coll = _require(ctx, ctx.collection_name())
     return {"ns": coll.namespace, "count": len(coll.docs), "nindexes": len(coll.indexes),
             "ok": 1.0}

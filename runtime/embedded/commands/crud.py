@@ -13,16 +13,28 @@ from typing import Any
 from bson import ObjectId
 from bson.int64 import Int64
 
-from runtime.embedded import change_streams, engine
+from runtime.embedded import (
+    change_streams,
+    collation,
+    engine,
+    field_names,
+    planner,
+    scans,
+    views,
+)
 from runtime.embedded.commands import arguments
 from runtime.embedded.commands.arguments import Fields
 from runtime.embedded.commands.registry import (
     GENERIC_FIELDS,
     CommandContext,
-    command,
     sort_option,
 )
-from runtime.embedded.cursors import QueryCursor, first_batch_reply
+from runtime.embedded.cursors import (
+    QueryCursor,
+    ScanCursor,
+    first_batch_reply,
+    scan_first_batch_reply,
+)
 from runtime.embedded.errors import CommandError, ErrorCode, WriteError
 from runtime.embedded.ordering import MISSING, document_sort_key, get_path, value_key
 from runtime.embedded.storage import Collection
@@ -33,17 +45,25 @@ MAX_ID_RETRIES = 3
 
 def matching(ctx: CommandContext, coll: Collection, query: dict[str, Any],
              sort: list[tuple[str, int]] | None,
-             limit: int | None = None) -> Iterator[dict[str, Any]]:
-    """Documents matching ``query`` in ``sort`` order (index order when an index gives it).
+             limit: int | None = None, collation_spec: Any = None) -> Iterator[dict[str, Any]]:
+    """Documents matching ``query`` in ``sort`` order (index order when an index gives it),
+    comparing strings by the command's collation (``collation_spec``, else the collection's).
 
     ``limit`` (when the caller needs no more than that many) lets an in-memory sort keep only
     the first ones instead of sorting every match.
     """
-    docs, ordered = ctx.access.candidates(coll, query, sort)
+    chosen = collation.resolve(collation_spec, coll.options.get("collation"))
+    collated = collation.CollatedFilter(query, chosen)
+    with planner.collation_scope(chosen, collated.bounds_query):
+        docs, ordered = ctx.access.candidates(coll, query, sort)
     variables = ctx.variables
-    matched = (d for d in docs if engine.matches(query, d, variables))
+    if chosen is None:
+        matched = (d for d in docs if engine.matches(query, d, variables))
+    else:
+        matched = (d for d in docs if collated.matches(d, variables))
     if sort and not ordered:
-        key = functools.partial(document_sort_key, sort=sort)
+        key = functools.partial(document_sort_key, sort=sort,
+                                collate=chosen.transform if chosen is not None else None)
         if limit:
             return iter(heapq.nsmallest(limit, matched, key=key))
         return iter(sorted(matched, key=key))
@@ -72,21 +92,16 @@ _FIND_FIELDS = frozenset({"find", "filter", "sort", "projection", "hint", "skip"
                           "term"})
 # Valid find options whose effect is not implemented: refused rather than ignored.
 _FIND_UNSUPPORTED = frozenset({"tailable", "awaitData", "min", "max", "returnKey",
-                               "showRecordId"})
+                               "showRecordId", "requestResumeToken", "resumeAfter"})
 
 
-def check_collation(collation: Any) -> None:
-    """Only the simple (binary) collation is implemented; others would silently compare wrong."""
-    if collation is None or collation == {} or (
-        isinstance(collation, dict) and collation.get("locale") == "simple"
-    ):
-        return
-    raise CommandError(ErrorCode.BadValue,
-                       "collations other than {locale: 'simple'} are not supported by the "
-                       "embedded server")
+def check_collation(spec: Any) -> None:
+    """Validate a command's ``collation`` as mongod does (see :func:`collation.parse`)."""
+    if collation.given(spec):
+        collation.parse(spec)
 
 
-def _prepare_insert(raw: Any) -> dict[str, Any]:
+def _prepare_insert(raw: Any, upsert: bool = False) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise WriteError(ErrorCode.TypeMismatch, "document to insert must be an object")
     doc: dict[str, Any] = raw
@@ -94,12 +109,10 @@ def _prepare_insert(raw: Any) -> dict[str, Any]:
         doc = {"_id": ObjectId(), **doc}
     elif next(iter(doc)) != "_id":
         doc = {"_id": doc["_id"], **{k: v for k, v in doc.items() if k != "_id"}}
-    if isinstance(doc["_id"], list):
-        raise WriteError(ErrorCode.BadValue, "can't use an array for _id")
-    for key in doc:
-        if key.startswith("$"):
-            raise WriteError(ErrorCode.DollarPrefixedFieldName,
-                             f"Document can't have $ prefixed field names: {key}")
+    if upsert:
+        field_names.check_upsert(doc)
+    else:
+        field_names.check_insert(doc)
     return doc
 
 
@@ -122,12 +135,14 @@ def _raise_in_transaction(ctx: CommandContext, exc: WriteError) -> None:
         raise exc.as_command_error()
 
 
-@command("insert", in_transaction=True, retryable_write=True)
 async def insert(ctx: CommandContext) -> dict[str, Any]:
     """Insert documents; ordered batches stop at the first error."""
     name = ctx.collection_name()
     docs = _statements(ctx, "documents")
     ordered = Fields(ctx.body, ctx.name).boolean("ordered", True)
+    refused = views.refused_writes(ctx, name, len(docs), ordered)
+    if refused is not None:
+        return refused
     coll = ctx.access.ensure(ctx.db, name)
     n = 0
     errors: list[dict[str, Any]] = []
@@ -144,15 +159,13 @@ async def insert(ctx: CommandContext) -> dict[str, Any]:
 
 
 def _replacement(old: dict[str, Any] | None, replacement: dict[str, Any]) -> dict[str, Any]:
-    engine.validate_replacement(replacement)
+    field_names.check_replacement(replacement, inserting=old is None)
     if old is None:
-        return _prepare_insert(replacement)
+        return _prepare_insert(replacement, upsert=True)
     if "_id" in replacement and not same_value(replacement["_id"], old["_id"]) and (
         replacement["_id"] != old["_id"]
     ):
-        raise WriteError(ErrorCode.ImmutableField,
-                         "After applying the update, the (immutable) field '_id' was found "
-                         "to have been altered")
+        raise field_names.altered_id(replacement["_id"])
     return {"_id": old["_id"], **{k: v for k, v in replacement.items() if k != "_id"}}
 
 
@@ -164,10 +177,13 @@ def _upsert_document(query: dict[str, Any], update: dict[str, Any] | list[dict[s
         seed_id = engine.upsert_seed(query).get("_id", MISSING)
         if "_id" not in doc and seed_id is not MISSING:
             doc = {"_id": seed_id, **doc}
-        return _prepare_insert(_replacement(None, doc))
+        elif seed_id is not MISSING and not same_value(doc["_id"], seed_id) \
+                and doc["_id"] != seed_id:
+            raise field_names.altered_id(doc["_id"])
+        return _replacement(None, doc)
     seed = engine.upsert_seed(query)
     new = engine.apply_update(seed, update, query, array_filters, True, variables)
-    return _prepare_insert(new)
+    return _prepare_insert(new, upsert=True)
 
 
 def _update_one_statement(ctx: CommandContext, coll: Collection, stmt: Any,
@@ -184,11 +200,13 @@ def _update_one_statement(ctx: CommandContext, coll: Collection, stmt: Any,
     if is_replacement and multi:
         raise WriteError(ErrorCode.FailedToParse,
                          "multi update is not supported for replacement-style update")
+    if isinstance(update, dict) and not is_replacement:
+        field_names.check_update_paths(update)
     array_filters = stmt.get("arrayFilters")
     sort = sort_option(stmt, "sort")
     check_hint(coll, stmt.get("hint"))
     check_collation(stmt.get("collation"))
-    found = matching(ctx, coll, query, sort, None if multi else 1)
+    found = matching(ctx, coll, query, sort, None if multi else 1, stmt.get("collation"))
     targets = list(found) if multi else list(itertools.islice(found, 1))
     matched = modified = 0
     for old in targets:
@@ -196,6 +214,8 @@ def _update_one_statement(ctx: CommandContext, coll: Collection, stmt: Any,
             assert isinstance(update, dict)
             new = _replacement(old, update)
         else:
+            if isinstance(update, dict):
+                field_names.check_created_names(update)
             new = engine.apply_update(old, update, query, array_filters, False, ctx.variables)
         matched += 1
         if not same_value(old, new):
@@ -208,7 +228,6 @@ def _update_one_statement(ctx: CommandContext, coll: Collection, stmt: Any,
     return matched, modified
 
 
-@command("update", in_transaction=True, retryable_write=True)
 async def update(ctx: CommandContext) -> dict[str, Any]:
     """Apply update statements (operators, replacements or pipelines; multi; upsert)."""
     ctx.variables = engine.let_variables(ctx.body.get("let"), ctx.variables)
@@ -216,6 +235,9 @@ async def update(ctx: CommandContext) -> dict[str, Any]:
     statements = _statements(ctx, "updates")
     arguments.check_update_statements(statements)
     ordered = Fields(ctx.body, ctx.name).boolean("ordered", True)
+    refused = views.refused_writes(ctx, name, len(statements), ordered, nModified=0)
+    if refused is not None:
+        return refused
     coll = ctx.access.ensure(ctx.db, name)
     matched = modified = 0
     upserted: list[dict[str, Any]] = []
@@ -236,7 +258,6 @@ async def update(ctx: CommandContext) -> dict[str, Any]:
     return _write_reply(matched + len(upserted), errors, **extra)
 
 
-@command("delete", in_transaction=True, retryable_write=True)
 async def delete(ctx: CommandContext) -> dict[str, Any]:
     """Delete the documents matching each statement (``limit`` 1 or 0 = all)."""
     ctx.variables = engine.let_variables(ctx.body.get("let"), ctx.variables)
@@ -244,6 +265,9 @@ async def delete(ctx: CommandContext) -> dict[str, Any]:
     statements = _statements(ctx, "deletes")
     arguments.check_delete_statements(statements)
     ordered = Fields(ctx.body, ctx.name).boolean("ordered", True)
+    refused = views.refused_writes(ctx, name, len(statements), ordered)
+    if refused is not None:
+        return refused
     coll = ctx.access.collection(ctx.db, name)
     n = 0
     errors: list[dict[str, Any]] = []
@@ -260,7 +284,8 @@ async def delete(ctx: CommandContext) -> dict[str, Any]:
                 continue
             check_hint(coll, stmt.get("hint"))
             check_collation(stmt.get("collation"))
-            found = matching(ctx, coll, query, sort_option(stmt, "sort"), limit or None)
+            found = matching(ctx, coll, query, sort_option(stmt, "sort"), limit or None,
+                             stmt.get("collation"))
             targets = list(itertools.islice(found, 1)) if limit == 1 else list(found)
             for doc in targets:
                 ctx.access.delete(coll, doc)
@@ -275,11 +300,12 @@ async def delete(ctx: CommandContext) -> dict[str, Any]:
 
 def _results(ctx: CommandContext, coll: Collection | None, query: dict[str, Any],
              sort: list[tuple[str, int]] | None, skip: int, limit: int | None,
-             projection: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
+             projection: dict[str, Any] | None,
+             collation_spec: Any = None) -> Iterator[dict[str, Any]]:
     if coll is None:
         return iter(())
     docs: Iterator[dict[str, Any]] = matching(ctx, coll, query, sort,
-                                              skip + limit if limit else None)
+                                              skip + limit if limit else None, collation_spec)
     if skip or limit:
         # islice takes at most sys.maxsize (mongod's limits are 64-bit: they can add up past it)
         stop = min(skip + limit, sys.maxsize) if limit else None
@@ -288,6 +314,21 @@ def _results(ctx: CommandContext, coll: Collection | None, query: dict[str, Any]
         variables = ctx.variables
         docs = (engine.project(d, projection, variables, query) for d in docs)
     return docs
+
+
+def _scan(ctx: CommandContext, coll: Collection, query: dict[str, Any],
+          sort: list[tuple[str, int]] | None, skip: int, limit: int | None,
+          projection: dict[str, Any] | None, collation_spec: Any) -> scans.Scan:
+    """:func:`_results` as a :class:`~runtime.embedded.scans.Scan`: read slice by slice,
+    letting other clients in between (for collections large enough to need it). A sort that
+    no index gives is done by the scan, slice by slice, with the key :func:`matching` sorts by."""
+    key = None
+    if sort:
+        chosen = collation.resolve(collation_spec, coll.options.get("collation"))
+        key = functools.partial(document_sort_key, sort=sort,
+                                collate=chosen.transform if chosen is not None else None)
+    return scans.Scan(ctx, coll, query, sort, skip, limit, projection,
+                      functools.partial(matching, collation_spec=collation_spec), key)
 
 
 class _Materialising:
@@ -311,7 +352,6 @@ class _Materialising:
             self._rest = iter(list(self._results))
 
 
-@command("find", in_transaction=True)
 async def find(ctx: CommandContext) -> dict[str, Any]:
     """Query a collection; returns a cursor."""
     for key, value in ctx.body.items():
@@ -335,22 +375,32 @@ async def find(ctx: CommandContext) -> dict[str, Any]:
     batch_size = fields.integer("batchSize")
     coll = ctx.access.collection(ctx.db, name)
     check_hint(coll, ctx.body.get("hint"))
-    results = _Materialising(_results(ctx, coll, query, sort, skip, limit or None, projection))
     if limit and (batch_size is None or batch_size > limit):
         batch_size = limit
-    reply = first_batch_reply(ctx.state.cursors, ctx.namespace(name), results, batch_size,
-                              single_batch)
+    results: _Materialising | None = None
+    if coll is not None and scans.sliced(coll):
+        scan = _scan(ctx, coll, query, sort, skip, limit or None, projection,
+                     ctx.body.get("collation"))
+        reply = await scan_first_batch_reply(ctx.state.cursors, ctx.namespace(name), scan,
+                                             batch_size, single_batch)
+    else:
+        results = _Materialising(_results(ctx, coll, query, sort, skip, limit or None,
+                                          projection, ctx.body.get("collation")))
+        if coll is None and views.definition(ctx.state.store.catalog, ctx.db, name) is not None:
+            results = _Materialising(views.find(ctx, name, query, sort, skip, limit or None,
+                                                projection))
+        reply = first_batch_reply(ctx.state.cursors, ctx.namespace(name), results, batch_size,
+                                  single_batch)
     cursor = reply["cursor"]
     if cursor["id"] and limit and len(cursor["firstBatch"]) >= limit:
         # the limit is reached: like MongoDB, close the cursor (no getMore/killCursors needed)
         ctx.state.cursors.remove(cursor["id"])
         cursor["id"] = Int64(0)
-    elif cursor["id"]:
+    elif cursor["id"] and results is not None:
         results.settle()
     return reply
 
 
-@command("getMore", in_transaction=True)
 async def get_more(ctx: CommandContext) -> dict[str, Any]:
     """Next batch of a find, aggregate or change-stream cursor."""
     fields = Fields(ctx.body, "getMore")
@@ -372,8 +422,11 @@ async def get_more(ctx: CommandContext) -> dict[str, Any]:
         if cursor.closed:
             ctx.state.cursors.remove(cursor.cursor_id)
         return change_streams.cursor_reply(cursor, batch, False, cursor.cursor_id)
-    assert isinstance(cursor, QueryCursor)
-    batch = cursor.next_batch(batch_size)
+    if isinstance(cursor, ScanCursor):
+        batch = await cursor.next_batch(batch_size)  # may yield to other clients
+    else:
+        assert isinstance(cursor, QueryCursor)
+        batch = cursor.next_batch(batch_size)
     if cursor.exhausted:
         ctx.state.cursors.remove(cursor.cursor_id)
     return {"cursor": {"nextBatch": batch, "id": Int64(0 if cursor.exhausted else
@@ -381,7 +434,6 @@ async def get_more(ctx: CommandContext) -> dict[str, Any]:
             "ok": 1.0}
 
 
-@command("killCursors", in_transaction=True)
 async def kill_cursors(ctx: CommandContext) -> dict[str, Any]:
     """Close cursors (under ``--auth``, the caller's own only, unless it may kill any)."""
     fields = Fields(ctx.body, "killCursors")
@@ -402,7 +454,6 @@ async def kill_cursors(ctx: CommandContext) -> dict[str, Any]:
             "cursorsUnknown": [], "ok": 1.0}
 
 
-@command("findAndModify", "findandmodify", in_transaction=True, retryable_write=True)
 async def find_and_modify(ctx: CommandContext) -> dict[str, Any]:
     """Atomically find one document and update, replace or remove it."""
     ctx.variables = engine.let_variables(ctx.body.get("let"), ctx.variables)
@@ -427,12 +478,16 @@ async def find_and_modify(ctx: CommandContext) -> dict[str, Any]:
     if not remove and not isinstance(update, dict | list):
         raise CommandError(ErrorCode.FailedToParse,
                            "Either an update or remove=true must be specified")
+    views.refuse(ctx.state.store.catalog, ctx.db, name)
     coll = ctx.access.collection(ctx.db, name)
     check_hint(coll, body.get("hint"))
-    old = next(matching(ctx, coll, query, sort, 1), None) if coll is not None else None
+    old = next(matching(ctx, coll, query, sort, 1, body.get("collation")), None) \
+        if coll is not None else None
     last_error: dict[str, Any] = {"n": 0}
     value: dict[str, Any] | None = None
     try:
+        if isinstance(update, dict) and engine.is_operator_update(update):
+            field_names.check_update_paths(update)
         if remove:
             if old is not None and coll is not None:
                 ctx.access.delete(coll, old)
@@ -445,6 +500,8 @@ async def find_and_modify(ctx: CommandContext) -> dict[str, Any]:
                 assert isinstance(update, dict)
                 new = _replacement(old, update)
             else:
+                if isinstance(update, dict):
+                    field_names.check_created_names(update)
                 new = engine.apply_update(old, update, query, body.get("arrayFilters"), False,
                                           ctx.variables)
             if not same_value(old, new):
@@ -467,7 +524,6 @@ async def find_and_modify(ctx: CommandContext) -> dict[str, Any]:
     return {"lastErrorObject": last_error, "value": value, "ok": 1.0}
 
 
-@command("count")
 async def count(ctx: CommandContext) -> dict[str, Any]:
     """Count matching documents (``skip``/``limit`` honoured)."""
     check_collation(ctx.body.get("collation"))
@@ -477,15 +533,20 @@ async def count(ctx: CommandContext) -> dict[str, Any]:
     limit = min(abs(arguments.count_number(ctx.body, "limit")), arguments.INT64_MAX)
     coll = ctx.access.collection(ctx.db, name)
     check_hint(coll, ctx.body.get("hint"))
+    if coll is None and views.definition(ctx.state.store.catalog, ctx.db, name) is not None:
+        return views.count(ctx, name, query, skip, limit or None)
     if coll is None:
         return {"n": 0, "ok": 1.0}
     if not query and not skip and not limit:
         return {"n": len(coll.docs), "ok": 1.0}
-    n = sum(1 for _ in _results(ctx, coll, query, None, skip, limit or None, None))
+    spec = ctx.body.get("collation")
+    if scans.sliced(coll):
+        n = await _scan(ctx, coll, query, None, skip, limit or None, None, spec).count()
+    else:
+        n = sum(1 for _ in _results(ctx, coll, query, None, skip, limit or None, None, spec))
     return {"n": n, "ok": 1.0}
 
 
-@command("distinct", in_transaction=True)
 async def distinct(ctx: CommandContext) -> dict[str, Any]:
     """Distinct values of a field (array elements counted individually)."""
     check_collation(ctx.body.get("collation"))
@@ -495,12 +556,24 @@ async def distinct(ctx: CommandContext) -> dict[str, Any]:
     assert key is not None
     query = fields.document("query") or {}
     coll = ctx.access.collection(ctx.db, name)
+    if coll is None and views.definition(ctx.state.store.catalog, ctx.db, name) is not None:
+        return views.distinct(ctx, name, key, query)
     values: dict[Any, Any] = {}
     if coll is not None:
-        for doc in matching(ctx, coll, query, None):
+        spec = ctx.body.get("collation")
+        chosen = collation.resolve(spec, coll.options.get("collation"))
+
+        def add(doc: dict[str, Any]) -> None:
             value = get_path(doc, key)
             if value is MISSING:
-                continue
+                return
             for item in value if isinstance(value, list) else [value]:
-                values.setdefault(value_key(item), item)
+                # under a collation, values equal by it count once (the first one found)
+                values.setdefault(value_key(chosen.transform(item) if chosen else item), item)
+
+        if scans.sliced(coll):
+            await _scan(ctx, coll, query, None, 0, None, None, spec).each(add)
+        else:
+            for doc in matching(ctx, coll, query, None, None, spec):
+                add(doc)
     return {"values": [values[k] for k in sorted(values)], "ok": 1.0}

@@ -17,7 +17,7 @@ import bson
 from bson.int64 import Int64
 
 from runtime.embedded.commands.handshake import REPLICA_SET
-from runtime.embedded.commands.registry import CommandContext, command
+from runtime.embedded.commands.registry import CommandContext
 from runtime.embedded.errors import CommandError, ErrorCode
 from runtime.embedded.wire import CODEC
 
@@ -26,7 +26,6 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC).replace(tzinfo=None, microsecond=0)
 
 
-@command("replSetGetStatus", admin_only=True)
 async def repl_set_get_status(ctx: CommandContext) -> dict[str, Any]:
     """The one member, primary and healthy, with its latest optime."""
     optime = {"ts": ctx.state.store.clock.now(), "t": Int64(1)}
@@ -43,7 +42,6 @@ async def repl_set_get_status(ctx: CommandContext) -> dict[str, Any]:
             "members": [member], "ok": 1.0}
 
 
-@command("getDefaultRWConcern", admin_only=True)
 async def get_default_rw_concern(ctx: CommandContext) -> dict[str, Any]:
     """The implicit defaults of a replica set (read "local", write "majority")."""
     return {"defaultReadConcern": {"level": "local"},
@@ -57,7 +55,6 @@ def _documents(ctx: CommandContext, db: str, name: str) -> list[dict[str, Any]]:
     return [] if coll is None else [coll.docs[key] for key in sorted(coll.docs)]
 
 
-@command("dataSize")
 async def data_size(ctx: CommandContext) -> dict[str, Any]:
     """BSON bytes and count of a collection's documents (``dataSize: "db.coll"``)."""
     namespace = ctx.body.get("dataSize")
@@ -70,7 +67,6 @@ async def data_size(ctx: CommandContext) -> dict[str, Any]:
     return {"size": Int64(size), "numObjects": Int64(len(docs)), "millis": Int64(0), "ok": 1.0}
 
 
-@command("dbHash")
 async def db_hash(ctx: CommandContext) -> dict[str, Any]:
     """An MD5 per collection over its documents in ``_id`` order, and one over them all."""
     wanted = ctx.body.get("collections")
@@ -92,13 +88,11 @@ async def db_hash(ctx: CommandContext) -> dict[str, Any]:
             "uuids": {}, "md5": overall.hexdigest(), "timeMillis": 0, "ok": 1.0}
 
 
-@command("top", admin_only=True)
 async def top(ctx: CommandContext) -> dict[str, Any]:
     """Per-namespace usage totals (none are tracked: an empty ``totals``)."""
     return {"totals": {"note": "all times in microseconds"}, "ok": 1.0}
 
 
-@command("profile")
 async def profile(ctx: CommandContext) -> dict[str, Any]:
     """The profiling level: always 0 (off); turning it on is refused with a clear error."""
     level = ctx.body.get("profile")
@@ -109,7 +103,6 @@ async def profile(ctx: CommandContext) -> dict[str, Any]:
     return {"was": 0, "slowms": 100, "sampleRate": 1.0, "ok": 1.0}
 
 
-@command("killOp", admin_only=True)
 async def kill_op(ctx: CommandContext) -> dict[str, Any]:
     """Acknowledge a kill request (commands here run to completion or to their maxTimeMS)."""
     if "op" not in ctx.body:
@@ -118,13 +111,11 @@ async def kill_op(ctx: CommandContext) -> dict[str, Any]:
     return {"info": "attempting to kill op", "ok": 1.0}
 
 
-@command("lockInfo", admin_only=True)
 async def lock_info(ctx: CommandContext) -> dict[str, Any]:
     """No lock is ever held across a yield here: an empty list."""
     return {"lockInfo": [], "ok": 1.0}
 
 
-@command("connPoolStats")
 async def conn_pool_stats(ctx: CommandContext) -> dict[str, Any]:
     """Outgoing connection pools: this server opens none."""
     return {"numClientConnections": 0, "numAScopedConnections": 0, "totalInUse": 0,

@@ -17,9 +17,9 @@ from typing import Any
 
 from bson.int64 import Int64
 
-from runtime.embedded import engine, planner
+from runtime.embedded import collation, engine, planner
 from runtime.embedded.commands import arguments
-from runtime.embedded.commands.registry import CommandContext, command, sort_option
+from runtime.embedded.commands.registry import CommandContext, sort_option
 from runtime.embedded.errors import CommandError, ErrorCode
 from runtime.embedded.storage import Collection
 
@@ -122,13 +122,21 @@ def _winning_plan(coll: Collection | None, read: _Query, chosen: planner.Plan) -
     return stage
 
 
-def _execute(coll: Collection, read: _Query, chosen: planner.Plan,
-             variables: dict[str, Any]) -> int:
+def _collation_spec(name: str, inner: dict[str, Any]) -> Any:
+    """The ``collation`` of the explained command (of its first statement for writes)."""
+    statements = inner.get({"update": "updates", "delete": "deletes"}.get(name, ""))
+    if isinstance(statements, list) and statements and isinstance(statements[0], dict):
+        return statements[0].get("collation")
+    return inner.get("collation")
+
+
+def _execute(coll: Collection, collated: collation.CollatedFilter, chosen: planner.Plan,
+             read: _Query, variables: dict[str, Any]) -> int:
     """Run the read; returns how many documents it produces (after skip and limit)."""
     docs = coll.docs
     matched: Iterator[dict[str, Any]] = (
         doc for doc in (docs.get(key) for key in chosen.ids)
-        if doc is not None and engine.matches(read.query, doc, variables))
+        if doc is not None and collated.matches(doc, variables))
     wanted = read.skip + read.limit if read.limit else None
     if read.sort and not chosen.sorted_by_index:
         produced = sum(1 for _ in matched)  # an in-memory sort reads everything
@@ -143,13 +151,14 @@ def _execute(coll: Collection, read: _Query, chosen: planner.Plan,
     return max(0, produced - read.skip)
 
 
-@command("explain")
 async def explain(ctx: CommandContext) -> dict[str, Any]:
     """Describe (and, unless ``verbosity`` is queryPlanner, run) the plan of a command."""
     inner = ctx.body.get("explain")
     if not isinstance(inner, dict) or not inner:
         raise CommandError(ErrorCode.TypeMismatch, "explain command requires a nested object")
-    raw_verbosity = ctx.body.get("verbosity", Verbosity.ALL_PLANS.value)
+    raw_verbosity = ctx.body.get("verbosity")
+    if raw_verbosity is None:  # IDL: an optional field holding null is absent
+        raw_verbosity = Verbosity.ALL_PLANS.value
     try:
         verbosity = Verbosity(raw_verbosity)
     except ValueError:
@@ -162,8 +171,12 @@ async def explain(ctx: CommandContext) -> dict[str, Any]:
     started = time.monotonic()
     counters = planner.QUERY_EXECUTOR
     keys_before, docs_before = counters["scanned"], counters["scannedObjects"]
-    chosen = planner.plan(coll, read.query, read.sort) if coll is not None else \
-        planner.Plan(None, False, iter(()))
+    default = coll.options.get("collation") if coll is not None else None
+    collated = collation.CollatedFilter(
+        read.query, collation.resolve(_collation_spec(name, inner), default))
+    with planner.collation_scope(collated.collation, collated.bounds_query):
+        chosen = planner.plan(coll, read.query, read.sort) if coll is not None else \
+            planner.Plan(None, False, iter(()))
     reply: dict[str, Any] = {
         "explainVersion": "1",
         "queryPlanner": {
@@ -174,7 +187,8 @@ async def explain(ctx: CommandContext) -> dict[str, Any]:
         },
     }
     if verbosity is not Verbosity.QUERY_PLANNER:
-        returned = _execute(coll, read, chosen, ctx.variables) if coll is not None else 0
+        returned = _execute(coll, collated, chosen, read, ctx.variables) \
+            if coll is not None else 0
         reply["executionStats"] = {
             "executionSuccess": True,
             "nReturned": returned,

@@ -15,7 +15,7 @@ from typing import Any
 from bson import ObjectId
 from bson.int64 import Int64
 
-from runtime.embedded.commands.registry import GENERIC_FIELDS, CommandContext, command
+from runtime.embedded.commands.registry import GENERIC_FIELDS, CommandContext
 from runtime.embedded.errors import CommandError, ErrorCode
 from runtime.embedded.planner import QUERY_EXECUTOR
 from runtime.embedded.users import Mechanism
@@ -29,7 +29,6 @@ REPLICA_SET = "rs0"
 ELECTION_ID = ObjectId("7fffffff0000000000000001")
 
 
-@command("hello", "isMaster", "ismaster", in_transaction=True)
 async def hello(ctx: CommandContext) -> dict[str, Any]:
     """Present a single-node replica-set primary, so drivers enable every feature."""
     state = ctx.state
@@ -81,13 +80,11 @@ async def hello(ctx: CommandContext) -> dict[str, Any]:
     return reply
 
 
-@command("ping", in_transaction=True)
 async def ping(ctx: CommandContext) -> dict[str, Any]:
     """Liveness check."""
     return {"ok": 1.0}
 
 
-@command("buildInfo", "buildinfo")
 async def build_info(ctx: CommandContext) -> dict[str, Any]:
     """Version information (reported as MongoDB 7.0, the semantics we follow)."""
     return {"version": SERVER_VERSION, "versionArray": VERSION_ARRAY, "gitVersion": "reactgen",
@@ -96,13 +93,13 @@ async def build_info(ctx: CommandContext) -> dict[str, Any]:
             "openssl": {"running": "disabled"}, "ok": 1.0}
 
 
-@command("getParameter")
 async def get_parameter(ctx: CommandContext) -> dict[str, Any]:
     """Server parameters drivers and test harnesses ask for."""
     params: dict[str, Any] = {
         "enableTestCommands": ctx.state.config.enable_test_commands,
         "featureCompatibilityVersion": {"version": "7.0"},
         "transactionLifetimeLimitSeconds": ctx.state.transaction_lifetime_s,
+        "minSnapshotHistoryWindowInSeconds": ctx.state.store.history.window_s,
         "requireApiVersion": False,
         "authenticationMechanisms": [str(m) for m in Mechanism],
     }
@@ -111,12 +108,12 @@ async def get_parameter(ctx: CommandContext) -> dict[str, Any]:
     return {**{k: v for k, v in params.items() if k in ctx.body}, "ok": 1.0}
 
 
-SETTABLE_PARAMETERS = ("transactionLifetimeLimitSeconds",)
+SETTABLE_PARAMETERS = ("transactionLifetimeLimitSeconds", "minSnapshotHistoryWindowInSeconds")
 
 
-@command("setParameter", admin_only=True)
 async def set_parameter(ctx: CommandContext) -> dict[str, Any]:
-    """Change a runtime parameter; only ``transactionLifetimeLimitSeconds`` is supported."""
+    """Change a runtime parameter: ``transactionLifetimeLimitSeconds`` (>= 1) or
+    ``minSnapshotHistoryWindowInSeconds`` (>= 0, how long snapshot-read history is kept)."""
     wanted = {k: v for k, v in ctx.body.items() if k not in GENERIC_FIELDS and k != ctx.name}
     if not wanted:
         raise CommandError(ErrorCode.BadValue,
@@ -126,16 +123,20 @@ async def set_parameter(ctx: CommandContext) -> dict[str, Any]:
         raise CommandError(ErrorCode.BadValue,
                            f"attempted to set unrecognized parameter [{unknown[0]}]; "
                            f"supported: {', '.join(SETTABLE_PARAMETERS)}")
-    value = wanted["transactionLifetimeLimitSeconds"]
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 1:
-        raise CommandError(ErrorCode.BadValue,
-                           "transactionLifetimeLimitSeconds must be a number >= 1")
+    name, value = next(iter(wanted.items()))
+    minimum = 0 if name == "minSnapshotHistoryWindowInSeconds" else 1
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+        raise CommandError(ErrorCode.BadValue, f"{name} must be a number >= {minimum}")
+    if name == "minSnapshotHistoryWindowInSeconds":
+        history = ctx.state.store.history
+        was: Any = history.window_s
+        history.window_s = int(value)
+        return {"was": was, "ok": 1.0}
     was = ctx.state.transaction_lifetime_s
     ctx.state.transaction_lifetime_s = value
     return {"was": was, "ok": 1.0}
 
 
-@command("getCmdLineOpts")
 async def get_cmd_line_opts(ctx: CommandContext) -> dict[str, Any]:
     """The server's command line."""
     config = ctx.state.config
@@ -150,7 +151,6 @@ async def get_cmd_line_opts(ctx: CommandContext) -> dict[str, Any]:
     return {"argv": list(config.argv), "parsed": parsed, "ok": 1.0}
 
 
-@command("serverStatus")
 async def server_status(ctx: CommandContext) -> dict[str, Any]:
     """Process and counter information."""
     state = ctx.state
@@ -174,28 +174,24 @@ async def server_status(ctx: CommandContext) -> dict[str, Any]:
     }
 
 
-@command("hostInfo")
 async def host_info(ctx: CommandContext) -> dict[str, Any]:
     """Basic host information."""
     return {"system": {"hostname": ctx.state.advertised_address, "numCores": os.cpu_count()},
             "os": {"type": os.uname().sysname}, "ok": 1.0}
 
 
-@command("whatsmyuri")
 async def whats_my_uri(ctx: CommandContext) -> dict[str, Any]:
     """The client's address."""
     return {"you": ctx.connection.get("peer", ""), "ok": 1.0}
 
 
-@command("listCommands")
 async def list_commands(ctx: CommandContext) -> dict[str, Any]:
     """The commands this server implements."""
-    from runtime.embedded.commands.registry import COMMANDS
+    from runtime.embedded.commands.table import COMMANDS  # the table imports this module
 
     return {"commands": {name: {"help": ""} for name in sorted(COMMANDS)}, "ok": 1.0}
 
 
-@command("endSessions", "killSessions", "killAllSessions", "refreshSessions")
 async def end_sessions(ctx: CommandContext) -> dict[str, Any]:
     """Forget sessions, aborting their open transactions."""
     ids = ctx.body.get(ctx.name)
@@ -207,7 +203,6 @@ async def end_sessions(ctx: CommandContext) -> dict[str, Any]:
     return {"ok": 1.0}
 
 
-@command("startSession")
 async def start_session(ctx: CommandContext) -> dict[str, Any]:
     """A new server-generated session id."""
     import uuid
@@ -217,7 +212,6 @@ async def start_session(ctx: CommandContext) -> dict[str, Any]:
     return {"id": {"id": Binary.from_uuid(uuid.uuid4())}, "timeoutMinutes": 30, "ok": 1.0}
 
 
-@command("getLog")
 async def get_log(ctx: CommandContext) -> dict[str, Any]:
     """No in-memory log is kept; logs go to stderr."""
     return {"totalLinesWritten": 0, "log": [], "ok": 1.0}

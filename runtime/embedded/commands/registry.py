@@ -1,4 +1,4 @@
-"""The command table and the context every handler receives."""
+"""What every command handler receives (``CommandContext``) and the table row type."""
 
 from __future__ import annotations
 
@@ -56,31 +56,15 @@ class CommandContext:
 Handler = Callable[[CommandContext], Awaitable[dict[str, Any]]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class CommandInfo:
-    """A registered command."""
+    """One row of the command table (``commands/table.py``): a handler and its properties."""
 
     handler: Handler
-    in_transaction: bool
-    retryable_write: bool
-    admin_only: bool
-    test_only: bool
-
-
-COMMANDS: dict[str, CommandInfo] = {}
-
-
-def command(*names: str, in_transaction: bool = False, retryable_write: bool = False,
-            admin_only: bool = False, test_only: bool = False) -> Callable[[Handler], Handler]:
-    """Register a handler under one or more command names."""
-
-    def register(handler: Handler) -> Handler:
-        for name in names:
-            COMMANDS[name] = CommandInfo(handler, in_transaction, retryable_write, admin_only,
-                                         test_only)
-        return handler
-
-    return register
+    in_transaction: bool = False
+    retryable_write: bool = False
+    admin_only: bool = False
+    test_only: bool = False
 
 
 def int_option(body: dict[str, Any], name: str, default: int | None = None) -> int | None:

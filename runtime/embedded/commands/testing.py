@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.embedded.commands.registry import CommandContext, command
+from runtime.embedded.commands.registry import CommandContext
 
 
-@command("configureFailPoint", admin_only=True, test_only=True)
 async def configure_fail_point(ctx: CommandContext) -> dict[str, Any]:
     """Turn a fail point on or off (see :mod:`runtime.embedded.failpoints`)."""
     count = ctx.state.failpoints.configure(ctx.body)

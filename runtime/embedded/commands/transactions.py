@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.embedded.commands.registry import CommandContext, command
+from runtime.embedded.commands.registry import CommandContext
 
 
-@command("commitTransaction", in_transaction=True, admin_only=True)
 async def commit_transaction(ctx: CommandContext) -> dict[str, Any]:
     """Commit the session's transaction (handled by the dispatcher's transaction logic)."""
     return await ctx.state.finish_transaction(ctx, commit=True)
 
 
-@command("abortTransaction", in_transaction=True, admin_only=True)
 async def abort_transaction(ctx: CommandContext) -> dict[str, Any]:
     """Abort the session's transaction."""
     return await ctx.state.finish_transaction(ctx, commit=False)

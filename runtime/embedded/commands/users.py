@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from runtime.embedded.commands.registry import CommandContext, command
+from runtime.embedded.commands.registry import CommandContext
 from runtime.embedded.errors import CommandError, ErrorCode
 from runtime.embedded.roles import RoleGrant, parse_roles, privileges
 from runtime.embedded.users import Mechanism, ScramCredential, User, new_user
@@ -22,26 +22,22 @@ _USER_FIELDS = frozenset({"pwd", "roles", "customData", "mechanisms", "digestPas
                           "authenticationRestrictions", "comment"})
 
 
-@command("saslStart")
 async def sasl_start(ctx: CommandContext) -> dict[str, Any]:
     """Begin a SCRAM-SHA-256 / SCRAM-SHA-1 conversation."""
     return ctx.state.auth.sasl_start(ctx.body, ctx.db, ctx.connection)
 
 
-@command("saslContinue")
 async def sasl_continue(ctx: CommandContext) -> dict[str, Any]:
     """Continue the connection's SCRAM conversation."""
     return ctx.state.auth.sasl_continue(ctx.body, ctx.connection)
 
 
-@command("logout")
 async def logout(ctx: CommandContext) -> dict[str, Any]:
     """Forget the user authenticated on this database."""
     ctx.state.auth.logout(ctx.db, ctx.connection)
     return {"ok": 1.0}
 
 
-@command("connectionStatus")
 async def connection_status(ctx: CommandContext) -> dict[str, Any]:
     """The authenticated user and its roles (and privileges with ``showPrivileges``)."""
     user = ctx.state.auth.authenticated(ctx.connection)
@@ -96,7 +92,7 @@ def _mechanisms(ctx: CommandContext) -> list[Mechanism] | None:
 
 
 def _password(ctx: CommandContext, required: bool) -> str | None:
-    if "pwd" not in ctx.body:
+    if ctx.body.get("pwd") is None:  # IDL: an optional field holding null is absent
         if required:
             raise CommandError(ErrorCode.BadValue,
                                "Must provide a 'pwd' field for all user documents, except "
@@ -137,7 +133,6 @@ def _existing(ctx: CommandContext, name: str) -> User:
     return dataclasses.replace(user)  # the registry's copy is shared: change a new one
 
 
-@command("createUser")
 async def create_user(ctx: CommandContext) -> dict[str, Any]:
     """Create a user with SCRAM credentials (both mechanisms unless ``mechanisms`` says)."""
     _check_fields(ctx)
@@ -156,7 +151,6 @@ async def create_user(ctx: CommandContext) -> dict[str, Any]:
     return {"ok": 1.0}
 
 
-@command("updateUser")
 async def update_user(ctx: CommandContext) -> dict[str, Any]:
     """Change a user's password, roles, mechanisms or customData."""
     _check_fields(ctx)
@@ -164,8 +158,8 @@ async def update_user(ctx: CommandContext) -> dict[str, Any]:
     user = _existing(ctx, name)
     password = _password(ctx, required=False)
     mechanisms = _mechanisms(ctx)
-    if password is None and mechanisms is None and "roles" not in ctx.body \
-            and "customData" not in ctx.body:
+    if password is None and mechanisms is None and ctx.body.get("roles") is None \
+            and ctx.body.get("customData") is None:
         raise CommandError(ErrorCode.BadValue,
                            "updateUser: nothing to update; give pwd, roles, mechanisms or "
                            "customData")
@@ -179,15 +173,14 @@ async def update_user(ctx: CommandContext) -> dict[str, Any]:
                                f"updateUser: adding {missing[0]} needs the password; "
                                "give pwd as well")
         user.credentials = {m: c for m, c in user.credentials.items() if m in mechanisms}
-    if "roles" in ctx.body:
+    if ctx.body.get("roles") is not None:
         user.roles = parse_roles(ctx.body["roles"], ctx.db, "updateUser")
-    if "customData" in ctx.body:
+    if ctx.body.get("customData") is not None:
         user.custom_data = _custom_data(ctx)
     ctx.state.auth.users.save(ctx.unit, user)
     return {"ok": 1.0}
 
 
-@command("dropUser")
 async def drop_user(ctx: CommandContext) -> dict[str, Any]:
     """Remove a user; connections authenticated as it lose their access at once."""
     name = _name(ctx)
@@ -197,7 +190,6 @@ async def drop_user(ctx: CommandContext) -> dict[str, Any]:
     return {"ok": 1.0}
 
 
-@command("dropAllUsersFromDatabase")
 async def drop_all_users(ctx: CommandContext) -> dict[str, Any]:
     """Remove every stored user of the database."""
     registry = ctx.state.auth.users
@@ -223,19 +215,16 @@ def _grant_change(ctx: CommandContext, grant: bool) -> dict[str, Any]:
     return {"ok": 1.0}
 
 
-@command("grantRolesToUser")
 async def grant_roles(ctx: CommandContext) -> dict[str, Any]:
     """Add roles to a user."""
     return _grant_change(ctx, grant=True)
 
 
-@command("revokeRolesFromUser")
 async def revoke_roles(ctx: CommandContext) -> dict[str, Any]:
     """Remove roles from a user."""
     return _grant_change(ctx, grant=False)
 
 
-@command("usersInfo")
 async def users_info(ctx: CommandContext) -> dict[str, Any]:
     """Users of the database, named users, or all (``forAllDBs``); keys only with
     ``showCredentials`` (root)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.embedded.commands.registry import CommandContext, command
+from runtime.embedded.commands.registry import CommandContext
 from runtime.embedded.errors import CommandError, ErrorCode
 from runtime.embedded.storage import Collection
 
@@ -43,7 +43,6 @@ def _index_problems(coll: Collection) -> tuple[dict[str, int], dict[str, Any], l
     return keys_per_index, details, errors
 
 
-@command("validate")
 async def validate(ctx: CommandContext) -> dict[str, Any]:
     """Answer ``validate`` for one collection."""
     name = ctx.collection_name()
