@@ -16,7 +16,7 @@ ALLOWED_STAGES = frozenset(
 )
 _FULL_DOCUMENT = ("default", "updateLookup", "whenAvailable", "required")
 _BEFORE_CHANGE = ("off", "whenAvailable", "required")
-ERROR_STAGE_NOT_ALLOWED = 20
+ERROR_STAGE_NOT_ALLOWED = ErrorCode.IllegalOperation
 
 
 def validate_options(spec: Any) -> dict[str, Any]:

@@ -50,12 +50,12 @@ DEFAULT_AWAIT_MS = 1000
 #: forgotten connection or a hostile value never holds a server task for days.
 MAX_AWAIT_MS = 10_000
 
-ERROR_CLUSTER_STREAM = 73
-ERROR_FATAL = 280  # ChangeStreamFatalError
+ERROR_CLUSTER_STREAM = ErrorCode.InvalidNamespace
+ERROR_FATAL = ErrorCode.ChangeStreamFatalError
 # Errors of MongoDB's NonResumableChangeStreamError category carry this label: drivers must not
 # resume from them.
 NON_RESUMABLE = "NonResumableChangeStreamError"
-ERROR_NO_IMAGE = 47  # NoMatchingDocument
+ERROR_NO_IMAGE = ErrorCode.NoMatchingDocument
 _NO_IMAGE_NAME = {"codeName": "NoMatchingDocument"}
 
 

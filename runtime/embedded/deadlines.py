@@ -15,9 +15,9 @@ import contextvars
 import time
 from typing import Any
 
-from runtime.embedded.errors import CommandError
+from runtime.embedded.errors import CommandError, ErrorCode
 
-MAX_TIME_MS_EXPIRED = 50
+MAX_TIME_MS_EXPIRED = ErrorCode.MaxTimeMSExpired
 #: How many :func:`tick` calls pass between two looks at the clock.
 CHECK_EVERY = 64
 

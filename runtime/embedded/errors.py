@@ -42,6 +42,7 @@ class ErrorCode(IntEnum):
     RoleNotFound = 31
     ConflictingUpdateOperators = 40
     CursorNotFound = 43
+    NoMatchingDocument = 47
     NamespaceExists = 48
     MaxTimeMSExpired = 50
     UserAlreadyExists = 51
@@ -198,6 +199,7 @@ class ErrorCode(IntEnum):
     Location51081 = 51081
     Location51082 = 51082
     Location51083 = 51083
+    Location51091 = 51091
     Location51103 = 51103
     Location51104 = 51104
     Location51105 = 51105

@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 #: Wall-clock time one match may take (MongoDB bounds PCRE2 by steps instead).
 MATCH_BUDGET_SECONDS = 0.1
 #: "Regular expression is invalid" in a query filter.
-INVALID_QUERY_CODE = 51091
+INVALID_QUERY_CODE = ErrorCode.Location51091
 #: "Error occurred while executing the regular expression" in an aggregation expression.
-EXECUTION_ERROR_CODE = 51156
+EXECUTION_ERROR_CODE = ErrorCode.Location51156
 #: The option flags MongoDB knows (``u`` is implied: patterns are always Unicode).
 FLAGS = regex.IGNORECASE | regex.MULTILINE | regex.DOTALL | regex.VERBOSE | regex.UNICODE
 

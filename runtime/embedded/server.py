@@ -334,7 +334,7 @@ class EmbeddedMongoServer:
             # mongod's answer to a legacy query (find) since 5.1: an $err document.
             message = wire.LEGACY_REMOVED_MESSAGE.format("OP_QUERY")
             return {"$err": message, "errmsg": message,
-                    "code": wire.WireError.OP_QUERY_REMOVED, "ok": 0.0}
+                    "code": ErrorCode.Location5739101, "ok": 0.0}
         name = next(iter(request.body), "")
         if name not in HELLO_COMMANDS:
             doc = CommandError(ErrorCode.UnsupportedOpQueryCommand,
@@ -347,12 +347,12 @@ class EmbeddedMongoServer:
 
 def _unsupported_op_code(op_code: int) -> wire.BadRequest:
     if op_code in wire.LEGACY_OP_CODES:
-        return wire.BadRequest(wire.WireError.OP_QUERY_REMOVED,
+        return wire.BadRequest(ErrorCode.Location5739101,
                                wire.LEGACY_REMOVED_MESSAGE.format(f"opcode {op_code}"))
     if op_code == wire.OP_COMPRESSED:
-        return wire.BadRequest(wire.WireError.PROTOCOL_ERROR, "OP_COMPRESSED is not supported: "
+        return wire.BadRequest(ErrorCode.ProtocolError, "OP_COMPRESSED is not supported: "
                                "this server offers no compressors (hello lists none)")
-    return wire.BadRequest(wire.WireError.PROTOCOL_ERROR, f"unsupported opcode {op_code}")
+    return wire.BadRequest(ErrorCode.ProtocolError, f"unsupported opcode {op_code}")
 
 
 def _encode(encoder: Callable[[int, int, dict[str, Any]], bytes], response_to: int,

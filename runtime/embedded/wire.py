@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any
 
 import bson
 from bson.codec_options import CodecOptions
 
 from runtime.embedded.crc32c import crc32c
+from runtime.embedded.errors import ErrorCode
 
 OP_REPLY = 1
 OP_QUERY = 2004
@@ -38,22 +38,6 @@ _KNOWN_REQUIRED_FLAGS = FLAG_CHECKSUM_PRESENT | FLAG_MORE_TO_COME
 # tz_aware=False keeps datetimes naive UTC exactly as PyMongo sends them; documents keep the
 # order of their keys (dict) as BSON requires.
 CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=False, uuid_representation=4)
-
-
-class WireError(IntEnum):
-    """Error codes of malformed messages (mongod's)."""
-
-    PROTOCOL_ERROR = 17
-    INVALID_BSON = 22
-    ILLEGAL_OP_MSG_FLAG = 223
-    CHECKSUM_MISMATCH = 282
-    NOT_AN_OBJECT = 10065
-    TWO_BODIES = 40430
-    DUPLICATE_SEQUENCE = 40431
-    UNKNOWN_SECTION = 40432
-    BODY_AND_SEQUENCE = 40433
-    NO_BODY = 40587
-    OP_QUERY_REMOVED = 5739101
 
 
 LEGACY_REMOVED_MESSAGE = ("{} is no longer supported. The client driver may require an upgrade. "
@@ -107,28 +91,28 @@ def parse_header(data: bytes) -> Header:
 def _decode_document(data: bytes, offset: int, limit: int) -> tuple[dict[str, Any], int]:
     """Decode the document at ``offset``, which must end by ``limit`` (no copy of ``data``)."""
     if offset + 4 > limit:
-        raise BadRequest(WireError.PROTOCOL_ERROR, "truncated BSON document")
+        raise BadRequest(ErrorCode.ProtocolError, "truncated BSON document")
     (size,) = struct.unpack_from("<i", data, offset)
     if size < 5 or offset + size > limit:
-        raise BadRequest(WireError.PROTOCOL_ERROR, "BSON document length out of range")
+        raise BadRequest(ErrorCode.ProtocolError, "BSON document length out of range")
     try:
         doc = bson.decode(data[offset : offset + size], codec_options=CODEC)
     except Exception as exc:  # bson raises several unrelated exception types
-        raise BadRequest(WireError.INVALID_BSON, f"invalid BSON: {exc}") from exc
+        raise BadRequest(ErrorCode.InvalidBSON, f"invalid BSON: {exc}") from exc
     return doc, offset + size
 
 
 def parse_op_msg(header: Header, payload: bytes) -> Request:
     """Decode an OP_MSG body (everything after the header)."""
     if len(payload) < 5:
-        raise BadRequest(WireError.PROTOCOL_ERROR, "OP_MSG too short")
+        raise BadRequest(ErrorCode.ProtocolError, "OP_MSG too short")
     (flags,) = struct.unpack_from("<I", payload, 0)
     if flags & 0xFFFF & ~_KNOWN_REQUIRED_FLAGS:
-        raise BadRequest(WireError.ILLEGAL_OP_MSG_FLAG,
+        raise BadRequest(ErrorCode.IllegalOpMsgFlag,
                          f"unknown required OP_MSG flag bits {flags:#x}")
     end = len(payload) - (4 if flags & FLAG_CHECKSUM_PRESENT else 0)
     if end < 5:
-        raise BadRequest(WireError.PROTOCOL_ERROR, "OP_MSG too short for its checksum")
+        raise BadRequest(ErrorCode.ProtocolError, "OP_MSG too short for its checksum")
     offset = 4
     body: dict[str, Any] | None = None
     sequences: dict[str, list[dict[str, Any]]] = {}
@@ -137,26 +121,26 @@ def parse_op_msg(header: Header, payload: bytes) -> Request:
         offset += 1
         if kind == 0:
             if body is not None:
-                raise BadRequest(WireError.TWO_BODIES, "OP_MSG has more than one body section")
+                raise BadRequest(ErrorCode.Location40430, "OP_MSG has more than one body section")
             body, offset = _decode_document(payload, offset, end)
         elif kind == 1:
             if offset + 4 > end:
-                raise BadRequest(WireError.PROTOCOL_ERROR, "truncated document sequence")
+                raise BadRequest(ErrorCode.ProtocolError, "truncated document sequence")
             (size,) = struct.unpack_from("<i", payload, offset)
             seq_end = offset + size
             if size < 5 or seq_end > end:
-                raise BadRequest(WireError.PROTOCOL_ERROR, "document sequence length out of range")
+                raise BadRequest(ErrorCode.ProtocolError, "document sequence length out of range")
             name_end = payload.find(b"\x00", offset + 4, seq_end)
             if name_end < 0:
-                raise BadRequest(WireError.PROTOCOL_ERROR,
+                raise BadRequest(ErrorCode.ProtocolError,
                                  "document sequence identifier not terminated")
             try:
                 name = payload[offset + 4 : name_end].decode("utf-8")
             except UnicodeDecodeError:
-                raise BadRequest(WireError.PROTOCOL_ERROR, "document sequence identifier is not "
+                raise BadRequest(ErrorCode.ProtocolError, "document sequence identifier is not "
                                  "valid UTF-8") from None
             if name in sequences:
-                raise BadRequest(WireError.DUPLICATE_SEQUENCE,
+                raise BadRequest(ErrorCode.Location40431,
                                  f"duplicate document sequence {name!r}")
             docs: list[dict[str, Any]] = []
             pos = name_end + 1
@@ -166,12 +150,12 @@ def parse_op_msg(header: Header, payload: bytes) -> Request:
             sequences[name] = docs
             offset = seq_end
         else:
-            raise BadRequest(WireError.UNKNOWN_SECTION, f"unknown OP_MSG section kind {kind}")
+            raise BadRequest(ErrorCode.Location40432, f"unknown OP_MSG section kind {kind}")
     if body is None:
-        raise BadRequest(WireError.NO_BODY, "OP_MSG has no body section")
+        raise BadRequest(ErrorCode.Location40587, "OP_MSG has no body section")
     for name, docs in sequences.items():
         if name in body:
-            raise BadRequest(WireError.BODY_AND_SEQUENCE,
+            raise BadRequest(ErrorCode.Location40433,
                              f"duplicate field {name!r} in body and document sequence")
         body[name] = docs
     return Request(
@@ -193,29 +177,29 @@ def verify_checksum(header: Header, payload: bytes) -> None:
     """Check an OP_MSG's CRC-32C trailer (over the header and everything before the trailer);
     ChecksumMismatch (282) as on mongod if it does not match."""
     if len(payload) < 8:
-        raise BadRequest(WireError.PROTOCOL_ERROR, "OP_MSG too short for its checksum")
+        raise BadRequest(ErrorCode.ProtocolError, "OP_MSG too short for its checksum")
     raw_header = HEADER.pack(header.length, header.request_id, header.response_to,
                              header.op_code)
     (expected,) = struct.unpack_from("<I", payload, len(payload) - 4)
     body = memoryview(payload)[:-4]
     if crc32c(body, crc32c(raw_header)) != expected:
-        raise BadRequest(WireError.CHECKSUM_MISMATCH, "OP_MSG checksum does not match contents")
+        raise BadRequest(ErrorCode.ChecksumMismatch, "OP_MSG checksum does not match contents")
 
 
 def parse_op_query(header: Header, payload: bytes) -> tuple[str, Request]:
     """Decode a legacy OP_QUERY; returns the full collection name and the command."""
     if len(payload) < 4:
-        raise BadRequest(WireError.PROTOCOL_ERROR, "OP_QUERY too short")
+        raise BadRequest(ErrorCode.ProtocolError, "OP_QUERY too short")
     name_end = payload.find(b"\x00", 4)
     if name_end < 0:
-        raise BadRequest(WireError.PROTOCOL_ERROR, "OP_QUERY collection name not terminated")
+        raise BadRequest(ErrorCode.ProtocolError, "OP_QUERY collection name not terminated")
     full_name = payload[4:name_end].decode("utf-8", "replace")
     offset = name_end + 1 + 8  # numberToSkip, numberToReturn
     query, _ = _decode_document(payload, offset, len(payload))
     if "$query" in query:
         wrapped = query["$query"]
         if not isinstance(wrapped, dict):
-            raise BadRequest(WireError.NOT_AN_OBJECT, "invalid parameter: expected an object "
+            raise BadRequest(ErrorCode.Location10065, "invalid parameter: expected an object "
                              "($query)")
         query = dict(wrapped)
     if "$db" not in query:
