@@ -74,7 +74,7 @@ def check_validator(coll: Collection, new: dict[str, Any], old: dict[str, Any] |
                     bypass: bool) -> None:
     """The collection's ``validator`` for a write of ``new`` over ``old`` (None: an insert),
     unless the command set ``bypassDocumentValidation``: DocumentValidationFailure (121)."""
-    if bypass or not coll.options.get("validator"):
+    if bypass or not (coll.options.get("validator") or coll.options.get("encryptedFields")):
         return
     error = json_schema.validation_error(coll.options, new, old,
                                          lambda query, doc: engine.matches(query, doc, {}))

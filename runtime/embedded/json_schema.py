@@ -8,7 +8,9 @@ aliases, one or a list), and its ``type`` knows no ``integer``. The keywords are
 for decoded BSON values (``Int64``/``Decimal128`` are numbers, ``bool`` is not, ``datetime`` is a
 date). A schema is compiled once per query or collection (:func:`compile_schema`).
 
-A collection's ``validator`` (any query filter, usually ``$jsonSchema``) is applied by
+A collection created with ``encryptedFields`` (Queryable Encryption) refuses a plaintext value
+in an encrypted field with the same error, as mongod does. A collection's ``validator`` (any
+query filter, usually ``$jsonSchema``) is applied by
 :func:`validation_error` on inserts and updates with MongoDB's ``validationLevel``
 (``strict``: every write; ``moderate``: updates of documents that were valid; ``off``) and
 ``validationAction`` (``error``: DocumentValidationFailure 121 with ``errInfo``; ``warn``: the
@@ -251,12 +253,40 @@ def check_validator_options(options: dict[str, Any]) -> None:
         compile_schema(validator["$jsonSchema"])
 
 
+ENCRYPTED_SUBTYPE = 6  # BSON binary subtype of Queryable Encryption payloads
+
+
+def _unencrypted_fields(options: dict[str, Any], document: dict[str, Any]) -> list[str]:
+    """Paths of ``encryptedFields`` holding a value that is not an encrypted payload."""
+    spec = options.get("encryptedFields")
+    fields = spec.get("fields") if isinstance(spec, dict) else None
+    wrong: list[str] = []
+    for field in fields if isinstance(fields, list) else []:
+        path = field.get("path") if isinstance(field, dict) else None
+        if type(path) is not str:
+            continue
+        value: Any = document
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None and not (isinstance(value, Binary)
+                                      and value.subtype == ENCRYPTED_SUBTYPE):
+            wrong.append(path)
+    return wrong
+
+
 def validation_error(options: dict[str, Any], new: dict[str, Any],
                      old: dict[str, Any] | None,
                      matches: Callable[[dict[str, Any], dict[str, Any]], bool]
                      ) -> WriteError | None:
     """The DocumentValidationFailure (121) a write of ``new`` (replacing ``old``) gets from the
     collection's validator, or None. ``matches`` is the engine's filter matcher."""
+    unencrypted = _unencrypted_fields(options, new)
+    if unencrypted:  # Queryable Encryption: the server refuses plaintext in encrypted fields
+        return WriteError(ErrorCode.DocumentValidationFailure, "Document failed validation",
+                          extra={"errInfo": {"failingDocumentId": new.get("_id"), "details": {
+                              "operatorName": "encryptedFields",
+                              "reason": f"fields {unencrypted} must hold encrypted payloads "
+                                        "(BinData subtype 6)"}}})
     validator = options.get("validator")
     if not isinstance(validator, dict) or not validator:
         return None

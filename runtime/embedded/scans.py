@@ -63,6 +63,8 @@ SLICE_SECONDS = 0.002
 CHECK_EVERY = 64
 #: Collections with at most this many documents are read in one go (no slicing at all).
 SMALL_COLLECTION = 1000
+#: Event-loop turns a scan gives up between two slices (see ``Scan._pause``).
+YIELDS = 3
 
 Matching = Callable[..., Iterator[dict[str, Any]]]
 
@@ -280,7 +282,12 @@ class Scan:
 
     async def _pause(self) -> None:
         self.freeze()
-        await asyncio.sleep(0)
+        # One sleep(0) would put the scan back at the head of the loop's queue, ahead of the
+        # request that arrived meanwhile: the loop first runs the callback that reads it, which
+        # only then queues the waiting client's task. After :data:`YIELDS` turns that task runs
+        # before the scan's next slice, so another client waits for one slice at most.
+        for _ in range(YIELDS):
+            await asyncio.sleep(0)
         self._resume()
         deadlines.check()
 

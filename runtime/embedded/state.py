@@ -105,6 +105,7 @@ class ServerState:
         self.auth = AuthManager(self.store, config.auth, config.users)
         self.sessions = SessionRegistry(self.store.retry_records)
         self.cursors = CursorRegistry()
+        self._time_limited_cursors: set[int] = set()
         self.failpoints = FailPoints()
         self.started = time.monotonic()
         self.advertised_address = f"{config.host}:{config.port}"
@@ -258,11 +259,20 @@ class ServerState:
             client = body.get("client")
             app = client.get("application") if isinstance(client, dict) else None
             app_name = app.get("name") if isinstance(app, dict) else None
-        limit = body.get("maxTimeMS")
-        time_limited = isinstance(limit, int | float) and not isinstance(limit, bool) \
-            and limit > 0
+        time_limited = _has_time_limit(body) or (
+            name == "getMore" and body.get("getMore") in self._time_limited_cursors)
         return self.failpoints.check(name, app_name,
                                      self._is_change_stream_get_more(name, body), time_limited)
+
+    def _remember_time_limit(self, body: dict[str, Any], reply: dict[str, Any]) -> None:
+        """A cursor opened with ``maxTimeMS`` keeps a time limit for its getMores (mongod
+        counts the limit over the cursor's life), which ``maxTimeAlwaysTimeOut`` honours."""
+        cursor = reply.get("cursor")
+        if not _has_time_limit(body) or not isinstance(cursor, dict) or not cursor.get("id"):
+            return
+        if len(self._time_limited_cursors) > 10_000:  # forget cursors that are gone
+            self._time_limited_cursors &= set(self.cursors.cursors)
+        self._time_limited_cursors.add(cursor["id"])
 
     def _is_change_stream_get_more(self, name: str, body: dict[str, Any]) -> bool:
         if name != "getMore":
@@ -289,6 +299,8 @@ class ServerState:
                                  f"internal error: {type(exc).__name__}: {exc}").to_document()
         finally:
             self.operations.end(connection)
+        if "maxTimeMS" in body:
+            self._remember_time_limit(body, reply)
         ts = self.store.clock.now()
         reply["operationTime"] = ts
         reply["$clusterTime"] = {"clusterTime": ts, "signature": {
@@ -458,6 +470,11 @@ class ServerState:
             deadlines.clear()
             self.store.commit(unit)
         return reply
+
+
+def _has_time_limit(body: dict[str, Any]) -> bool:
+    limit = body.get("maxTimeMS")
+    return isinstance(limit, int | float) and not isinstance(limit, bool) and limit > 0
 
 
 def _txn_number(body: dict[str, Any]) -> int | None:

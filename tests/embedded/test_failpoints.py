@@ -278,7 +278,8 @@ def test_fail_the_handshake_of_one_application(
 def test_max_time_always_time_out_fails_commands_with_a_time_limit(
         fresh_server: ServerFactory) -> None:
     """``maxTimeAlwaysTimeOut`` (mongod's fail point, used by drivers' suites): a command with
-    ``maxTimeMS`` fails with MaxTimeMSExpired (50); one without a limit runs."""
+    ``maxTimeMS``, or a getMore of a cursor opened with one, fails with MaxTimeMSExpired (50);
+    one without a limit runs."""
     from pymongo.errors import ExecutionTimeout
 
     server = fresh_server(in_memory=True, enable_test_commands=True)
@@ -293,5 +294,14 @@ def test_max_time_always_time_out_fails_commands_with_a_time_limit(
         assert client.db.items.find_one({}) == {"_id": 1}
         client.admin.command({"configureFailPoint": "maxTimeAlwaysTimeOut", "mode": "off"})
         assert client.db.items.find_one({}, max_time_ms=100_000) == {"_id": 1}
+        # A cursor opened with maxTimeMS keeps its limit: its getMore times out too.
+        client.db.items.insert_many([{"_id": i} for i in range(2, 10)])
+        cursor = client.db.items.find({}, max_time_ms=100_000, batch_size=2)
+        assert next(cursor)["_id"] == 1
+        client.admin.command({"configureFailPoint": "maxTimeAlwaysTimeOut",
+                              "mode": "alwaysOn"})
+        with pytest.raises(ExecutionTimeout):
+            list(cursor)
+        client.admin.command({"configureFailPoint": "maxTimeAlwaysTimeOut", "mode": "off"})
     finally:
         client.close()

@@ -99,3 +99,19 @@ def test_bad_validation_level_is_bad_value(db: Database[dict[str, Any]]) -> None
     with pytest.raises(OperationFailure) as info:
         db.create_collection("bad", validator={"a": 1}, validationLevel="sometimes")
     assert info.value.code == 2
+
+
+def test_encrypted_fields_refuse_plaintext(db: Database[dict[str, Any]]) -> None:
+    """Queryable Encryption (manual: "Create an Encrypted Collection"): a collection created
+    with ``encryptedFields`` refuses a plaintext value in an encrypted field with
+    DocumentValidationFailure (121); an encrypted payload (BinData subtype 6) is stored."""
+    from bson.binary import Binary
+
+    coll = db.create_collection("patients", encryptedFields={"fields": [
+        {"path": "ssn", "bsonType": "string", "keyId": Binary(b"k" * 16, 4)}]})
+    with pytest.raises(WriteError) as info:
+        coll.insert_one({"ssn": "123-45-6789"})
+    assert info.value.code == 121
+    coll.insert_one({"ssn": Binary(b"\x06ciphertext", 6), "name": "x"})
+    coll.insert_one({"name": "no ssn"})
+    assert coll.count_documents({}) == 2

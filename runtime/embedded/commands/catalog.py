@@ -28,7 +28,7 @@ from runtime.embedded.storage import ID_INDEX, Collection
 _CREATE_OPTIONS = {"capped", "size", "max", "validator", "validationLevel", "validationAction",
                    "changeStreamPreAndPostImages", "collation", "timeseries", "expireAfterSeconds",
                    "clusteredIndex", "storageEngine", "indexOptionDefaults", "viewOn", "pipeline",
-                   "comment"}
+                   "comment", "encryptedFields"}
 
 
 # Fields create and collMod accept besides the options they store.
