@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from pymongo import ASCENDING, MongoClient, ReturnDocument
 from pymongo.collection import Collection
-from pymongo.errors import ExecutionTimeout
+from pymongo.errors import ExecutionTimeout, OperationFailure
 from support import wait_until
 
 from runtime.embedded.process import EmbeddedServer
@@ -232,3 +232,26 @@ def test_max_time_ms_still_ends_a_long_read(other: Client) -> None:
     with pytest.raises(ExecutionTimeout):
         other["t"]["data"].find({"x": {"$lt": 0}}, max_time_ms=5).to_list()
     assert other["t"]["data"].find_one({"_id": 1}) is not None
+
+
+def test_a_second_get_more_on_a_cursor_that_is_still_reading_is_cursor_in_use(
+        server: EmbeddedServer, other: Client) -> None:
+    # mongod pins a cursor to the operation using it: another getMore meanwhile fails with
+    # CursorInUse (143) "cursor id ... is already in use", and the first one is unaffected.
+    with MongoClient(server.uri) as reader:
+        db = reader["t"]
+        first = db.command("find", "data", filter={"$or": [{"x": {"$lt": 5}},
+                                                            {"x": {"$gte": N - 5}}]},
+                           batchSize=5)
+        assert [d["_id"] for d in first["cursor"]["firstBatch"]] == list(range(5))
+        cursor_id = first["cursor"]["id"]
+        # The next batch lies at the far end of the collection: the getMore scans it all.
+        with LongRead(server, lambda data: data.database.command(
+                "getMore", cursor_id, collection="data", batchSize=5)) as get_more:
+            get_more.start(other)
+            with pytest.raises(OperationFailure) as refused:
+                assert_ran_during(get_more, other, lambda: other["t"].command(
+                    "getMore", cursor_id, collection="data"))
+            assert refused.value.code == 143
+            reply = get_more.finish()
+        assert [d["_id"] for d in reply["cursor"]["nextBatch"]] == list(range(N - 5, N))
