@@ -97,15 +97,20 @@ def _invalid_id_type(value: Any) -> WriteError | None:
     return None
 
 
+def _checked_id(doc: dict[str, Any]) -> Any:
+    """The document's ``_id`` (None when it has none), refused when of a type ``_id`` may not
+    have (array, regex, undefined: 53)."""
+    value = doc.get("_id")
+    error = _invalid_id_type(value) if "_id" in doc else None
+    if error is not None:
+        raise error
+    return value
+
+
 def check_insert(doc: dict[str, Any]) -> None:
     """A document to insert (``fixDocumentForInsert``, ``storageValidIdField``): only its
     ``_id`` is restricted; ``$``-prefixed, dotted and empty names are stored as given."""
-    if "_id" not in doc:
-        return
-    value = doc["_id"]
-    error = _invalid_id_type(value)
-    if error is not None:
-        raise error
+    value = _checked_id(doc)
     if isinstance(value, dict):
         name = _dollar_name_for_storage(value)
         if name is not None:
@@ -118,12 +123,7 @@ def check_upsert(doc: dict[str, Any]) -> None:
     """The document an upsert inserts (``storage_validation::scanDocument`` allowing top-level
     ``$`` fields): ``_id`` not a regex or an array (53), and no ``$``-prefixed field directly
     in an ``_id`` document (52)."""
-    if "_id" not in doc:
-        return
-    value = doc["_id"]
-    error = _invalid_id_type(value)
-    if error is not None:
-        raise error
+    value = _checked_id(doc)
     if isinstance(value, dict):
         keys = list(value)
         start = 2 if keys[:2] == ["$ref", "$id"] and isinstance(value["$ref"], str) else 0

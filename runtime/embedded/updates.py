@@ -288,11 +288,8 @@ def apply_update(
                     OWN_OPERATORS[name](new_doc, path, value, variables)
     except WriteError:
         raise
-    except CommandError as exc:
-        raise WriteError(exc.code, exc.message) from exc
-    except EVALUATION_ERRORS as exc:
-        error = translate(exc, default_code=14)
-        raise WriteError(error.code, error.message) from exc
+    except (CommandError, *EVALUATION_ERRORS) as exc:
+        raise _as_write_error(exc) from exc
     return _checked_result(doc, new_doc)
 
 
@@ -302,11 +299,17 @@ def _run_compiled(fast: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any
         return fast(doc, variables)
     except (WriteError, _compiled().Unsupported):
         raise
-    except CommandError as exc:
-        raise WriteError(exc.code, exc.message) from exc
-    except EVALUATION_ERRORS as exc:
-        error = translate(exc, default_code=14)
-        raise WriteError(error.code, error.message) from exc
+    except (CommandError, *EVALUATION_ERRORS) as exc:
+        raise _as_write_error(exc) from exc
+
+
+def _as_write_error(exc: Exception) -> WriteError:
+    """A failed update of one document, as the statement's write error (TypeMismatch when the
+    library's exception names no code)."""
+    if isinstance(exc, CommandError):
+        return WriteError(exc.code, exc.message)
+    error = translate(exc, default_code=ErrorCode.TypeMismatch)
+    return WriteError(error.code, error.message)
 
 
 def _checked_result(doc: dict[str, Any], new_doc: dict[str, Any]) -> dict[str, Any]:
