@@ -12,29 +12,14 @@ the event of a later insert, and runs find/update/count with ``undefined`` optio
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-HERE = Path(__file__).resolve().parent
-RUN_TIMEOUT_S = 180
+from test_node_driver import HERE, RUN_TIMEOUT_S, node  # noqa: F401  (fixture: npm ci if needed)
 
 
-@pytest.fixture(scope="module")
-def node() -> str:
-    """Path of ``node``, with the driver already installed next to this file."""
-    node_path = shutil.which("node")
-    if node_path is None:
-        pytest.skip("node not installed: the Node.js driver check needs Node.js")
-    if not (HERE / "node_modules" / "mongodb" / "package.json").exists():
-        pytest.skip("the mongodb driver is not installed (test_node_driver.py runs npm ci)")
-    return node_path
-
-
-def test_undefined_change_stream_options_see_events(node: str, mongodb_uri: str) -> None:
+def test_undefined_change_stream_options_see_events(node: str,  # noqa: F811
+                                                    mongodb_uri: str) -> None:
     """``watch([], {resumeAfter: undefined, ...})`` starts now and sees a later insert, as on
     mongod, where each null option of ``$changeStream`` is absent (manual: db.collection.watch)."""
     result = subprocess.run(
