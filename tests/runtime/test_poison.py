@@ -27,12 +27,13 @@ def test_poison_document_is_a_failed_task_and_the_rest_is_planned(
         make_app: AppBuilder, start_runtime: RuntimeFactory, db: Database[Doc]) -> None:
     app = build_many(make_app, {"record": (COUNT_ITEMS, ""), "plain": ("", "")})
     port = _free_port()
-    a = start(start_runtime, app, "a", "--metrics-port", str(port))
-    # One batch: $size of a number fails on the server for "bad" only, and only for the
-    # reactor whose watched value computes it.
+    # One batch, written before the runtime starts so that its first-start scan (not a race
+    # between the scan and the stream) plans it: $size of a number fails on the server for
+    # "bad" only, and only for the reactor whose watched value computes it.
     db.things.insert_many([{"_id": "ok1", "n": 1, "items": [1, 2]},
                            {"_id": "bad", "n": 2, "items": 5},
                            {"_id": "ok2", "n": 3, "items": []}])
+    a = start(start_runtime, app, "a", "--metrics-port", str(port))
     wait_until(lambda: runs_of(db, "ok1") and runs_of(db, "ok2"), timeout=15)
     poisoned = wait_until(lambda: db.things_tasks.find_one({"sourceId": "bad",
                                                             "reactor": "record"}))
