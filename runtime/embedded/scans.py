@@ -323,6 +323,10 @@ class Scan:
                         size += len(bson.encode(doc, codec_options=CODEC))
                     if (want is not None and len(batch) >= want) or \
                             (max_bytes is not None and size > max_bytes):
+                        if self._left == 0:
+                            # the limit is reached: no cursor to keep open (as on mongod)
+                            self.exhausted = True
+                            self.close()
                         return batch
                 step = self._slice_done()
                 if step == "done":
