@@ -40,7 +40,7 @@ from runtime.reactor import ReactorSpec
 from runtime.reconciliation import ScanReason, ScanRunner
 from runtime.structured_logging import log_event
 from runtime.task_context import watch_expression
-from runtime.task_plans import snapshot_hash
+from runtime.task_plans import can_insert_new, new_task, snapshot_hash
 from runtime.task_status import PENDING, PROCESSING_DIRTY, RUNNING
 from runtime.task_store import (
     claim_fields,
@@ -81,7 +81,7 @@ class DatabasePlanner:
                  batch_max: int, leader_token: int, due_hint: DueHint,
                  now: Clock, middleware: Middleware | None = None,
                  partition: Partition | None = None, state: PlanningState | None = None,
-                 client: Any = None) -> None:
+                 client: Any = None, reached: Clock | None = None) -> None:
         self.db = db
         self.meta = MetaStore(meta_db)
         self.partition = partition
@@ -98,6 +98,8 @@ class DatabasePlanner:
         self.leader_token = leader_token
         self.due_hint = due_hint
         self.now = now
+        self.reached = reached or now
+        """A time the server's clock has certainly reached: the "now" of inserted tasks."""
         self.middleware = middleware or Middleware()
         # The partition's stage last: the database hashes only the events that the compiled
         # pipeline kept (the source collections' relevant changes).
@@ -248,6 +250,7 @@ class DatabasePlanner:
     async def plan_events(self, events: list[dict[str, Any]]) -> None:
         """Plan one batch of change events."""
         touched: dict[str, dict[bytes, Any]] = {}
+        inserted: set[bytes] = set()
         dropped: set[str] = set()
         for event in events:
             op = event.get("operationType")
@@ -255,7 +258,10 @@ class DatabasePlanner:
             coll = ns.get("coll")
             if op in ("insert", "update", "replace", "delete") and coll in self.by_collection:
                 source_id = event["documentKey"]["_id"]
-                touched.setdefault(coll, {})[_id_key(source_id)] = source_id
+                key = _id_key(source_id)
+                touched.setdefault(coll, {})[key] = source_id
+                if op == "insert":
+                    inserted.add(key)
             elif op in ("drop", "rename") and coll in self.by_collection:
                 dropped.add(coll)
             elif op == "dropDatabase":
@@ -263,12 +269,15 @@ class DatabasePlanner:
         for coll in dropped:
             await self._collection_gone(coll)
         for coll, ids in touched.items():
-            await self.plan_ids(coll, list(ids.values()))
+            await self.plan_ids(coll, list(ids.values()), inserted=inserted)
 
     async def plan_ids(self, collection: str, ids: list[Any],
-                       reactors: list[ReactorSpec] | None = None) -> None:
+                       reactors: list[ReactorSpec] | None = None,
+                       inserted: set[bytes] | None = None) -> None:
         """Re-read ``ids`` of one source collection and upsert the tasks of ``reactors``
-        (default: every reactor of the collection)."""
+        (default: every reactor of the collection). ``inserted``: keys (:func:`_id_key`) of
+        the ids whose change was an insert, whose tasks are most likely new: they are
+        inserted (:func:`~runtime.task_plans.new_task`), and upserted only if they exist."""
         reactors = reactors if reactors is not None else self.by_collection[collection]
         try:
             found = await self._evaluate(collection, reactors, ids)
@@ -283,8 +292,11 @@ class DatabasePlanner:
             await self.plan_ids(collection, ids[middle:], reactors)
             return
         ops: dict[str, list[UpdateOne]] = {}
+        news: dict[str, list[tuple[dict[str, Any], UpdateOne]]] = {}
         planned: Counter[str] = Counter()
         token = self.leader_token
+        inserted = inserted or set()
+        reached = self.reached() if inserted else None
         # Decided once per batch: at DEBUG each change is explained (one extra read of the
         # tasks' previous state); otherwise the loop below does no logging work at all.
         debug = log.isEnabledFor(logging.DEBUG)
@@ -296,7 +308,14 @@ class DatabasePlanner:
                 cleanup = reactor.policies.cleanup.when
                 if verdicts is not None and reactor.name in verdicts:
                     snapshot, fields = verdicts[reactor.name]
-                    target.append(plan_update(reactor, source_id, snapshot, token, fields))
+                    update = plan_update(reactor, source_id, snapshot, token, fields)
+                    if reached is not None and can_insert_new(reactor) and \
+                            _id_key(source_id) in inserted:
+                        news.setdefault(reactor.tasks_collection, []).append(
+                            (new_task(reactor, source_id, snapshot, token, reached, fields),
+                             update))
+                    else:
+                        target.append(update)
                     planned[reactor.name] += 1
                     if debug:
                         _log_planned(collection, reactor, source_id, snapshot,
@@ -312,6 +331,9 @@ class DatabasePlanner:
                               event="change.ignored", reactor=reactor.name,
                               collection=collection, source_id=source_id, reason=why,
                               task="retired" if retire else "kept")
+        for tasks_collection, pairs in news.items():
+            ops.setdefault(tasks_collection, []).extend(
+                await self._insert_new(tasks_collection, pairs))
         await self._write(ops)
         # Hints only after the write: a worker woken earlier would find nothing and park the
         # reactor until the idle poll. A debounced task's exact due time also reaches every
@@ -341,6 +363,20 @@ class DatabasePlanner:
             log_event(log, logging.DEBUG, "cannot read tasks to explain planning",
                       event="planner.explain_failed", error=str(exc))
         return found
+
+    async def _insert_new(self, tasks_collection: str,
+                          pairs: list[tuple[dict[str, Any], UpdateOne]]) -> list[UpdateOne]:
+        """Insert new tasks in one unordered bulk write; returns the upserts of those whose
+        task key exists already (the unique index refused them), to be written instead."""
+        try:
+            await self.db[tasks_collection].insert_many([doc for doc, _ in pairs],
+                                                        ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if not errors or any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            return [pairs[int(e["index"])][1] for e in errors]
+        return []
 
     async def _write(self, ops: dict[str, list[UpdateOne]]) -> None:
         """Unordered bulk writes of task updates, one per tasks collection (fenced)."""

@@ -178,7 +178,7 @@ class Runtime:
             return DatabasePlanner(db, meta_db, reactors, list(pipeline or []),
                                    self.settings.batch_max, token, self._due_hint,
                                    self.clock.now, self.middleware, partition, state,
-                                   self.planner_client)
+                                   self.planner_client, reached=self.clock.reached)
 
         return factory
 

@@ -3,7 +3,8 @@
 Lease expiry and due times are judged against one clock, the server's, so clock skew between
 instances cannot make two of them believe a lease has expired at different moments. Writes use
 ``$$NOW`` directly; queries that need a time value use :meth:`ServerClock.now`, the local clock
-corrected by the offset measured from ``hello.localTime``.
+corrected by the offset measured from ``hello.localTime``. The one write that cannot use
+``$$NOW``, the planner's insert of a new task, uses :meth:`ServerClock.reached`.
 
 One ``hello`` can be off by up to half its round trip (the reply may have waited in a queue
 on either side), so :meth:`ServerClock.sync` takes several samples and keeps the one with the
@@ -59,3 +60,9 @@ class ServerClock:
     def now(self) -> datetime.datetime:
         """The server's current time, as estimated here."""
         return utcnow() + self.offset
+
+    def reached(self) -> datetime.datetime:
+        """A time the server's clock has certainly reached: :meth:`now` less the estimate's
+        uncertainty (written as "due now" where ``$$NOW`` cannot be used, so that the server
+        never finds it in its future)."""
+        return utcnow() + self.offset - self.uncertainty

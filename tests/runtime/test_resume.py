@@ -96,8 +96,10 @@ def test_token_never_moves_past_a_batch_that_failed_to_plan(
     db.things.insert_one({"_id": "ok", "n": 1})
     wait_until(lambda: (task_of(db, "ok") or {}).get("status") == "completed")
     wait_until(lambda: _token(db))
-    with fail_point(client, {"failCommands": ["update"], "appName": f"reactgen-{instance}-planner",
-                              "errorCode": BAD_VALUE}):
+    # insert: new tasks of inserted sources; update: the upserts and the position
+    with fail_point(client, {"failCommands": ["insert", "update"],
+                             "appName": f"reactgen-{instance}-planner",
+                             "errorCode": BAD_VALUE}):
         saved = _token(db)
         assert saved is not None
         failures = count(a, r"event=planner\.batch_failed")
