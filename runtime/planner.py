@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
@@ -292,7 +293,7 @@ class DatabasePlanner:
             await self.plan_ids(collection, ids[middle:], reactors)
             return
         ops: dict[str, list[UpdateOne]] = {}
-        news: dict[str, list[tuple[dict[str, Any], UpdateOne]]] = {}
+        news: dict[str, list[tuple[dict[str, Any], Callable[[], UpdateOne]]]] = {}
         planned: Counter[str] = Counter()
         token = self.leader_token
         inserted = inserted or set()
@@ -308,14 +309,14 @@ class DatabasePlanner:
                 cleanup = reactor.policies.cleanup.when
                 if verdicts is not None and reactor.name in verdicts:
                     snapshot, fields = verdicts[reactor.name]
-                    update = plan_update(reactor, source_id, snapshot, token, fields)
                     if reached is not None and can_insert_new(reactor) and \
                             _id_key(source_id) in inserted:
                         news.setdefault(reactor.tasks_collection, []).append(
                             (new_task(reactor, source_id, snapshot, token, reached, fields),
-                             update))
+                             functools.partial(plan_update, reactor, source_id, snapshot,
+                                               token, fields)))
                     else:
-                        target.append(update)
+                        target.append(plan_update(reactor, source_id, snapshot, token, fields))
                     planned[reactor.name] += 1
                     if debug:
                         _log_planned(collection, reactor, source_id, snapshot,
@@ -365,9 +366,11 @@ class DatabasePlanner:
         return found
 
     async def _insert_new(self, tasks_collection: str,
-                          pairs: list[tuple[dict[str, Any], UpdateOne]]) -> list[UpdateOne]:
-        """Insert new tasks in one unordered bulk write; returns the upserts of those whose
-        task key exists already (the unique index refused them), to be written instead."""
+                          pairs: list[tuple[dict[str, Any], Callable[[], UpdateOne]]]
+                          ) -> list[UpdateOne]:
+        """Insert new tasks in one unordered bulk write; returns the upserts (built by each
+        pair's function) of those whose task key exists already (the unique index refused
+        them), to be written instead."""
         try:
             await self.db[tasks_collection].insert_many([doc for doc, _ in pairs],
                                                         ordered=False)
@@ -375,7 +378,7 @@ class DatabasePlanner:
             errors = exc.details.get("writeErrors", [])
             if not errors or any(e.get("code") != DUPLICATE_KEY for e in errors):
                 raise
-            return [pairs[int(e["index"])][1] for e in errors]
+            return [pairs[int(e["index"])][1]() for e in errors]
         return []
 
     async def _write(self, ops: dict[str, list[UpdateOne]]) -> None:
