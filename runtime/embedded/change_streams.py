@@ -5,6 +5,10 @@ options. ``getMore`` reads entries after the position, turns each one that is in
 event document drivers expect, runs the user's further stages on it, and, when nothing is there,
 waits on the log's append notification up to ``maxTimeMS``: no polling inside the server.
 
+Document changes take a faster way when the stream's stages start with ``$match``: the filter
+is decided per kind of entry and on the entry itself (see :mod:`.change_filters`), and the event
+is built only for entries that pass, with only the fields a trailing ``$project`` keeps.
+
 The stream's ``postBatchResumeToken`` is the token of the last event returned or, past entries
 that produced no event, a high-water-mark token for the position; both compare like the log.
 """
@@ -13,14 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from bson.int64 import Int64
 from bson.timestamp import Timestamp
 
-from runtime.embedded import compiled, engine
+from runtime.embedded import change_filters, compiled, engine
 from runtime.embedded.change_stream_options import validate_options, validate_stages
 from runtime.embedded.changelog import (
     TOKEN_EVENT,
@@ -75,9 +78,17 @@ class ChangeStreamCursor:
     expanded: bool = False
     stages: list[dict[str, Any]] = field(default_factory=list)
     #: the trailing ``$project`` compiled (None: not yet tried; False: needs the engine)
-    projection: Callable[[dict[str, Any]], dict[str, Any]] | Literal[False] | None = None
+    projection: change_filters.InclusionProjection | Literal[False] | None = None
     #: whether events need ``updateDescription`` (None: not decided yet)
     wants_description: bool | None = None
+    #: the leading ``$match`` stages in their fast form (None: not yet tried; False: general)
+    entry_filter: change_filters.EntryFilter | Literal[False] | None = None
+    #: the stages after the leading ``$match`` stages (set with ``entry_filter``)
+    rest_stages: list[dict[str, Any]] = field(default_factory=list)
+    #: per kind of document change (operation, database, collection): whether its entries
+    #: are skipped (False), all pass the filter (True), or what decides (see :mod:`.change_filters`)
+    verdicts: dict[tuple[str, str, str | None], change_filters.Verdict] = field(
+        default_factory=dict)
     closed: bool = False
     # startAtOperationTime: entries committed before it are skipped even if they follow the
     # position (the time may lie in the future).
@@ -232,33 +243,70 @@ def _wants_description(stream: ChangeStreamCursor) -> bool:
     return stream.wants_description
 
 
-def _event(stream: ChangeStreamCursor, entry: ChangeEntry, catalog: Catalog) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "_id": entry.token(),
-        "operationType": VIEW_EVENTS.get(entry.op, entry.op),
-        "clusterTime": entry.cluster_time,
-        "wallTime": entry.wall_time,
-    }
-    if stream.expanded and entry.collection_uuid is not None:
-        event["collectionUUID"] = entry.collection_uuid
-    ns: dict[str, Any] = {"db": entry.db}
-    if entry.coll is not None:
-        ns["coll"] = entry.coll
-    if entry.op in ("insert", "replace"):
-        event["fullDocument"] = entry.post_image
-    elif entry.op == "update":
-        if stream.full_document == "updateLookup":
+_ABSENT: Any = object()
+#: Event fields after ``documentKey`` (see :func:`_event`'s ``keep``).
+_RARE_FIELDS = frozenset({"updateDescription", "fullDocumentBeforeChange", "to",
+                          "operationDescription", "stateBeforeChange", "lsid", "txnNumber"})
+_UNRESOLVED: Any = object()
+#: The operations of document changes: whether a stream sees them depends only on their
+#: namespace, and they never invalidate a stream.
+DOCUMENT_OPS = frozenset({"insert", "update", "replace", "delete"})
+
+
+def _full_document(stream: ChangeStreamCursor, entry: ChangeEntry, catalog: Catalog) -> Any:
+    """The event's ``fullDocument`` (``_ABSENT``: the event has none)."""
+    op = entry.op
+    if op == "insert" or op == "replace":
+        return entry.post_image
+    if op == "update":
+        mode = stream.full_document
+        if mode == "updateLookup":
+            # The document's current version (or null once it is gone): a direct _id lookup.
             coll = catalog.get(entry.db, entry.coll or "")
-            key = id_key((entry.document_key or {}).get("_id"))
-            event["fullDocument"] = coll.docs.get(key) if coll is not None else None
-        elif stream.full_document in ("whenAvailable", "required"):
+            if coll is None:
+                return None
+            return coll.docs.get(id_key((entry.document_key or {}).get("_id")))
+        if mode in ("whenAvailable", "required"):
             image = entry.post_image if entry.images_enabled else None
-            if image is None and stream.full_document == "required":
+            if image is None and mode == "required":
                 raise _missing_image("post", "fullDocument: required", entry)
-            event["fullDocument"] = image
-    event["ns"] = ns
-    if entry.document_key is not None:
+            return image
+    return _ABSENT
+
+
+def _event(stream: ChangeStreamCursor, entry: ChangeEntry, catalog: Catalog,
+           full_document: Any = _UNRESOLVED, keep: frozenset[str] | None = None) -> dict[str, Any]:
+    """The event of ``entry``; ``full_document`` is its already resolved ``fullDocument``
+    (as :func:`_full_document` gives it), if it was. With ``keep``, only those of its
+    top-level fields, for a projection that drops the others (``_id`` always)."""
+    event: dict[str, Any] = {"_id": entry.token()}
+    if keep is None or "operationType" in keep:
+        event["operationType"] = VIEW_EVENTS.get(entry.op, entry.op)
+    if keep is None or "clusterTime" in keep:
+        event["clusterTime"] = entry.cluster_time
+    if keep is None or "wallTime" in keep:
+        event["wallTime"] = entry.wall_time
+    if stream.expanded and entry.collection_uuid is not None and (
+            keep is None or "collectionUUID" in keep):
+        event["collectionUUID"] = entry.collection_uuid
+    if keep is None or "fullDocument" in keep:
+        full = _full_document(stream, entry, catalog) if full_document is _UNRESOLVED else \
+            full_document
+        if full is not _ABSENT:
+            event["fullDocument"] = full
+    if keep is None or "ns" in keep:
+        ns: dict[str, Any] = {"db": entry.db}
+        if entry.coll is not None:
+            ns["coll"] = entry.coll
+        event["ns"] = ns
+    if entry.document_key is not None and (keep is None or "documentKey" in keep):
         event["documentKey"] = entry.document_key
+    if keep is not None:
+        if not keep.isdisjoint(_RARE_FIELDS):
+            # Rarely projected: the complete event, projected.
+            return {k: v for k, v in _event(stream, entry, catalog, full_document).items()
+                    if k in keep}
+        return event
     if (entry.update_description is not None or entry.before is not None) and \
             _wants_description(stream):
         description = dict(entry.described() or {})
@@ -287,7 +335,6 @@ def _apply_stages(stream: ChangeStreamCursor, event: dict[str, Any],
                   variables: dict[str, Any]) -> dict[str, Any] | None:
     if not stream.stages:
         return event
-    token = event["_id"]
     stages = stream.stages
     # A leading $match (the usual pre-filter) is evaluated in place: most events stop here,
     # without the copy the general pipeline path makes.
@@ -295,8 +342,15 @@ def _apply_stages(stream: ChangeStreamCursor, event: dict[str, Any],
         if not engine.matches(stages[0]["$match"], event, variables):
             return None
         stages = stages[1:]
+    return _apply_rest(stream, event, stages, variables)
+
+
+def _apply_rest(stream: ChangeStreamCursor, event: dict[str, Any], stages: list[dict[str, Any]],
+                variables: dict[str, Any]) -> dict[str, Any] | None:
+    """The stages after the leading ``$match`` stages."""
     if not stages:
         return event
+    token = event["_id"]
     if len(stages) == 1 and "$project" in stages[0]:
         projected = _fast_projection(stream, stages[0]["$project"], event)
         if projected is not None:
@@ -314,19 +368,26 @@ def _apply_stages(stream: ChangeStreamCursor, event: dict[str, Any],
     return result
 
 
+def _projection(stream: ChangeStreamCursor,
+                spec: Any) -> change_filters.InclusionProjection | None:
+    """The stream's trailing inclusion ``$project`` (compiled once), or None."""
+    if stream.projection is None:
+        try:
+            stream.projection = change_filters.InclusionProjection(spec)
+        except compiled.Unsupported:
+            stream.projection = False
+    return stream.projection or None
+
+
 def _fast_projection(stream: ChangeStreamCursor, spec: Any,
                      event: dict[str, Any]) -> dict[str, Any] | None:
     """A trailing inclusion ``$project`` applied directly (compiled once per stream); None
     when the general pipeline must run it."""
-    if stream.projection is None:
-        try:
-            stream.projection = compiled.inclusion_projection(spec)
-        except compiled.Unsupported:
-            stream.projection = False
-    if stream.projection is False:
+    projection = _projection(stream, spec)
+    if projection is None:
         return None
     try:
-        return stream.projection(event)
+        return projection(event)
     except compiled.Unsupported:
         return None
 
@@ -358,6 +419,100 @@ def _invalidate(stream: ChangeStreamCursor, entry: ChangeEntry,
     return result
 
 
+def _entry_filter(stream: ChangeStreamCursor) -> change_filters.EntryFilter | None:
+    """The stream's leading ``$match`` stages in their fast form, or None (general path:
+    also for required images, whose absence is an error even for events filtered out)."""
+    if stream.entry_filter is None:
+        stream.entry_filter = False
+        if stream.full_document != "required" and stream.before_change != "required":
+            leading = 0
+            for stage in stream.stages:
+                if "$match" not in stage or not isinstance(stage["$match"], dict):
+                    break
+                leading += 1
+            found = change_filters.entry_filter([s["$match"] for s in stream.stages[:leading]])
+            if found is not None:
+                stream.entry_filter = found
+                stream.rest_stages = stream.stages[leading:]
+    return stream.entry_filter or None
+
+
+def _verdict(stream: ChangeStreamCursor, fast: change_filters.EntryFilter,
+             entry: ChangeEntry) -> change_filters.Verdict:
+    """Whether a document change of this kind is outside the stream or filtered out (False),
+    passes the leading ``$match`` stages (True), or what decides (remembered per kind)."""
+    kind = (entry.op, entry.db, entry.coll)
+    verdict = stream.verdicts.get(kind)
+    if verdict is None:
+        verdict = fast.decide(entry.op, entry.db, entry.coll) if _in_scope(stream, entry) \
+            else False
+        if len(stream.verdicts) >= change_filters.MAX_KINDS:
+            stream.verdicts.clear()
+        stream.verdicts[kind] = verdict
+    return verdict
+
+
+def _fast_event(stream: ChangeStreamCursor, fast: change_filters.EntryFilter, entry: ChangeEntry,
+                catalog: Catalog, variables: dict[str, Any]) -> dict[str, Any] | None:
+    """The event of a document change, or None; the event is built only if the entry passes
+    the stream's leading ``$match`` stages."""
+    verdict = _verdict(stream, fast, entry)
+    if verdict is False:
+        return None
+    if verdict is change_filters.GENERAL:
+        return _apply_stages(stream, _event(stream, entry, catalog), variables)
+    full = _UNRESOLVED
+    if verdict is not True:
+        view: dict[str, Any] = {}
+        fields = verdict.fields
+        if "fullDocument" in fields:
+            full = _full_document(stream, entry, catalog)
+            if verdict.on_full_document:
+                view = full if full is not _ABSENT and full is not None else {}
+            elif full is not _ABSENT:
+                view["fullDocument"] = full
+        if fields and not verdict.on_full_document:
+            _view(stream, entry, fields, view)
+        try:
+            passed = verdict.matcher(view, variables)
+        except compiled.Unsupported:  # a path crosses an array: the general matcher decides
+            return _apply_stages(stream, _event(stream, entry, catalog, full), variables)
+        if not passed:
+            return None
+    rest = stream.rest_stages
+    if len(rest) == 1 and "$project" in rest[0]:
+        projection = _projection(stream, rest[0]["$project"])
+        if projection is not None:
+            # Only the fields the projection keeps are resolved.
+            try:
+                return projection.finish(_event(stream, entry, catalog, full,
+                                                projection.fields))
+            except compiled.Unsupported:
+                pass
+    return _apply_rest(stream, _event(stream, entry, catalog, full), rest, variables)
+
+
+def _view(stream: ChangeStreamCursor, entry: ChangeEntry, fields: frozenset[str],
+          view: dict[str, Any]) -> None:
+    """The event fields in ``fields`` other than ``fullDocument``, as :func:`_event` sets
+    them (see :data:`.change_filters.DYNAMIC_FIELDS`)."""
+    if "documentKey" in fields and entry.document_key is not None:
+        view["documentKey"] = entry.document_key
+    if "clusterTime" in fields:
+        view["clusterTime"] = entry.cluster_time
+    if "wallTime" in fields:
+        view["wallTime"] = entry.wall_time
+    if "collectionUUID" in fields and stream.expanded and entry.collection_uuid is not None:
+        view["collectionUUID"] = entry.collection_uuid
+    if "to" in fields and entry.to is not None:
+        view["to"] = entry.to
+    if entry.lsid is not None:
+        if "lsid" in fields:
+            view["lsid"] = entry.lsid
+        if "txnNumber" in fields:
+            view["txnNumber"] = entry.txn_number
+
+
 SCAN_CHUNK = 5_000
 """Log entries one read of a change stream looks at before it yields to other clients."""
 
@@ -376,27 +531,50 @@ def collect(stream: ChangeStreamCursor, log: ChangeLog, catalog: Catalog,
         return batch
     if stream.pending_invalidate is None:
         log.require_available(stream.position)
-        for scanned, entry in enumerate(log.after(stream.position)):
-            if limit is not None and len(batch) >= limit:
-                break
-            if scanned >= SCAN_CHUNK:
-                # A long backlog that the stream filters out is read in chunks, so other
-                # clients are served in between (the getMore goes on after yielding).
-                break
-            event = None
-            in_scope = _in_scope(stream, entry) and not _before_start(stream, entry)
-            if in_scope:
-                event = _apply_stages(stream, _event(stream, entry, catalog), variables)
-            stream.position = entry.seq
-            if event is not None:
-                batch.append(event)
-                stream.position_token = event["_id"]
-            elif not _before_start(stream, entry):
-                stream.position_token = encode_token(entry.cluster_time, 0xFFFFFFFF, entry.seq,
-                                                     TOKEN_HIGH_WATER_MARK)
-            if in_scope and _invalidates(stream, entry):
-                stream.pending_invalidate = entry
-                break
+        fast = _entry_filter(stream)
+        timed = stream.start_time is not None
+        # The entry after which the stream's token is a high-water mark, when no event
+        # followed it: the token is encoded once, when the read stops (even by an error).
+        passed: ChangeEntry | None = None
+        try:
+            for scanned, entry in enumerate(log.after(stream.position)):
+                if limit is not None and len(batch) >= limit:
+                    break
+                if scanned >= SCAN_CHUNK:
+                    # A long backlog that the stream filters out is read in chunks, so other
+                    # clients are served in between (the getMore goes on after yielding).
+                    break
+                before_start = timed and _before_start(stream, entry)
+                if fast is not None and entry.op in DOCUMENT_OPS:
+                    # Never invalidates; in or out of scope by its namespace (see _verdict).
+                    event = None if before_start else _fast_event(stream, fast, entry, catalog,
+                                                                  variables)
+                    stream.position = entry.seq
+                    if event is not None:
+                        batch.append(event)
+                        stream.position_token = event["_id"]
+                        passed = None
+                    elif not before_start:
+                        passed = entry
+                    continue
+                event = None
+                in_scope = _in_scope(stream, entry) and not before_start
+                if in_scope:
+                    event = _apply_stages(stream, _event(stream, entry, catalog), variables)
+                stream.position = entry.seq
+                if event is not None:
+                    batch.append(event)
+                    stream.position_token = event["_id"]
+                    passed = None
+                elif not before_start:
+                    passed = entry
+                if in_scope and _invalidates(stream, entry):
+                    stream.pending_invalidate = entry
+                    break
+        finally:
+            if passed is not None:
+                stream.position_token = encode_token(passed.cluster_time, 0xFFFFFFFF,
+                                                     passed.seq, TOKEN_HIGH_WATER_MARK)
     pending = stream.pending_invalidate
     if pending is not None:
         if limit is None or len(batch) < limit:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import datetime
 import itertools
 from collections import deque
@@ -43,9 +42,19 @@ class ResumePosition:
 
 def encode_token(cluster_time: Timestamp, txn_index: int, seq: int, kind: int) -> dict[str, Any]:
     """The ``{_data: hex}`` resume token for a log position."""
-    return {
-        "_data": f"{cluster_time.time:08X}{cluster_time.inc:08X}{txn_index:08X}{seq:016X}{kind:02X}"
-    }
+    return {"_data": _position_hex(cluster_time, txn_index, seq) + _kind_hex(kind)}
+
+
+def _position_hex(cluster_time: Timestamp, txn_index: int, seq: int) -> str:
+    return f"{cluster_time.time:08X}{cluster_time.inc:08X}{txn_index:08X}{seq:016X}"
+
+
+_KIND_HEX = {kind: f"{kind:02X}" for kind in (TOKEN_EVENT, TOKEN_INVALIDATE,
+                                               TOKEN_HIGH_WATER_MARK)}
+
+
+def _kind_hex(kind: int) -> str:
+    return _KIND_HEX.get(kind) or f"{kind:02X}"
 
 
 def decode_token(token: Any) -> ResumePosition:
@@ -91,6 +100,9 @@ class ChangeEntry:
     #: The document before an update, until :meth:`described` turns it into the description
     #: (computed only if a stream or the write-ahead log asks for it).
     before: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    #: The hex of this entry's position in its tokens, once one was encoded: every stream
+    #: that shows the entry encodes the same token (set only once the entry is in the log).
+    position_hex: str | None = field(default=None, compare=False, repr=False)
 
     def described(self) -> dict[str, Any] | None:
         """The ``updateDescription`` of an update entry (computed on first use)."""
@@ -100,14 +112,18 @@ class ChangeEntry:
         return self.update_description
 
     def token(self, kind: int = TOKEN_EVENT) -> dict[str, Any]:
-        """This entry's resume token."""
-        return encode_token(self.cluster_time, self.txn_index, self.seq, kind)
+        """This entry's resume token (a new document each time)."""
+        position = self.position_hex
+        if position is None:
+            position = self.position_hex = _position_hex(self.cluster_time, self.txn_index,
+                                                         self.seq)
+        return {"_data": position + _kind_hex(kind)}
 
     def to_document(self) -> dict[str, Any]:
         """BSON-ready form, for the write-ahead log."""
         self.described()
         doc = {k: v for k, v in self.__dict__.items()
-               if k not in ("size", "before") and v is not None}
+               if k not in ("size", "before", "position_hex") and v is not None}
         return doc
 
     @classmethod
@@ -134,6 +150,11 @@ def _estimated_size(entry: ChangeEntry) -> int:
     return size
 
 
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 def _seq_of(entry: ChangeEntry) -> int:
     return entry.seq
 
@@ -153,7 +174,9 @@ class ChangeLog:
         self.evicted_through = 0  # every entry with seq <= this is gone
         self.evicted_time = Timestamp(0, 0)  # cluster time of the last evicted entry, if known
         self._bytes = 0
-        self._appended = asyncio.Event()
+        self._high_water_mark: tuple[tuple[Timestamp, int] | None, str] = (None, "")
+        #: Futures of the reads waiting for an append (see :meth:`wait`).
+        self._waiters: set[asyncio.Future[None]] = set()
 
     def append(self, entries: list[ChangeEntry], assign: bool = True) -> None:
         """Add committed entries (one command or one transaction) and wake waiting streams."""
@@ -173,19 +196,31 @@ class ChangeLog:
             self._bytes -= gone.size
             self.evicted_through = gone.seq
             self.evicted_time = gone.cluster_time
-        if entries:
-            self._appended.set()
-            self._appended = asyncio.Event()
+        if entries and self._waiters:
+            waiters, self._waiters = self._waiters, set()
+            for waiter in waiters:
+                _release(waiter)
 
     def reset_notifier(self) -> None:
-        """Bind the notifier to the running loop (the log may be built before the loop starts)."""
-        self._appended = asyncio.Event()
+        """Forget waiting reads (of an earlier event loop: the log may be built, and recovered,
+        before the server's loop starts)."""
+        self._waiters = set()
 
     async def wait(self, timeout: float) -> None:
-        """Wait until something is appended, or ``timeout`` seconds pass."""
-        event = self._appended
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+        """Wait until something is appended, or ``timeout`` seconds pass.
+
+        A plain future released by :meth:`append` or a timer: no task per wait, as
+        ``asyncio.wait_for`` would create (every idle change-stream getMore waits here).
+        """
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.add(waiter)
+        timer = loop.call_later(max(0.0, timeout), _release, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiters.discard(waiter)
 
     def _index_after(self, seq: int) -> int:
         """The position of the first entry with a sequence number greater than ``seq``.
@@ -249,5 +284,11 @@ class ChangeLog:
         return self.last_seq
 
     def high_water_mark(self) -> dict[str, Any]:
-        """Token meaning "everything in the log so far has been seen"."""
-        return encode_token(self.last_time, 0xFFFFFFFF, self.last_seq, TOKEN_HIGH_WATER_MARK)
+        """Token meaning "everything in the log so far has been seen" (a new document each
+        time; its text is kept while the log's end stays where it is: idle streams ask for
+        it on every read)."""
+        position = (self.last_time, self.last_seq)
+        if self._high_water_mark[0] != position:
+            self._high_water_mark = (position, encode_token(
+                self.last_time, 0xFFFFFFFF, self.last_seq, TOKEN_HIGH_WATER_MARK)["_data"])
+        return {"_data": self._high_water_mark[1]}
