@@ -28,7 +28,7 @@ from typing import Any
 from runtime.embedded import compiled, compiled_filter, engine
 
 #: Top-level event fields the residual filter may read (resolved from the entry, see
-#: :func:`runtime.embedded.change_streams._view`).
+#: :func:`runtime.embedded.change_events._view`).
 DYNAMIC_FIELDS = frozenset({"fullDocument", "documentKey", "clusterTime", "wallTime",
                             "collectionUUID", "to", "lsid", "txnNumber"})
 #: Top-level event fields decided by the entry's kind alone.

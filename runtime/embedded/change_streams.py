@@ -1,13 +1,15 @@
-"""Change streams: the ``$changeStream`` stage, its cursors and the events they deliver.
+"""Change streams: the ``$changeStream`` stage's cursors, which entries they see, and reading.
 
 A stream is a position in the change log plus a scope (collection, database or cluster) and
 options. ``getMore`` reads entries after the position, turns each one that is in scope into the
-event document drivers expect, runs the user's further stages on it, and, when nothing is there,
-waits on the log's append notification up to ``maxTimeMS``: no polling inside the server.
+event document drivers expect and runs the user's further stages on it (see
+:mod:`.change_events`), and, when nothing is there, waits on the log's append notification up
+to ``maxTimeMS``: no polling inside the server. A drop or rename of the watched namespace ends
+the stream with an invalidate event.
 
 Document changes take a faster way when the stream's stages start with ``$match``: the filter
-is decided per kind of entry and on the entry itself (see :mod:`.change_filters`), and the event
-is built only for entries that pass, with only the fields a trailing ``$project`` keeps.
+is decided per kind of entry (scope included, remembered on the cursor) and on the entry itself
+(see :mod:`.change_filters`), and the event is built only for entries that pass.
 
 The stream's ``postBatchResumeToken`` is the token of the last event returned or, past entries
 that produced no event, a high-water-mark token for the position; both compare like the log.
@@ -23,7 +25,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from bson.int64 import Int64
 from bson.timestamp import Timestamp
 
-from runtime.embedded import change_filters, compiled, engine
+from runtime.embedded import change_filters
+from runtime.embedded.change_events import (
+    ERROR_FATAL,
+    NON_RESUMABLE,
+    VIEW_EVENTS,
+    apply_stages,
+    build_event,
+    fast_event,
+)
 from runtime.embedded.change_stream_options import validate_options, validate_stages
 from runtime.embedded.changelog import (
     TOKEN_EVENT,
@@ -37,16 +47,12 @@ from runtime.embedded.changelog import (
 )
 from runtime.embedded.datastore import INTERNAL_DATABASES
 from runtime.embedded.errors import CommandError, ErrorCode
-from runtime.embedded.ordering import id_key
 from runtime.embedded.storage import Catalog
 
 if TYPE_CHECKING:
     from runtime.embedded.cursors import CursorOwner
 
 EXPANDED_EVENTS = frozenset({"create", "createIndexes", "dropIndexes", "modify"})
-#: Changes of view definitions (see :mod:`.views`) and the events they show as: only database and
-#: cluster streams with showExpandedEvents see them, as on mongod 7.0.
-VIEW_EVENTS = {"createView": "create", "modifyView": "modify", "dropView": "drop"}
 DEFAULT_AWAIT_MS = 1000
 #: The longest one getMore waits for events, whatever its ``maxTimeMS`` (which may be up to
 #: 2^31-1 ms): it then answers with an empty batch and the driver simply asks again, so a
@@ -54,12 +60,9 @@ DEFAULT_AWAIT_MS = 1000
 MAX_AWAIT_MS = 10_000
 
 ERROR_CLUSTER_STREAM = ErrorCode.InvalidNamespace
-ERROR_FATAL = ErrorCode.ChangeStreamFatalError
-# Errors of MongoDB's NonResumableChangeStreamError category carry this label: drivers must not
-# resume from them.
-NON_RESUMABLE = "NonResumableChangeStreamError"
-ERROR_NO_IMAGE = ErrorCode.NoMatchingDocument
-_NO_IMAGE_NAME = {"codeName": "NoMatchingDocument"}
+#: The operations of document changes: whether a stream sees them depends only on their
+#: namespace, and they never invalidate a stream.
+DOCUMENT_OPS = frozenset({"insert", "update", "replace", "delete"})
 
 
 @dataclass
@@ -216,187 +219,6 @@ def _invalidates(stream: ChangeStreamCursor, entry: ChangeEntry) -> bool:
     return False
 
 
-def _missing_image(kind: str, which: str, entry: ChangeEntry) -> CommandError:
-    events = "update events" if kind == "post" else "update, delete and replace events"
-    return CommandError(ERROR_NO_IMAGE, f"Change stream was configured to require a {kind}-image "
-                        f"for all {events}, but the {kind}-image was not found for event: "
-                        f"{{ns: {entry.db}.{entry.coll}, documentKey: {entry.document_key}}}"
-                        f" ({which})", extra=dict(_NO_IMAGE_NAME))
-
-
-def _wants_description(stream: ChangeStreamCursor) -> bool:
-    """Whether the stream's events can show ``updateDescription``: not when its stages are
-    ``$match`` stages that never mention it followed by an inclusion ``$project`` without it
-    (the description is a diff of two documents: only computed when someone reads it)."""
-    if stream.wants_description is None:
-        stream.wants_description = True
-        stages = stream.stages
-        if stages and "$project" in stages[-1] and all(
-                "$match" in stage and "updateDescription" not in repr(stage)
-                for stage in stages[:-1]):
-            try:
-                tree = compiled.inclusion_tree(stages[-1]["$project"])
-            except compiled.Unsupported:
-                tree = None
-            if tree is not None and "updateDescription" not in tree:
-                stream.wants_description = False
-    return stream.wants_description
-
-
-_ABSENT: Any = object()
-#: Event fields after ``documentKey`` (see :func:`_event`'s ``keep``).
-_RARE_FIELDS = frozenset({"updateDescription", "fullDocumentBeforeChange", "to",
-                          "operationDescription", "stateBeforeChange", "lsid", "txnNumber"})
-_UNRESOLVED: Any = object()
-#: The operations of document changes: whether a stream sees them depends only on their
-#: namespace, and they never invalidate a stream.
-DOCUMENT_OPS = frozenset({"insert", "update", "replace", "delete"})
-
-
-def _full_document(stream: ChangeStreamCursor, entry: ChangeEntry, catalog: Catalog) -> Any:
-    """The event's ``fullDocument`` (``_ABSENT``: the event has none)."""
-    op = entry.op
-    if op == "insert" or op == "replace":
-        return entry.post_image
-    if op == "update":
-        mode = stream.full_document
-        if mode == "updateLookup":
-            # The document's current version (or null once it is gone): a direct _id lookup.
-            coll = catalog.get(entry.db, entry.coll or "")
-            if coll is None:
-                return None
-            return coll.docs.get(id_key((entry.document_key or {}).get("_id")))
-        if mode in ("whenAvailable", "required"):
-            image = entry.post_image if entry.images_enabled else None
-            if image is None and mode == "required":
-                raise _missing_image("post", "fullDocument: required", entry)
-            return image
-    return _ABSENT
-
-
-def _event(stream: ChangeStreamCursor, entry: ChangeEntry, catalog: Catalog,
-           full_document: Any = _UNRESOLVED, keep: frozenset[str] | None = None) -> dict[str, Any]:
-    """The event of ``entry``; ``full_document`` is its already resolved ``fullDocument``
-    (as :func:`_full_document` gives it), if it was. With ``keep``, only those of its
-    top-level fields, for a projection that drops the others (``_id`` always)."""
-    event: dict[str, Any] = {"_id": entry.token()}
-    if keep is None or "operationType" in keep:
-        event["operationType"] = VIEW_EVENTS.get(entry.op, entry.op)
-    if keep is None or "clusterTime" in keep:
-        event["clusterTime"] = entry.cluster_time
-    if keep is None or "wallTime" in keep:
-        event["wallTime"] = entry.wall_time
-    if stream.expanded and entry.collection_uuid is not None and (
-            keep is None or "collectionUUID" in keep):
-        event["collectionUUID"] = entry.collection_uuid
-    if keep is None or "fullDocument" in keep:
-        full = _full_document(stream, entry, catalog) if full_document is _UNRESOLVED else \
-            full_document
-        if full is not _ABSENT:
-            event["fullDocument"] = full
-    if keep is None or "ns" in keep:
-        ns: dict[str, Any] = {"db": entry.db}
-        if entry.coll is not None:
-            ns["coll"] = entry.coll
-        event["ns"] = ns
-    if entry.document_key is not None and (keep is None or "documentKey" in keep):
-        event["documentKey"] = entry.document_key
-    if keep is not None:
-        if not keep.isdisjoint(_RARE_FIELDS):
-            # Rarely projected: the complete event, projected.
-            return {k: v for k, v in _event(stream, entry, catalog, full_document).items()
-                    if k in keep}
-        return event
-    if (entry.update_description is not None or entry.before is not None) and \
-            _wants_description(stream):
-        description = dict(entry.described() or {})
-        paths = description.pop("disambiguatedPaths", None)
-        if stream.expanded:
-            description["disambiguatedPaths"] = paths or {}
-        event["updateDescription"] = description
-    if entry.op in ("update", "replace", "delete") and stream.before_change != "off":
-        image = entry.pre_image if entry.images_enabled else None
-        if image is None and stream.before_change == "required":
-            raise _missing_image("pre", "fullDocumentBeforeChange: required", entry)
-        event["fullDocumentBeforeChange"] = image
-    if entry.to is not None:
-        event["to"] = entry.to
-    if stream.expanded and entry.operation_description is not None:
-        event["operationDescription"] = entry.operation_description
-    if stream.expanded and entry.state_before_change is not None:
-        event["stateBeforeChange"] = entry.state_before_change
-    if entry.lsid is not None:
-        event["lsid"] = entry.lsid
-        event["txnNumber"] = entry.txn_number
-    return event
-
-
-def _apply_stages(stream: ChangeStreamCursor, event: dict[str, Any],
-                  variables: dict[str, Any]) -> dict[str, Any] | None:
-    if not stream.stages:
-        return event
-    stages = stream.stages
-    # A leading $match (the usual pre-filter) is evaluated in place: most events stop here,
-    # without the copy the general pipeline path makes.
-    while stages and "$match" in stages[0] and isinstance(stages[0]["$match"], dict):
-        if not engine.matches(stages[0]["$match"], event, variables):
-            return None
-        stages = stages[1:]
-    return _apply_rest(stream, event, stages, variables)
-
-
-def _apply_rest(stream: ChangeStreamCursor, event: dict[str, Any], stages: list[dict[str, Any]],
-                variables: dict[str, Any]) -> dict[str, Any] | None:
-    """The stages after the leading ``$match`` stages."""
-    if not stages:
-        return event
-    token = event["_id"]
-    if len(stages) == 1 and "$project" in stages[0]:
-        projected = _fast_projection(stream, stages[0]["$project"], event)
-        if projected is not None:
-            return projected
-    results = engine.run_pipeline([event], stages, _NoForeign(), variables)
-    if not results:
-        return None
-    result = results[0]
-    if result.get("_id") != token:
-        raise CommandError(ERROR_FATAL, "Encountered an event whose _id field, which contains the "
-                           "resume token, was modified by the pipeline. Modifying the _id field "
-                           "of an event makes it impossible to resume the stream from that "
-                           "point. Only transformations that retain the unmodified _id field are "
-                           "allowed.", labels=[NON_RESUMABLE])
-    return result
-
-
-def _projection(stream: ChangeStreamCursor,
-                spec: Any) -> change_filters.InclusionProjection | None:
-    """The stream's trailing inclusion ``$project`` (compiled once), or None."""
-    if stream.projection is None:
-        try:
-            stream.projection = change_filters.InclusionProjection(spec)
-        except compiled.Unsupported:
-            stream.projection = False
-    return stream.projection or None
-
-
-def _fast_projection(stream: ChangeStreamCursor, spec: Any,
-                     event: dict[str, Any]) -> dict[str, Any] | None:
-    """A trailing inclusion ``$project`` applied directly (compiled once per stream); None
-    when the general pipeline must run it."""
-    projection = _projection(stream, spec)
-    if projection is None:
-        return None
-    try:
-        return projection(event)
-    except compiled.Unsupported:
-        return None
-
-
-class _NoForeign:
-    def documents(self, collection: str) -> list[dict[str, Any]]:
-        return []
-
-
 def _before_start(stream: ChangeStreamCursor, entry: ChangeEntry) -> bool:
     start = stream.start_time
     return start is not None and (entry.cluster_time.time, entry.cluster_time.inc) < (
@@ -412,7 +234,7 @@ def _invalidate(stream: ChangeStreamCursor, entry: ChangeEntry,
         "clusterTime": entry.cluster_time,
         "wallTime": entry.wall_time,
     }
-    result = _apply_stages(stream, event, variables)
+    result = apply_stages(stream, event, variables)
     stream.position_token = entry.token(TOKEN_INVALIDATE)
     stream.pending_invalidate = None
     stream.closed = True
@@ -452,67 +274,6 @@ def _verdict(stream: ChangeStreamCursor, fast: change_filters.EntryFilter,
     return verdict
 
 
-def _fast_event(stream: ChangeStreamCursor, fast: change_filters.EntryFilter, entry: ChangeEntry,
-                catalog: Catalog, variables: dict[str, Any]) -> dict[str, Any] | None:
-    """The event of a document change, or None; the event is built only if the entry passes
-    the stream's leading ``$match`` stages."""
-    verdict = _verdict(stream, fast, entry)
-    if verdict is False:
-        return None
-    if verdict is change_filters.GENERAL:
-        return _apply_stages(stream, _event(stream, entry, catalog), variables)
-    full = _UNRESOLVED
-    if verdict is not True:
-        view: dict[str, Any] = {}
-        fields = verdict.fields
-        if "fullDocument" in fields:
-            full = _full_document(stream, entry, catalog)
-            if verdict.on_full_document:
-                view = full if full is not _ABSENT and full is not None else {}
-            elif full is not _ABSENT:
-                view["fullDocument"] = full
-        if fields and not verdict.on_full_document:
-            _view(stream, entry, fields, view)
-        try:
-            passed = verdict.matcher(view, variables)
-        except compiled.Unsupported:  # a path crosses an array: the general matcher decides
-            return _apply_stages(stream, _event(stream, entry, catalog, full), variables)
-        if not passed:
-            return None
-    rest = stream.rest_stages
-    if len(rest) == 1 and "$project" in rest[0]:
-        projection = _projection(stream, rest[0]["$project"])
-        if projection is not None:
-            # Only the fields the projection keeps are resolved.
-            try:
-                return projection.finish(_event(stream, entry, catalog, full,
-                                                projection.fields))
-            except compiled.Unsupported:
-                pass
-    return _apply_rest(stream, _event(stream, entry, catalog, full), rest, variables)
-
-
-def _view(stream: ChangeStreamCursor, entry: ChangeEntry, fields: frozenset[str],
-          view: dict[str, Any]) -> None:
-    """The event fields in ``fields`` other than ``fullDocument``, as :func:`_event` sets
-    them (see :data:`.change_filters.DYNAMIC_FIELDS`)."""
-    if "documentKey" in fields and entry.document_key is not None:
-        view["documentKey"] = entry.document_key
-    if "clusterTime" in fields:
-        view["clusterTime"] = entry.cluster_time
-    if "wallTime" in fields:
-        view["wallTime"] = entry.wall_time
-    if "collectionUUID" in fields and stream.expanded and entry.collection_uuid is not None:
-        view["collectionUUID"] = entry.collection_uuid
-    if "to" in fields and entry.to is not None:
-        view["to"] = entry.to
-    if entry.lsid is not None:
-        if "lsid" in fields:
-            view["lsid"] = entry.lsid
-        if "txnNumber" in fields:
-            view["txnNumber"] = entry.txn_number
-
-
 SCAN_CHUNK = 5_000
 """Log entries one read of a change stream looks at before it yields to other clients."""
 
@@ -547,8 +308,8 @@ def collect(stream: ChangeStreamCursor, log: ChangeLog, catalog: Catalog,
                 before_start = timed and _before_start(stream, entry)
                 if fast is not None and entry.op in DOCUMENT_OPS:
                     # Never invalidates; in or out of scope by its namespace (see _verdict).
-                    event = None if before_start else _fast_event(stream, fast, entry, catalog,
-                                                                  variables)
+                    event = None if before_start else fast_event(
+                        stream, _verdict(stream, fast, entry), entry, catalog, variables)
                     stream.position = entry.seq
                     if event is not None:
                         batch.append(event)
@@ -560,7 +321,7 @@ def collect(stream: ChangeStreamCursor, log: ChangeLog, catalog: Catalog,
                 event = None
                 in_scope = _in_scope(stream, entry) and not before_start
                 if in_scope:
-                    event = _apply_stages(stream, _event(stream, entry, catalog), variables)
+                    event = apply_stages(stream, build_event(stream, entry, catalog), variables)
                 stream.position = entry.seq
                 if event is not None:
                     batch.append(event)
