@@ -79,7 +79,9 @@ Op = Callable[[Any, dict[str, Any], dict[str, Any]], Any]
 
 
 def _cond(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
-    if isinstance(operand, dict):
+    if type(operand) is list and len(operand) == 3:
+        test, then, other = operand
+    elif isinstance(operand, dict):
         if len(operand) != 3 or not {"if", "then", "else"} <= operand.keys():
             raise Unsupported("$cond")
         test, then, other = operand["if"], operand["then"], operand["else"]
@@ -93,6 +95,11 @@ def _cond(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
 def _if_null(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
     if not isinstance(operand, list) or len(operand) < 2:
         raise Unsupported("$ifNull")
+    if len(operand) == 2:  # the common form, without slicing
+        value = evaluate(operand[0], d, v)
+        if value is not None and value is not NOTHING:
+            return value
+        return evaluate(operand[1], d, v)
     for part in operand[:-1]:
         value = evaluate(part, d, v)
         if value is not None and value is not NOTHING:
@@ -126,23 +133,34 @@ def _ordering(op: Callable[[Any, Any], bool]) -> Op:
 
 
 def _and(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
-    parts = operand if isinstance(operand, list) else [operand]
-    return all(_to_bool(evaluate(p, d, v)) for p in parts)
+    for part in operand if isinstance(operand, list) else [operand]:
+        if not _to_bool(evaluate(part, d, v)):
+            return False
+    return True
 
 
 def _or(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
-    parts = operand if isinstance(operand, list) else [operand]
-    return any(_to_bool(evaluate(p, d, v)) for p in parts)
+    for part in operand if isinstance(operand, list) else [operand]:
+        if _to_bool(evaluate(part, d, v)):
+            return True
+    return False
+
+
+def _single(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
+    """The value of a one-argument operator's operand (``[x]`` or ``x``)."""
+    if type(operand) is list:
+        if len(operand) != 1:
+            raise Unsupported("argument count")
+        operand = operand[0]
+    return evaluate(operand, d, v)
 
 
 def _not(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
-    [value] = _values(operand, d, v, 1)
-    return not _to_bool(value)
+    return not _to_bool(_single(operand, d, v))
 
 
 def _type(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
-    [value] = _values(operand, d, v, 1)
-    return engine.bson_type_name(value)
+    return engine.bson_type_name(_single(operand, d, v))
 
 
 def _extreme(pick: Callable[..., Any]) -> Op:
@@ -231,21 +249,24 @@ def evaluate(spec: Any, doc: dict[str, Any], variables: dict[str, Any]) -> Any:
     """The value of an aggregation expression for ``doc`` (``NOTHING`` when missing)."""
     kind = type(spec)
     if kind is str:
-        if spec[:1] == "$":
-            if spec[:2] == "$$":
-                return _variable(spec, doc, variables)
-            return _get_path(doc, spec[1:])
-        return spec
+        if spec[:1] != "$":
+            return spec
+        if spec[1:2] == "$":
+            return _variable(spec, doc, variables)
+        path = spec[1:]
+        if "." not in path and type(doc) is dict:  # a top-level field: the common case
+            return doc.get(path, NOTHING)
+        return _get_path(doc, path)
     if kind is dict:
         if len(spec) == 1:
             ((name, operand),) = spec.items()
-            if name[:1] == "$":
-                if name == "$literal":
-                    return operand
-                op = _OPERATORS.get(name)
-                if op is None:
-                    raise Unsupported(name)
+            op = _OPERATORS.get(name)
+            if op is not None:
                 return op(operand, doc, variables)
+            if name == "$literal":
+                return operand
+            if name[:1] == "$":
+                raise Unsupported(name)
         out = {}
         for key, part in spec.items():
             if key[:1] == "$" or "." in key:
@@ -315,8 +336,10 @@ def _unset_stage(spec: Any) -> Stage:
             isinstance(p, str) and p and not p.startswith("$") and "." not in p for p in paths):
         raise Unsupported("$unset")
 
+    removed = frozenset(paths)
+
     def apply(doc: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in doc.items() if k not in paths}
+        return {k: v for k, v in doc.items() if k not in removed}
 
     return apply
 

@@ -25,6 +25,23 @@ Test = Callable[[Any], bool]
 NOTHING: Any = engine.mm_helpers.NOTHING  # not compiled.NOTHING: import order (engine loads us)
 
 
+def _path_value(doc: dict[str, Any], parts: list[str]) -> Any:
+    """The value at a dotted path for the compiled matcher (Unsupported through an array)."""
+    current: Any = doc
+    for part in parts:
+        if isinstance(current, dict):
+            current = current.get(part, NOTHING)
+            if current is NOTHING:
+                return NOTHING
+        elif isinstance(current, list):
+            raise compiled.Unsupported("path through an array")
+        else:
+            return NOTHING
+    if isinstance(current, list):
+        raise compiled.Unsupported("array value")
+    return current
+
+
 def _leaf(path: str) -> Callable[[dict[str, Any]], Any]:
     parts = path.split(".")
     if len(parts) == 1:
@@ -36,22 +53,7 @@ def _leaf(path: str) -> Callable[[dict[str, Any]], Any]:
 
         return get_one
 
-    def get(doc: dict[str, Any]) -> Any:
-        current: Any = doc
-        for part in parts:
-            if isinstance(current, dict):
-                current = current.get(part, NOTHING)
-                if current is NOTHING:
-                    return NOTHING
-            elif isinstance(current, list):
-                raise compiled.Unsupported("path through an array")
-            else:
-                return NOTHING
-        if isinstance(current, list):
-            raise compiled.Unsupported("array value")
-        return current
-
-    return get
+    return lambda doc: _path_value(doc, parts)
 
 
 def _plain(value: Any) -> bool:
@@ -174,3 +176,61 @@ def filter_matcher(query: dict[str, Any]) -> Matcher | None:
         _FILTERS.clear()
     _FILTERS[id(query)] = (query, matcher)
     return matcher
+
+
+# -- one-shot matching --------------------------------------------------------------------------
+
+#: The operators :func:`quick_match` evaluates in place (each with the engine's primitive).
+_QUICK_TESTS: dict[str, Callable[[Any, Any], bool]] = {
+    "$eq": lambda value, operand: engine.equality_operator(value, operand),
+    "$ne": lambda value, operand: not engine.equality_operator(value, operand),
+    **{op: engine.query_comparison(op) for op in engine.EXPRESSION_ORDERINGS},
+}
+
+
+def _quick_conditions(value: Any, conditions: dict[str, Any]) -> bool:
+    # Every condition is looked at (no short cut): a filter part that compile_filter would
+    # refuse must send the whole filter to the general matcher, whatever the other parts say.
+    matched = True
+    for op, operand in conditions.items():
+        if op == "$not" and isinstance(operand, dict) and operand and all(
+                k.startswith("$") for k in operand):
+            if _quick_conditions(value, operand):
+                matched = False
+        elif op == "$exists":
+            wanted = bool(operand) if not isinstance(operand, dict | list) else True
+            if (value is not NOTHING) is not wanted:
+                matched = False
+        else:
+            test = _QUICK_TESTS.get(op)
+            if test is None or not _plain(operand):
+                raise compiled.Unsupported(op)
+            if not test(value, operand):
+                matched = False
+    return matched
+
+
+def quick_match(query: dict[str, Any], doc: dict[str, Any]) -> bool:
+    """Whether ``doc`` matches ``query``, evaluated in place without compiling a matcher: for a
+    filter that is read once (an update's point lookup), building closures costs more than the
+    match. The same subset and primitives as :func:`compile_filter` (fields compared with
+    ``$eq``, ``$ne``, the orderings, ``$exists`` and ``$not`` of those); raises
+    :class:`~runtime.embedded.compiled.Unsupported` for anything else, or a document whose
+    filtered paths cross an array, and the caller then asks :func:`engine.matches`.
+    """
+    matched = True
+    for key, condition in query.items():
+        if key[:1] == "$":
+            raise compiled.Unsupported(key)
+        value = doc.get(key, NOTHING) if "." not in key else _path_value(doc, key.split("."))
+        if isinstance(value, list):
+            raise compiled.Unsupported("array value")
+        if isinstance(condition, dict) and condition and next(iter(condition)).startswith("$"):
+            if not _quick_conditions(value, condition):
+                matched = False
+        elif _plain(condition):
+            if not engine.equality_operator(value, condition):
+                matched = False
+        else:
+            raise compiled.Unsupported("array equality")
+    return matched

@@ -75,6 +75,11 @@ class IndexSpec:
         return [-1 if isinstance(d, int | float) and d < 0 else 1 for _, d in self.key]
 
     @cached_property
+    def ordered(self) -> bool:
+        """Whether every field has a numeric direction (no "text", "hashed"... plugin)."""
+        return all(isinstance(d, int | float) for _, d in self.key)
+
+    @cached_property
     def fields(self) -> list[str]:
         """The indexed paths in order."""
         return [f for f, _ in self.key]
@@ -114,10 +119,13 @@ class Index:
         self.multikey = False
         self._matches = matches
         self._directions = spec.directions
-        self._fields = [(path, direction < 0) for path, direction in
-                        zip(spec.fields, self._directions, strict=True)]
         #: Strings are stored as this collation's keys (so order and uniqueness follow it).
         self.collation = spec.collation
+        # (path, read with a plain dict lookup: a top-level field and no collation, descending)
+        self._fields = [(path, "." not in path and self.collation is None, direction < 0)
+                        for path, direction in zip(spec.fields, self._directions, strict=True)]
+        #: Top-level field names, when every indexed path is one (see :meth:`unchanged`).
+        self._top_level = None if any("." in f for f in spec.fields) else list(spec.fields)
         self._get: Callable[[dict[str, Any], str], Any] = get_path
         if self.collation is not None:
             key = self.collation.key
@@ -133,8 +141,8 @@ class Index:
         components: list[Any] = []
         present = False
         get = self._get
-        for path, descending in self._fields:
-            value = get(doc, path)
+        for path, plain, descending in self._fields:
+            value = doc.get(path, MISSING) if plain else get(doc, path)
             if isinstance(value, list):
                 break
             if value is MISSING:
@@ -204,8 +212,12 @@ class Index:
         of the same types in every indexed field; not judged for partial indexes)."""
         if self.spec.partial_filter is not None:
             return False
-        for path in self.spec.fields:
-            a, b = get_path(old, path), get_path(new, path)
+        top_level = self._top_level
+        if top_level is not None:
+            pairs = [(old.get(path, MISSING), new.get(path, MISSING)) for path in top_level]
+        else:
+            pairs = [(get_path(old, path), get_path(new, path)) for path in self.spec.fields]
+        for a, b in pairs:
             if a is b:
                 continue
             if type(a) is not type(b) or type(a) not in _SCALARS or a != b:
@@ -214,8 +226,14 @@ class Index:
 
     def replace(self, old: dict[str, Any], new: dict[str, Any], doc_id: Key) -> None:
         """Swap ``old``'s entries for ``new``'s, touching only the entries that differ."""
-        before = {components + (doc_id,) for components in self.keys_for(old)}
-        after = {components + (doc_id,) for components in self.keys_for(new)}
+        old_keys, new_keys = self.keys_for(old), self.keys_for(new)
+        if len(old_keys) == 1 and len(new_keys) == 1:  # the common case: no arrays
+            if old_keys[0] != new_keys[0]:
+                self.entries.discard(old_keys[0] + (doc_id,))
+                self.entries.add(new_keys[0] + (doc_id,))
+            return
+        before = {components + (doc_id,) for components in old_keys}
+        after = {components + (doc_id,) for components in new_keys}
         for entry in before - after:
             self.entries.discard(entry)
         for entry in after - before:

@@ -9,14 +9,16 @@ cost the same on a million documents as on a thousand.
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import itertools
 from collections import Counter
 from collections.abc import Iterator
-from contextvars import ContextVar
+from contextlib import AbstractContextManager
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Any
+
+from bson import ObjectId
 
 from runtime.embedded.collation import Collation
 from runtime.embedded.engine import bson_equal
@@ -51,17 +53,28 @@ _SCOPE: ContextVar[tuple[Collation | None, dict[str, Any] | None]] = ContextVar(
     "collation_scope", default=(None, None))
 
 
-@contextlib.contextmanager
+class _Scope:
+    """The context manager of :func:`collation_scope` (a class: cheaper than a generator, and
+    every update statement enters one)."""
+
+    def __init__(self, collation: Collation | None, bounds_query: dict[str, Any] | None) -> None:
+        self._value = (collation, bounds_query)
+        self._token: Token[tuple[Collation | None, dict[str, Any] | None]] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _SCOPE.set(self._value)
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._token is not None
+        _SCOPE.reset(self._token)
+
+
 def collation_scope(collation: Collation | None,
-                    bounds_query: dict[str, Any] | None) -> Iterator[None]:
+                    bounds_query: dict[str, Any] | None) -> AbstractContextManager[None]:
     """Plan reads inside the block under ``collation`` (``bounds_query``: the filter with its
     strings transformed by it). An index serves string bounds or a sort only when its own
     collation is the read's (MongoDB's rule); other indexes serve only non-string bounds."""
-    token = _SCOPE.set((collation, bounds_query))
-    try:
-        yield
-    finally:
-        _SCOPE.reset(token)
+    return _Scope(collation, bounds_query)
 
 
 @dataclass
@@ -191,7 +204,7 @@ def _combinations(index: Index, bounds: dict[str, Bounds], prefix: int) -> int:
 
 def _eligible(index: Index, query: dict[str, Any]) -> bool:
     spec = index.spec
-    if spec.sparse or any(not isinstance(d, int | float) for _, d in spec.key):
+    if spec.sparse or not spec.ordered:
         return False
     return spec.partial_filter is None or implies(query, spec.partial_filter, bson_equal)
 
@@ -220,14 +233,31 @@ def _index_bounds(index: Index, query: dict[str, Any], bounds_query: dict[str, A
     return cached
 
 
+def _pinned_id(query: dict[str, Any], collation: Collation | None) -> Key | None:
+    """The ``_id`` key of a filter whose top level pins ``_id`` to one ObjectId, integer or
+    (without a collation) string, with no ``$and`` that could narrow it further."""
+    if "$and" in query:
+        return None
+    value = query.get("_id")
+    kind = type(value)
+    if kind is ObjectId or kind is int or (kind is str and collation is None):
+        return id_key(value)
+    return None
+
+
 def _plan(coll: Collection, query: dict[str, Any], sort: list[tuple[str, int]] | None,
           collation: Collation | None, bounds_query: dict[str, Any]) -> tuple[Plan, bool]:
+    pinned = None if sort else _pinned_id(query, collation)
+    if pinned is not None:  # what the _id bounds below come to, without computing them all
+        return Plan(ID_INDEX, False, iter([pinned])), True
     plain = field_bounds(query)
     id_bounds = plain.get("_id")
     if id_bounds is not None and is_point(id_bounds) and not sort and (
             collation is None or not _collatable(id_bounds)):
         return Plan(ID_INDEX, False, iter(point_keys(id_bounds))), True
     cache: dict[tuple[bool, bool], dict[str, Bounds]] = {}
+    if collation is None and bounds_query is query:
+        cache[(True, False)] = plain  # what a simple-collation, non-multikey index computes
 
     best: tuple[tuple[int, int, int, int], Index, dict[str, Bounds], int, bool | None] | None
     best = None

@@ -256,6 +256,20 @@ def _next_interval(fields: list[Bounds], comps: tuple[Any, ...], where: list[int
     return None
 
 
+def _single_points(fields: list[Bounds]) -> tuple[Any, ...] | None:
+    """The one key each field's bounds allow, or None unless every field allows exactly one."""
+    points = []
+    for bounds in fields:
+        if len(bounds) != 1:
+            return None
+        interval = bounds[0]
+        if interval.low != interval.high or not (interval.low_inclusive
+                                                 and interval.high_inclusive):
+            return None
+        points.append(interval.low)
+    return tuple(points)
+
+
 def bounded_scan(entries: Any, fields: list[Bounds], reverse: bool,
                  on_key: Callable[[], None]) -> Iterator[tuple[Any, ...]]:
     """Entries ``(components..., _id key)`` of a sorted list that lie within ``fields`` (one
@@ -266,6 +280,12 @@ def bounded_scan(entries: Any, fields: list[Bounds], reverse: bool,
     inside instead of reading on; each range read ends where its intervals end.
     """
     if any(not bounds for bounds in fields):
+        return
+    points = _single_points(fields)
+    if points is not None:  # one key per field (a unique key lookup): one range, all inside
+        for entry in entries.irange(points + (BOTTOM,), points + (TOP,), reverse=reverse):
+            on_key()
+            yield entry
         return
     width = len(fields)
     first = fields[0][0] if not reverse else fields[0][-1]

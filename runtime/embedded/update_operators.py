@@ -15,6 +15,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+from bson import ObjectId
 from bson.decimal128 import Decimal128
 from bson.int64 import Int64
 from bson.timestamp import Timestamp
@@ -291,6 +292,16 @@ def _millisecond_now() -> datetime.datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+#: Value types that are immutable: an upsert's seed may share them with the query.
+_IMMUTABLE = frozenset({str, int, float, bool, type(None), ObjectId, datetime.datetime, Int64,
+                        Decimal128, Timestamp, bytes})
+
+
+def _copied(value: Any) -> Any:
+    """``value`` for the seed document: containers copied, immutable scalars shared."""
+    return value if type(value) in _IMMUTABLE else copy.deepcopy(value)
+
+
 def upsert_seed(query: dict[str, Any]) -> dict[str, Any]:
     """The document an upsert starts from: the query's equality fields."""
     seed: dict[str, Any] = {}
@@ -306,9 +317,9 @@ def upsert_seed(query: dict[str, Any]) -> dict[str, Any]:
                 continue
             if isinstance(value, dict) and value and next(iter(value)).startswith("$"):
                 if "$eq" in value:
-                    set_path(seed, key, copy.deepcopy(value["$eq"]))
+                    set_path(seed, key, _copied(value["$eq"]))
                 continue
-            set_path(seed, key, copy.deepcopy(value))
+            set_path(seed, key, _copied(value))
 
     take(query)
     return seed

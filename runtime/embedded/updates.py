@@ -9,8 +9,8 @@ expanded with the array filters and ``$`` with the query's match.
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -255,8 +255,10 @@ def apply_update(
         compiled = _compiled()
         fast = compiled.pipeline_update(update)
         if fast is not None:
-            with contextlib.suppress(compiled.Unsupported):
+            try:
                 return _checked_result(doc, _run_compiled(fast, doc, variables))
+            except compiled.Unsupported:
+                pass
     new_doc = copy.deepcopy(doc)
     try:
         if isinstance(update, list):
@@ -323,6 +325,7 @@ def _checked_result(doc: dict[str, Any], new_doc: dict[str, Any]) -> dict[str, A
     return new_doc
 
 
+@functools.cache
 def _compiled() -> Any:
     """The compiled fast path (imported late: it imports the engine, which imports us)."""
     from runtime.embedded import compiled

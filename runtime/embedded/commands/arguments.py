@@ -228,9 +228,29 @@ def hint(fields: Fields, field: str = "hint") -> None:
                            "object")
 
 
+#: The fields of the usual update statement, with types that need no further checks.
+_PLAIN_STATEMENT_TYPES: dict[str, tuple[type, ...]] = {
+    "q": (dict,), "u": (dict, list), "multi": (bool,), "upsert": (bool,)}
+
+
+def _plainly_typed(statement: dict[str, Any]) -> bool:
+    """Whether an update statement has only ``q``/``u``/``multi``/``upsert`` of their usual
+    types (and ``u``): such a statement passes :func:`check_update_statements` unchanged."""
+    if "u" not in statement:
+        return False
+    for name, value in statement.items():
+        types = _PLAIN_STATEMENT_TYPES.get(name)
+        if types is None or type(value) not in types:
+            return False
+    update = statement["u"]
+    return type(update) is dict or all(type(stage) is dict for stage in update)
+
+
 def check_update_statements(statements: list[dict[str, Any]]) -> None:
     """Every statement of an ``update`` well typed, before any of them runs."""
     for statement in statements:
+        if _plainly_typed(statement):
+            continue
         fields = Fields(statement, "update.updates")
         fields.document("q")
         if "u" not in statement:

@@ -13,6 +13,7 @@ from bson import ObjectId
 
 from runtime.embedded import (
     collation,
+    compiled_filter,
     engine,
     field_names,
     planner,
@@ -46,7 +47,9 @@ def matching(ctx: CommandContext, coll: Collection, query: dict[str, Any],
     with planner.collation_scope(chosen, collated.bounds_query):
         docs, ordered = ctx.access.candidates(coll, query, sort)
     variables = ctx.variables
-    if chosen is None:
+    if chosen is None and limit == 1 and query:
+        matched = (d for d in docs if _matches_once(query, d, variables))
+    elif chosen is None:
         matched = (d for d in docs if engine.matches(query, d, variables))
     else:
         matched = (d for d in docs if collated.matches(d, variables))
@@ -57,6 +60,15 @@ def matching(ctx: CommandContext, coll: Collection, query: dict[str, Any],
             return iter(heapq.nsmallest(limit, matched, key=key))
         return iter(sorted(matched, key=key))
     return matched
+
+
+def _matches_once(query: dict[str, Any], doc: dict[str, Any], variables: dict[str, Any]) -> bool:
+    """:func:`engine.matches` for a filter read for one document (most updates and deletes):
+    simple filters are evaluated in place instead of being compiled first."""
+    try:
+        return compiled_filter.quick_match(query, doc)
+    except Exception:  # the general matcher answers, or raises the right error
+        return engine.matches(query, doc, variables)
 
 
 def check_hint(coll: Collection | None, hint: Any) -> None:
