@@ -12,6 +12,7 @@ truthiness and arithmetic functions), only without the per-document interpretati
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable
 from typing import Any
 
@@ -225,6 +226,37 @@ def _delegate(name: str) -> Op:
     return call
 
 
+_engine_add = engine.expression_handler("$add")
+
+
+_INT32 = range(-(2**31), 2**31)
+_EXACT_MS = range(-(2**53) + 1, 2**53)
+
+
+def _add(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
+    """``$add`` of the two shapes the runtime's writes use: two 32-bit ints (``attempts + 1``)
+    and a date plus whole milliseconds (``$$NOW + lease``). Every other combination (longs,
+    doubles, decimals, nulls, overflow, errors) goes to the engine's own ``$add``."""
+    if type(operand) is list and len(operand) == 2:
+        a, b = evaluate(operand[0], d, v), evaluate(operand[1], d, v)
+        kinds = (type(a), type(b))
+        if kinds == (int, int) and a in _INT32 and b in _INT32 and a + b in _INT32:
+            return a + b
+        if kinds == (datetime.datetime, int) and b in _EXACT_MS:
+            try:
+                return a + datetime.timedelta(milliseconds=b)
+            except OverflowError:
+                pass
+        elif kinds == (int, datetime.datetime) and a in _EXACT_MS:
+            try:
+                return b + datetime.timedelta(milliseconds=a)
+            except OverflowError:
+                pass
+        return _engine_add(_Evaluated, [(a,), (b,)])
+    return _engine_add(_Evaluated, [(value,) for value in _values(operand, d, v)]
+                       if isinstance(operand, list) else (evaluate(operand, d, v),))
+
+
 _OPERATORS: dict[str, Op] = {
     "$cond": _cond,
     "$ifNull": _if_null,
@@ -240,7 +272,8 @@ _OPERATORS: dict[str, Op] = {
     "$slice": _slice,
     "$concatArrays": _concat_arrays,
     **{name: _ordering(op) for name, op in engine.EXPRESSION_ORDERINGS.items()},
-    **{name: _delegate(name) for name in ("$add", "$subtract", "$multiply", "$divide", "$mod",
+    "$add": _add,
+    **{name: _delegate(name) for name in ("$subtract", "$multiply", "$divide", "$mod",
                                           "$abs", "$ceil", "$floor", "$toHashedIndexKey")},
 }
 

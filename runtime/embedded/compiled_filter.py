@@ -210,16 +210,21 @@ def _quick_conditions(value: Any, conditions: dict[str, Any]) -> bool:
     return matched
 
 
-def quick_match(query: dict[str, Any], doc: dict[str, Any]) -> bool:
+def quick_match(query: dict[str, Any], doc: dict[str, Any], variables: dict[str, Any]) -> bool:
     """Whether ``doc`` matches ``query``, evaluated in place without compiling a matcher: for a
     filter that is read once (an update's point lookup), building closures costs more than the
     match. The same subset and primitives as :func:`compile_filter` (fields compared with
-    ``$eq``, ``$ne``, the orderings, ``$exists`` and ``$not`` of those); raises
+    ``$eq``, ``$ne``, the orderings, ``$exists`` and ``$not`` of those, and a top-level
+    ``$expr`` over the compiled operators, evaluated with ``variables``); raises
     :class:`~runtime.embedded.compiled.Unsupported` for anything else, or a document whose
     filtered paths cross an array, and the caller then asks :func:`engine.matches`.
     """
     matched = True
     for key, condition in query.items():
+        if key == "$expr":
+            if not compiled.to_bool(compiled.evaluate(condition, doc, variables)):
+                matched = False
+            continue
         if key[:1] == "$":
             raise compiled.Unsupported(key)
         value = doc.get(key, NOTHING) if "." not in key else _path_value(doc, key.split("."))

@@ -223,3 +223,55 @@ def test_point_lookups_on_compound_indexes(db: Db) -> None:
     assert upserted.upserted_id is not None
     with pytest.raises(DuplicateKeyError):
         coll.update_one({"_id": 0}, {"$set": {"a": 1, "b": 13}})
+
+
+def test_claim_style_expr_filters_judge_by_the_servers_clock(db: Db) -> None:
+    # A claim's compare-and-set: equality on the fields read, plus $expr against $$NOW. Wrapped
+    # in $and it takes the compiled matcher; bare, the in-place one: both must agree.
+    tasks = db.claim_expr
+    past = datetime.datetime.now(datetime.UTC).replace(tzinfo=None) - datetime.timedelta(
+        minutes=5)
+    future = past + datetime.timedelta(hours=1)
+    tasks.insert_many([{"_id": 1, "due": past, "status": "pending"},
+                       {"_id": 2, "due": future, "status": "pending"},
+                       {"_id": 3, "status": "pending"},
+                       {"_id": 4, "due": past, "status": "pending"},
+                       {"_id": 5, "due": future, "status": "pending"},
+                       {"_id": 6, "status": "pending"}])
+
+    def claim(task_id: int, wrapped: bool) -> int:
+        q: dict[str, Any] = {"_id": task_id, "status": "pending",
+                             "$expr": {"$lte": ["$due", "$$NOW"]}}
+        query = {"$and": [q]} if wrapped else q
+        return tasks.update_one(query, [{"$set": {"status": "processing"}}]).modified_count
+
+    assert [claim(i, False) for i in (1, 2, 3)] == [1, 0, 1]  # missing < any date
+    assert [claim(i, True) for i in (4, 5, 6)] == [1, 0, 1]
+    with pytest.raises(OperationFailure) as failure:
+        tasks.update_one({"_id": 2, "$expr": {"$add": ["$due", "$due"]}},
+                         [{"$set": {"x": 1}}])
+    assert failure.value.code == 16612  # only one date allowed in an $add expression
+
+
+@pytest.mark.parametrize(("left", "right", "expected"), [
+    (1, 2, 3),
+    (2147483647, 1, Int64(2147483648)),  # an int overflowing 32 bits becomes a long
+    (Int64(5), 1, Int64(6)),
+    (1.5, 1, 2.5),
+    (NOW, 1500, NOW + datetime.timedelta(milliseconds=1500)),
+    (-250, NOW, NOW - datetime.timedelta(milliseconds=250)),
+    (NOW, Int64(2000), NOW + datetime.timedelta(seconds=2)),
+    (NOW, 1.4, NOW + datetime.timedelta(milliseconds=1)),  # a double is rounded to whole ms
+    (None, 1, None),
+], ids=["ints", "int-overflow", "long", "double", "date-ms", "ms-date", "date-long",
+        "date-double", "null"])
+def test_add_of_the_runtimes_shapes_and_the_others(db: Db, left: Any, right: Any,
+                                                  expected: Any) -> None:
+    coll = db.add_shapes
+    coll.insert_one({"_id": 1, "a": left, "b": right})
+    coll.update_one({"_id": 1}, [{"$set": {"sum": {"$add": ["$a", "$b"]},
+                                           "missing": {"$add": ["$a", "$nothing"]}}}])
+    doc = coll.find_one({"_id": 1})
+    assert doc is not None
+    assert doc["sum"] == expected and type(doc["sum"]) is type(expected)
+    assert doc["missing"] is None

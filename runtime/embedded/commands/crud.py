@@ -66,7 +66,7 @@ def _matches_once(query: dict[str, Any], doc: dict[str, Any], variables: dict[st
     """:func:`engine.matches` for a filter read for one document (most updates and deletes):
     simple filters are evaluated in place instead of being compiled first."""
     try:
-        return compiled_filter.quick_match(query, doc)
+        return compiled_filter.quick_match(query, doc, variables)
     except Exception:  # the general matcher answers, or raises the right error
         return engine.matches(query, doc, variables)
 
