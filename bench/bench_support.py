@@ -279,6 +279,9 @@ class Measurement:
     samples: int
     elapsed: float = 0.0
     server_cpu: float = 0.0
+    #: CPU seconds of the system's own processes (runtime instances, Node processes) over the
+    #: throughput phase, all of them together.
+    worker_cpu: float = 0.0
     #: serverStatus().metrics.queryExecutor deltas over the throughput phase (until every
     #: handler started, before the completion polls): index keys and documents examined.
     examined: dict[str, int] = field(default_factory=dict)
@@ -306,6 +309,11 @@ class Measurement:
         """Server CPU seconds per 1,000 tasks in the throughput phase."""
         return self.server_cpu / self.docs * 1000
 
+    @property
+    def worker_cpu_per_1000(self) -> float:
+        """CPU seconds of the system's processes per 1,000 tasks in the throughput phase."""
+        return self.worker_cpu / self.docs * 1000
+
     def examined_per_task(self, key: str) -> float:
         """Keys (``scanned``) or documents (``scannedObjects``) examined per throughput task."""
         return self.examined[key] / self.docs if key in self.examined else float("nan")
@@ -326,6 +334,7 @@ class Measurement:
                 "commands_per_task": round(self.per_task, 3),
                 "server_cpu_s": round(self.server_cpu, 3),
                 "server_cpu_s_per_1000": round(self.cpu_per_1000, 3),
+                "worker_cpu_s_per_1000": round(self.worker_cpu_per_1000, 3),
                 "keys_examined_per_task": round(self.examined_per_task("scanned"), 2),
                 "docs_examined_per_task": round(self.examined_per_task("scannedObjects"), 2),
                 "commands": self.commands, "per_instance": self.per_instance}
@@ -350,14 +359,17 @@ def measure_latency(client: Client, starts: StartsLog, samples: int, result: Mea
 
 
 def measure_throughput(client: Client, starts: StartsLog, server_pid: int, result: Measurement,
-                       timeout: float = 600.0) -> None:
+                       timeout: float = 600.0, worker_pids: list[int] | None = None) -> None:
     """Insert ``result.docs`` documents (ids after the samples) in batches of 1,000 and wait
-    until all their tasks completed; record the elapsed time and the server's CPU seconds."""
+    until all their tasks completed; record the elapsed time and the CPU seconds of the server
+    and of the system's processes (``worker_pids``)."""
     items = client.app.items
     tasks = client.app.items_tasks
     base = result.samples + 1
+    workers = list(worker_pids or [])
     counters_before = server_counters(client)
     cpu_before = cpu_seconds(server_pid)
+    workers_before = sum(cpu_seconds(pid) for pid in workers)
     began = time.perf_counter()
     for start in range(base, base + result.docs, BATCH):
         items.insert_many([{"_id": i, "n": 1} for i in range(start, min(base + result.docs,
@@ -376,6 +388,7 @@ def measure_throughput(client: Client, starts: StartsLog, server_pid: int, resul
         time.sleep(0.01)
     result.elapsed = time.perf_counter() - began
     result.server_cpu = cpu_seconds(server_pid) - cpu_before
+    result.worker_cpu = sum(cpu_seconds(pid) for pid in workers) - workers_before
 
 
 # ------------------------------------------------------------------ reactgen processes

@@ -13,7 +13,7 @@ and then (bench/bench_support.py):
 * throughput: inserts ``--docs`` documents in batches of 1,000 and measures until every task
   completed;
 * server CPU: utime + stime of the embedded server process over the throughput phase, per
-  1,000 tasks;
+  1,000 tasks; runtime CPU: the same for all ``runtime serve`` processes together;
 * commands per completed task: every runtime process counts the commands it sends (PyMongo
   command monitoring, REACTGEN_COMMAND_STATS) for the whole run, heartbeats included.
 
@@ -59,7 +59,8 @@ def run(instances: int, docs: int, samples: int) -> Measurement:
             client: Client = MongoClient(db.uri)
             starts = StartsLog([workdir / f"starts-{i}.txt" for i in range(instances)])
             measure_latency(client, starts, samples, result)
-            measure_throughput(client, starts, db.pid, result)
+            measure_throughput(client, starts, db.pid, result,
+                               worker_pids=[p.pid for p in processes])
         finally:
             stop_processes(processes)
         result.commands = read_commands([workdir / f"commands-{i}.json"
@@ -83,15 +84,16 @@ def main() -> int:
     print(f"machine: {machine()}; embedded server in memory; no-op handler; debounce 0\n")
     print(f"| instances | tasks/s ({args.docs:,} docs) | trigger-to-start p50 / p99 (ms) | "
           "p50 / p99 per instance | DB commands per completed task | server CPU s per 1,000 "
-          "tasks | tasks run per instance |")
-    print("|---|---:|---:|---|---:|---:|---|")
+          "tasks | runtime CPU s per 1,000 tasks | tasks run per instance |")
+    print("|---|---:|---:|---|---:|---:|---:|---|")
     for r in results:
         every = r.all_latencies
         shown = "; ".join(f"#{k}: {percentile(v, 0.5):.1f} / {percentile(v, 0.99):.1f}"
                           for k, v in sorted(r.latencies.items()) if v)
         print(f"| {r.instances} | {r.rate:,.0f} | {percentile(every, 0.5):.1f} / "
               f"{percentile(every, 0.99):.1f} | {shown} | {r.per_task:.2f} | "
-              f"{r.cpu_per_1000:.2f} | {' / '.join(f'{n:,}' for n in r.per_instance)} |")
+              f"{r.cpu_per_1000:.2f} | {r.worker_cpu_per_1000:.2f} | "
+              f"{' / '.join(f'{n:,}' for n in r.per_instance)} |")
     print("\nCommands by name (all instances, whole run):\n")
     for r in results:
         print(f"- {r.instances} instance(s), {r.total:,} tasks: {r.commands}")

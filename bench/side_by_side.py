@@ -126,7 +126,8 @@ def run(system: str, instances: int, docs: int, samples: int, keep: bool) -> Mea
             client: Client = MongoClient(db.uri)
             starts = StartsLog([workdir / f"starts-{i}.txt" for i in range(instances)])
             measure_latency(client, starts, samples, result)
-            measure_throughput(client, starts, db.pid, result)
+            measure_throughput(client, starts, db.pid, result,
+                               worker_pids=[p.pid for p in processes])
             stop_processes(processes)
             processes = []
             files = [workdir / f"commands-{i}.json" for i in range(instances)]
@@ -144,7 +145,8 @@ def run(system: str, instances: int, docs: int, samples: int, keep: bool) -> Mea
     print(f"  {system} x{instances}: {result.rate:,.0f} tasks/s, p50/p99 "
           f"{percentile(every, 0.5):.1f}/{percentile(every, 0.99):.1f} ms, "
           f"{result.per_task:.2f} commands/task, server CPU {result.cpu_per_1000:.2f} s/1,000 "
-          f"tasks, keys/docs examined per task {result.examined_per_task('scanned'):.1f}/"
+          f"tasks, its processes' CPU {result.worker_cpu_per_1000:.2f} s/1,000 tasks, "
+          f"keys/docs examined per task {result.examined_per_task('scanned'):.1f}/"
           f"{result.examined_per_task('scannedObjects'):.1f}, per process {result.per_instance}",
           flush=True)
     return result
@@ -160,8 +162,9 @@ def report(results: list[Measurement], docs: int, samples: int, rounds: int) -> 
     print(f"\nmachine: {machine()}; embedded server in memory, fresh per run; {docs:,} docs in "
           f"batches of 1,000 + {samples} latency samples; {rounds} interleaved round(s)\n")
     print("| system | instances | tasks/s | trigger-to-start p50 / p99 (ms) | DB commands per "
-          "completed task | server CPU s per 1,000 tasks |")
-    print("|---|---:|---:|---:|---:|---:|")
+          "completed task | server CPU s per 1,000 tasks | the system's processes' CPU s per "
+          "1,000 tasks |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     summary: dict[tuple[str, int], dict[str, float]] = {}
     for system in SYSTEMS:
         for instances in sorted({r.instances for r in results}):
@@ -172,12 +175,13 @@ def report(results: list[Measurement], docs: int, samples: int, rounds: int) -> 
             row = {"rate": median([r.rate for r in runs]),
                    "p50": percentile(every, 0.5), "p99": percentile(every, 0.99),
                    "per_task": median([r.per_task for r in runs]),
-                   "cpu": median([r.cpu_per_1000 for r in runs])}
+                   "cpu": median([r.cpu_per_1000 for r in runs]),
+                   "workers": median([r.worker_cpu_per_1000 for r in runs])}
             summary[(system, instances)] = row
             each = f" ({', '.join(fmt(r.rate, 0) for r in runs)})" if len(runs) > 1 else ""
             print(f"| {system} | {instances} | {fmt(row['rate'], 0)}{each} | "
                   f"{row['p50']:.1f} / {row['p99']:.1f} | {row['per_task']:.2f} | "
-                  f"{row['cpu']:.2f} |")
+                  f"{row['cpu']:.2f} | {row['workers']:.2f} |")
     print("\nreactgen / mongodash (tasks/s: higher is better; the others: lower is better):\n")
     print("| instances | tasks/s | latency p50 | latency p99 | commands per task | "
           "server CPU per task |")
