@@ -306,22 +306,15 @@ def collect(stream: ChangeStreamCursor, log: ChangeLog, catalog: Catalog,
                     # clients are served in between (the getMore goes on after yielding).
                     break
                 before_start = timed and _before_start(stream, entry)
+                in_scope = False  # (only the general path may invalidate)
                 if fast is not None and entry.op in DOCUMENT_OPS:
                     # Never invalidates; in or out of scope by its namespace (see _verdict).
                     event = None if before_start else fast_event(
                         stream, _verdict(stream, fast, entry), entry, catalog, variables)
-                    stream.position = entry.seq
-                    if event is not None:
-                        batch.append(event)
-                        stream.position_token = event["_id"]
-                        passed = None
-                    elif not before_start:
-                        passed = entry
-                    continue
-                event = None
-                in_scope = _in_scope(stream, entry) and not before_start
-                if in_scope:
-                    event = apply_stages(stream, build_event(stream, entry, catalog), variables)
+                else:
+                    in_scope = _in_scope(stream, entry) and not before_start
+                    event = apply_stages(stream, build_event(stream, entry, catalog),
+                                         variables) if in_scope else None
                 stream.position = entry.seq
                 if event is not None:
                     batch.append(event)
