@@ -257,6 +257,7 @@ class Runtime:
         if self.app.crons:
             tasks_by_db[settings.database].append(CRON_TASKS_COLLECTION)
         elector = self.elector
+        listeners: list[WakeupListener] = []
         for db_name, collections in tasks_by_db.items():
             listener = WakeupListener(self.client[db_name], collections,
                                       db_name == settings.database, self._on_due,
@@ -266,6 +267,10 @@ class Runtime:
                                       on_finished=self._finished,
                                       on_pause=self.scheduler.pause,
                                       reactors=self.scheduler.reactors)
+            listeners.append(listener)
+        # Open before "started": from then on this instance hears every change.
+        await asyncio.gather(*(listener.open() for listener in listeners))
+        for listener in listeners:
             self._background.append(asyncio.create_task(listener.run()))
         self.scheduler.start(self.clock.now())
         await self._learn_next_due(stores)

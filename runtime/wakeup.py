@@ -86,6 +86,19 @@ class WakeupListener:
         self.on_lease = on_lease
         self.on_finished = on_finished
         self.on_pause = on_pause
+        self._opened = False
+
+    async def open(self) -> None:
+        """Open the stream at now, before the instance reports itself started, so that it hears
+        every change from then on (a leader's release right after the start included). A
+        failure is logged and left to :meth:`run`, which opens again."""
+        try:
+            await self.feed.open(None)
+            self._opened = True
+        except PyMongoError as exc:
+            raise_if_cancelled()
+            log_event(log, logging.WARNING, "wake-up stream not opened yet",
+                      event="wakeup.error", database=self.db.name, error=str(exc))
 
     def _handle(self, event: dict[str, Any]) -> None:
         doc = event.get("fullDocument") or {}
@@ -118,7 +131,10 @@ class WakeupListener:
         delay = 0.2
         while True:
             try:
-                await self.feed.open(self.feed.resume_token)
+                if self._opened:
+                    self._opened = False  # opened by open(): read on from there
+                else:
+                    await self.feed.open(self.feed.resume_token)
                 delay = 0.2
                 while True:
                     batch = await self.feed.next_batch()

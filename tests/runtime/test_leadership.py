@@ -14,14 +14,16 @@ import signal
 from typing import Any
 
 from conftest import AppBuilder, RuntimeFactory
+from pymongo import MongoClient
 from pymongo.database import Database
 from runtime_harness import RuntimeProcess
-from scenario import build, count, leader, ms, runs_of, server_now, start, stays
+from scenario import build, count, fail_point, leader, ms, runs_of, server_now, start, stays
 from support import wait_until
 
 TTL_MS = 1500
 MARGIN_MS = 500
 """Slack for the follower's reaction: its clock estimate, one round trip, log lines."""
+Doc = dict[str, Any]
 
 
 def _logged_at(process: RuntimeProcess, pattern: str) -> datetime.datetime:
@@ -85,6 +87,27 @@ def test_graceful_stop_hands_leadership_over_at_once(
     db.things.insert_one({"_id": "after", "n": 1})
     wait_until(lambda: runs_of(db, "after"), timeout=10)
     assert runs_of(db, "after")[0]["instance"] == "b"
+
+
+def test_an_instance_hears_changes_from_the_moment_it_reports_started(
+        make_app: AppBuilder, start_runtime: RuntimeFactory, client: MongoClient[Doc],
+        db: Database[Doc]) -> None:
+    # B's wake-up stream is slow to open (the server holds B's aggregate commands). B must not
+    # report itself started before its stream is open: a release by A right after B started
+    # would be missed, and B would take over only at its next periodic attempt (TTL / 3).
+    app = build(make_app)
+    ttl = ["--leader-ttl-ms", "10000"]
+    a = start(start_runtime, app, "a", *ttl)
+    a.wait_for_log(r"event=leader\.gained instance=a token=1\b")
+    with fail_point(client, {"failCommands": ["aggregate"], "appName": "reactgen-b",
+                             "blockConnection": True, "blockTimeMS": 1500}):
+        b = start(start_runtime, app, "b", *ttl)
+    assert a.stop() == 0
+    b.wait_for_log(r"event=leader\.gained instance=b token=2\b", timeout=15)
+    taken = leader(db)
+    assert taken is not None and taken["owner"] == "b"
+    handover_ms = ms(taken["acquiredAt"] - taken["releasedAt"])
+    assert 0 <= handover_ms < 1000, handover_ms
 
 
 def test_renewal_is_not_blocked_by_a_long_reconciliation(
