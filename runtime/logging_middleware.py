@@ -25,6 +25,11 @@ class LoggingMiddleware(Middleware):
                         outcome: Outcome) -> None:
         """Log the outcome."""
         kind = outcome.kind
+        # Quiet unless it failed or carries an error (a skip's error is its reason).
+        quiet = kind in QUIET and not (outcome.error and kind is not OutcomeKind.SKIPPED)
+        level = logging.INFO if quiet else logging.WARNING
+        if not log.isEnabledFor(level):
+            return  # nothing would be emitted: skip building the line
         shown = kind.metric_label
         fields: dict[str, Any] = {}
         if outcome.error and kind is OutcomeKind.SKIPPED:
@@ -40,10 +45,9 @@ class LoggingMiddleware(Middleware):
             fields["final"] = True
         if outcome.traceback and kind is not OutcomeKind.SKIPPED:
             fields["traceback"] = outcome.traceback
-        quiet = kind in QUIET and "error" not in fields
         message = ("task result discarded (lease lost)" if kind is OutcomeKind.LEASE_LOST
                    else f"task {shown}")
-        log_event(log, logging.INFO if quiet else logging.WARNING, message,
+        log_event(log, level, message,
                   event="task.finished", reactor=reactor.name, task_id=task.get("_id"),
                   source_id=task.get("sourceId"), attempt=task.get("attempts"),
                   outcome=shown, duration_ms=round(outcome.duration_s * 1000, 1),

@@ -31,6 +31,9 @@ class MetricsMiddleware(Middleware):
         self.databases: frozenset[str] | None = None
         self.cluster: ClusterMetrics | None = None
         """Told of leadership changes (set by ``metrics.start_metrics``)."""
+        # Labelled children by (family, label values): ``labels()`` on every hook call costs
+        # more than the update itself. Children are created on first use, as before.
+        self._children: dict[tuple[Any, ...], Any] = {}
         if reactors is None:
             return
         self.reactors = frozenset(r.name for r in reactors)
@@ -55,12 +58,30 @@ class MetricsMiddleware(Middleware):
     def _known(self, reactor: str) -> bool:
         return self.reactors is None or reactor in self.reactors
 
+    def _child(self, family: Any, reactor: str) -> Any:
+        """``family.labels(reactor=reactor)``, looked up once."""
+        key = (family, reactor)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(reactor=reactor)
+        return child
+
+    def _outcome_children(self, reactor: str, outcome: str) -> tuple[Any, Any]:
+        """The executions counter and duration histogram of ``reactor`` and ``outcome``."""
+        key = (metrics.EXECUTIONS, reactor, outcome)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                metrics.EXECUTIONS.labels(reactor=reactor, outcome=outcome),
+                metrics.DURATION.labels(reactor=reactor, outcome=outcome))
+        return children
+
     # ------------------------------------------------------------------ executions
 
     def before_execution(self, reactor: ReactorSpec, task: dict[str, Any]) -> None:
         """A handler starts: one more in progress."""
         if self._known(reactor.name):
-            metrics.IN_PROGRESS.labels(reactor=reactor.name).inc()
+            self._child(metrics.IN_PROGRESS, reactor.name).inc()
 
     def after_execution(self, reactor: ReactorSpec, task: dict[str, Any],
                         outcome: Outcome) -> None:
@@ -68,15 +89,18 @@ class MetricsMiddleware(Middleware):
         name = reactor.name
         if not self._known(name):
             return
-        metrics.IN_PROGRESS.labels(reactor=name).dec()
-        metrics.record_execution(name, outcome.kind.metric_label, outcome.duration_s)
+        self._child(metrics.IN_PROGRESS, name).dec()
+        # metrics.record_execution, through the cached children
+        executions, duration = self._outcome_children(name, outcome.kind.metric_label)
+        executions.inc()
+        duration.observe(outcome.duration_s)
         if outcome.kind is OutcomeKind.RETRY:
-            metrics.RETRIES.labels(reactor=name).inc()
+            self._child(metrics.RETRIES, name).inc()
 
     def on_start_delay(self, reactor: str, seconds: float) -> None:
         """Due-to-start latency."""
         if self._known(reactor):
-            metrics.START_DELAY.labels(reactor=reactor).observe(max(0.0, seconds))
+            self._child(metrics.START_DELAY, reactor).observe(max(0.0, seconds))
 
     # ------------------------------------------------------------------ claims and leases
 
@@ -84,15 +108,15 @@ class MetricsMiddleware(Middleware):
         """A claim attempt, and whether it missed."""
         if not self._known(reactor):
             return
-        metrics.CLAIMS.labels(reactor=reactor).inc()
-        metrics.CLAIM_DURATION.labels(reactor=reactor).observe(max(0.0, seconds))
+        self._child(metrics.CLAIMS, reactor).inc()
+        self._child(metrics.CLAIM_DURATION, reactor).observe(max(0.0, seconds))
         if not claimed:
-            metrics.CLAIM_MISSES.labels(reactor=reactor).inc()
+            self._child(metrics.CLAIM_MISSES, reactor).inc()
 
     def on_lease_renewed(self, reactor: str) -> None:
         """A lease renewal."""
         if self._known(reactor):
-            metrics.LEASE_RENEWALS.labels(reactor=reactor).inc()
+            self._child(metrics.LEASE_RENEWALS, reactor).inc()
 
     def on_lease_lost(self, reactor: str) -> None:
         """A lost lease."""

@@ -99,9 +99,23 @@ class MiddlewareStack(Middleware):
 
     def __init__(self, items: Sequence[Middleware]) -> None:
         self.items = list(items)
+        self._overriding: dict[str, tuple[list[Middleware], tuple[Middleware, ...]]] = {}
+
+    def _implementing(self, hook: str) -> list[Middleware]:
+        """The items whose ``hook`` is not :class:`Middleware`'s no-op (calling those changes
+        nothing), recomputed whenever ``items`` changed."""
+        current = tuple(self.items)
+        cached = self._overriding.get(hook)
+        if cached is not None and cached[1] == current:
+            return cached[0]
+        default = getattr(Middleware, hook)
+        chosen = [item for item in current
+                  if getattr(getattr(item, hook, None), "__func__", None) is not default]
+        self._overriding[hook] = (chosen, current)
+        return chosen
 
     def _each(self, hook: str, *args: Any) -> None:
-        for item in self.items:
+        for item in self._implementing(hook):
             try:
                 getattr(item, hook)(*args)
             except Exception:  # a broken hook must not break the runtime
@@ -114,7 +128,7 @@ class MiddlewareStack(Middleware):
     async def around_execution(self, reactor: ReactorSpec, ctx: Any, call_next: CallNext) -> None:
         """Nest every middleware's wrapper around the handler (the first is outermost)."""
         wrappers: list[Wrapper] = [functools.partial(_execution, item, reactor, ctx)
-                                   for item in self.items]
+                                   for item in self._implementing("around_execution")]
         await _nest(wrappers, call_next)
 
     async def around_planning(self, database: str, events: int, call_next: CallNext) -> None:

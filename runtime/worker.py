@@ -223,10 +223,9 @@ class WorkerPool:
 
     async def _renew(self, store: TaskStore, held: Claimed, ctx: RuntimeTaskContext,
                      reactor: str) -> None:
+        """Renew the lease every ``renew_ms`` until the execution ends; started by the timer of
+        :meth:`_execute` once the first interval has passed (the first wait is behind us)."""
         while not ctx.finalized:
-            await asyncio.sleep(self.renew_ms / 1000)
-            if ctx.finalized:
-                return  # completed inside the handler's transaction: nothing left to hold
             try:
                 if await store.renew(held):
                     self.middleware.on_lease_renewed(reactor)
@@ -239,6 +238,7 @@ class WorkerPool:
             except PyMongoError as exc:
                 raise_if_cancelled()
                 ctx.logger.warning("lease renewal failed: %s", exc)
+            await asyncio.sleep(self.renew_ms / 1000)
 
     async def _call_handler(self, reactor: ReactorSpec, ctx: RuntimeTaskContext) -> None:
         handler = self.handlers[reactor.name]
@@ -257,26 +257,43 @@ class WorkerPool:
         """Run the handler, decide the outcome, apply it, tell the middleware."""
         store = self.stores[reactor.name]
         debounce = debounce_expression(reactor)
+        loop = asyncio.get_running_loop()
         ctx = RuntimeTaskContext(reactor, held, store, self.sources[reactor.name], log,
-                                 debounce, asyncio.get_running_loop())
+                                 debounce, loop)
         self.middleware.before_execution(reactor, held.doc)
         self._report_start_delay(reactor, held)
-        renewal = asyncio.create_task(self._renew(store, held, ctx, reactor.name))
+        # Most handlers end well within the first renewal interval: a timer, not a task,
+        # waits for it, and the renewal task is started only when it fires.
+        renewal: list[asyncio.Task[None]] = []
+
+        def start_renewal() -> None:
+            if not ctx.finalized:
+                renewal.append(loop.create_task(self._renew(store, held, ctx, reactor.name)))
+
+        timer = loop.call_later(self.renew_ms / 1000, start_renewal)
         started = time.perf_counter()
         failure: BaseException | None = None
         timed_out = False
         timeout = reactor.policies.timeout_ms
-        deadline = asyncio.timeout(timeout / 1000 if timeout is not None else None)
         try:
-            async with deadline:
+            if timeout is None:
                 await self._call_handler(reactor, ctx)
+            else:
+                deadline = asyncio.timeout(timeout / 1000)
+                try:
+                    async with deadline:
+                        await self._call_handler(reactor, ctx)
+                except TimeoutError:
+                    timed_out = deadline.expired()
+                    raise
         except Exception as exc:  # the handler's failure is the task's, never the worker's
             failure = exc
-            timed_out = isinstance(exc, TimeoutError) and deadline.expired()
         finally:
-            renewal.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewal
+            timer.cancel()
+            for task in renewal:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         outcome = self._decide(reactor, held, ctx, failure, timed_out,
                                time.perf_counter() - started)
         outcome = await self._apply(reactor, store, held, ctx, debounce, outcome)

@@ -77,6 +77,45 @@ def test_paused_worker_cannot_overwrite_the_new_holder(
     assert all("finishedAt" in r for r in runs)
 
 
+def test_a_long_handler_keeps_its_lease_and_its_renewal_detects_a_takeover(
+        make_app: AppBuilder, start_runtime: RuntimeFactory,
+        db: Database[dict[str, Any]]) -> None:
+    # Renewal starts only once the first renewal interval has passed (a timer, not a task per
+    # execution): a handler running for many lease periods must still be renewed throughout,
+    # and a renewal that finds the task taken over must report the loss while the handler
+    # is still running, before its finalize.
+    app = build(make_app)
+    lease = ["--task-lease-ms", str(LEASE_MS), "--concurrency", "1"]
+    a = start(start_runtime, app, "a", *lease)
+    db.things.insert_one({"_id": "x", "n": 1, "block": True})
+    wait_until(lambda: len(runs_of(db, "x")) == 1, timeout=15)
+    first = wait_until(lambda: task_of(db, "x"))
+    stays(lambda: not lease_expired(db, "x") and len(runs_of(db, "x")) == 1
+          and (task_of(db, "x") or {}).get("attempts") == 1, 3 * LEASE_MS / 1000,
+          "the running task's lease ran out")
+    renewed = task_of(db, "x")
+    assert renewed is not None and renewed["lease"]["claim"] == first["lease"]["claim"]
+    assert renewed["nextRunAt"] >= first["nextRunAt"] + datetime.timedelta(
+        milliseconds=2 * LEASE_MS)
+
+    a.signal(signal.SIGSTOP)
+    wait_until(lambda: lease_expired(db, "x"), timeout=LEASE_MS / 1000 + 5,
+               message="A's lease expires while A is frozen")
+    b = start(start_runtime, app, "b", *lease)
+    wait_until(lambda: len(runs_of(db, "x")) == 2, timeout=15,
+               message="B takes the expired task over")
+    a.signal(signal.SIGCONT)
+    # A's handler is still blocked: only its renewal can notice.
+    a.wait_for_log(r"lease lost; this execution's results will be discarded", timeout=10)
+    assert "finishedAt" not in runs_of(db, "x")[0]
+    release(db, "x")
+    b.wait_for_log(r"task completed .*source_id=x .*outcome=completed")
+    a.wait_for_log(r"task result discarded \(lease lost\).*source_id=x.*outcome=lease_lost")
+    completed = task_of(db, "x")
+    assert completed is not None and completed["status"] == "completed"
+    assert [h["attempt"] for h in completed["history"]] == [2]
+
+
 def test_renewal_cannot_revive_a_finished_task(
         make_app: AppBuilder, start_runtime: RuntimeFactory,
         db: Database[dict[str, Any]]) -> None:
