@@ -12,11 +12,13 @@ import datetime
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from conftest import AppBuilder, RuntimeFactory
 from pymongo import MongoClient
 from pymongo.database import Database
+from runtime_harness import RuntimeProcess
 from scenario import (
     build,
     count,
@@ -36,6 +38,19 @@ LEASE_MS = 1000
 BLOCK_MS = 7000
 
 
+def _freeze_until_taken_over(db: Database[Doc], a: RuntimeProcess,
+                             start_b: Callable[[], RuntimeProcess]) -> RuntimeProcess:
+    """Freeze A (SIGSTOP) while it runs task ``x``, wait until its lease has expired by the
+    server's clock (a frozen A renews nothing), start B and wait until B runs ``x``."""
+    a.signal(signal.SIGSTOP)
+    wait_until(lambda: lease_expired(db, "x"), timeout=LEASE_MS / 1000 + 5,
+               message="A's lease expires while A is frozen")
+    b = start_b()
+    wait_until(lambda: len(runs_of(db, "x")) == 2, timeout=15,
+               message="B takes the expired task over")
+    return b
+
+
 def test_paused_worker_cannot_overwrite_the_new_holder(
         make_app: AppBuilder, start_runtime: RuntimeFactory,
         db: Database[dict[str, Any]]) -> None:
@@ -48,13 +63,7 @@ def test_paused_worker_cannot_overwrite_the_new_holder(
     assert held_by_a["status"] == "processing"
     assert held_by_a["lease"]["owner"] == "a"
 
-    a.signal(signal.SIGSTOP)
-    # Frozen, A renews nothing: by the server's clock its lease runs out.
-    wait_until(lambda: lease_expired(db, "x"), timeout=LEASE_MS / 1000 + 5,
-               message="A's lease expires while A is frozen")
-    b = start(start_runtime, app, "b", *lease)
-    wait_until(lambda: len(runs_of(db, "x")) == 2, timeout=15,
-               message="B takes the expired task over")
+    b = _freeze_until_taken_over(db, a, lambda: start(start_runtime, app, "b", *lease))
     taken = task_of(db, "x")
     assert taken is not None
     assert taken["lease"]["owner"] == "b"
@@ -98,12 +107,7 @@ def test_a_long_handler_keeps_its_lease_and_its_renewal_detects_a_takeover(
     assert renewed["nextRunAt"] >= first["nextRunAt"] + datetime.timedelta(
         milliseconds=2 * LEASE_MS)
 
-    a.signal(signal.SIGSTOP)
-    wait_until(lambda: lease_expired(db, "x"), timeout=LEASE_MS / 1000 + 5,
-               message="A's lease expires while A is frozen")
-    b = start(start_runtime, app, "b", *lease)
-    wait_until(lambda: len(runs_of(db, "x")) == 2, timeout=15,
-               message="B takes the expired task over")
+    b = _freeze_until_taken_over(db, a, lambda: start(start_runtime, app, "b", *lease))
     a.signal(signal.SIGCONT)
     # A's handler is still blocked: only its renewal can notice.
     a.wait_for_log(r"lease lost; this execution's results will be discarded", timeout=10)
