@@ -38,6 +38,18 @@ LEASE_MS = 1000
 BLOCK_MS = 7000
 
 
+def _blocked_on_a(make_app: AppBuilder, start_runtime: RuntimeFactory, db: Database[Doc]
+                  ) -> tuple[RuntimeProcess, Callable[[], RuntimeProcess]]:
+    """Instance A (short leases, one slot) running task ``x``, whose handler blocks until
+    released; and the function that starts instance B the same way."""
+    app = build(make_app)
+    lease = ["--task-lease-ms", str(LEASE_MS), "--concurrency", "1"]
+    a = start(start_runtime, app, "a", *lease)
+    db.things.insert_one({"_id": "x", "n": 1, "block": True})
+    wait_until(lambda: len(runs_of(db, "x")) == 1, timeout=15)
+    return a, lambda: start(start_runtime, app, "b", *lease)
+
+
 def _freeze_until_taken_over(db: Database[Doc], a: RuntimeProcess,
                              start_b: Callable[[], RuntimeProcess]) -> RuntimeProcess:
     """Freeze A (SIGSTOP) while it runs task ``x``, wait until its lease has expired by the
@@ -54,16 +66,12 @@ def _freeze_until_taken_over(db: Database[Doc], a: RuntimeProcess,
 def test_paused_worker_cannot_overwrite_the_new_holder(
         make_app: AppBuilder, start_runtime: RuntimeFactory,
         db: Database[dict[str, Any]]) -> None:
-    app = build(make_app)
-    lease = ["--task-lease-ms", str(LEASE_MS), "--concurrency", "1"]
-    a = start(start_runtime, app, "a", *lease)
-    db.things.insert_one({"_id": "x", "n": 1, "block": True})
-    wait_until(lambda: len(runs_of(db, "x")) == 1, timeout=15)
+    a, start_b = _blocked_on_a(make_app, start_runtime, db)
     held_by_a = wait_until(lambda: task_of(db, "x"))
     assert held_by_a["status"] == "processing"
     assert held_by_a["lease"]["owner"] == "a"
 
-    b = _freeze_until_taken_over(db, a, lambda: start(start_runtime, app, "b", *lease))
+    b = _freeze_until_taken_over(db, a, start_b)
     taken = task_of(db, "x")
     assert taken is not None
     assert taken["lease"]["owner"] == "b"
@@ -93,11 +101,7 @@ def test_a_long_handler_keeps_its_lease_and_its_renewal_detects_a_takeover(
     # execution): a handler running for many lease periods must still be renewed throughout,
     # and a renewal that finds the task taken over must report the loss while the handler
     # is still running, before its finalize.
-    app = build(make_app)
-    lease = ["--task-lease-ms", str(LEASE_MS), "--concurrency", "1"]
-    a = start(start_runtime, app, "a", *lease)
-    db.things.insert_one({"_id": "x", "n": 1, "block": True})
-    wait_until(lambda: len(runs_of(db, "x")) == 1, timeout=15)
+    a, start_b = _blocked_on_a(make_app, start_runtime, db)
     first = wait_until(lambda: task_of(db, "x"))
     stays(lambda: not lease_expired(db, "x") and len(runs_of(db, "x")) == 1
           and (task_of(db, "x") or {}).get("attempts") == 1, 3 * LEASE_MS / 1000,
@@ -107,7 +111,7 @@ def test_a_long_handler_keeps_its_lease_and_its_renewal_detects_a_takeover(
     assert renewed["nextRunAt"] >= first["nextRunAt"] + datetime.timedelta(
         milliseconds=2 * LEASE_MS)
 
-    b = _freeze_until_taken_over(db, a, lambda: start(start_runtime, app, "b", *lease))
+    b = _freeze_until_taken_over(db, a, start_b)
     a.signal(signal.SIGCONT)
     # A's handler is still blocked: only its renewal can notice.
     a.wait_for_log(r"lease lost; this execution's results will be discarded", timeout=10)
