@@ -303,14 +303,15 @@ class DatabasePlanner:
         debug = log.isEnabledFor(logging.DEBUG)
         before = await self._tasks_before(reactors, ids) if debug else {}
         for source_id in ids:
-            verdicts = found.get(_id_key(source_id))
+            key = _id_key(source_id)
+            verdicts = found.get(key)
             for reactor in reactors:
                 target = ops.setdefault(reactor.tasks_collection, [])
                 cleanup = reactor.policies.cleanup.when
                 if verdicts is not None and reactor.name in verdicts:
                     snapshot, fields = verdicts[reactor.name]
                     if reached is not None and can_insert_new(reactor) and \
-                            _id_key(source_id) in inserted:
+                            key in inserted:
                         news.setdefault(reactor.tasks_collection, []).append(
                             (new_task(reactor, source_id, snapshot, token, reached, fields),
                              functools.partial(plan_update, reactor, source_id, snapshot,
