@@ -9,7 +9,7 @@ for it in vain. Such loops call :func:`raise_if_cancelled` before retrying.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -47,3 +47,25 @@ def consume_outcome(task: asyncio.Future[Any]) -> None:
     """Retrieve an abandoned operation's outcome, so that it is not reported as unhandled."""
     if not task.cancelled():
         task.exception()
+
+
+async def run_together(coroutines: list[Coroutine[Any, Any, None]]) -> None:
+    """Run ``coroutines`` side by side until one fails (or all end); the first failure
+    cancels the others and is raised.
+
+    Not ``asyncio.TaskGroup``: on Python 3.11 a child failing while the group waits leaves a
+    cancellation request on the parent task, which the supervisor would take for a stop.
+    """
+    tasks = [asyncio.create_task(c) for c in coroutines]
+    try:
+        pending: set[asyncio.Task[None]] = set(tasks)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                error = None if task.cancelled() else task.exception()
+                if error is not None:
+                    raise error
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

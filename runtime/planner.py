@@ -22,27 +22,26 @@ import datetime
 import functools
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
-import bson
 from pymongo import UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from runtime import evolution
-from runtime.cancellation import consume_outcome, raise_if_cancelled
+from runtime.cancellation import raise_if_cancelled, run_together
 from runtime.change_feed import ChangeFeed, HistoryLost, is_resumable
 from runtime.meta import Deposed, MetaStore
 from runtime.middleware import Middleware
 from runtime.partitions import Partition
+from runtime.planning_explain import id_key, log_planned, tasks_before
 from runtime.planning_state import LeaderState, PlanningState, Request
 from runtime.reactor import ReactorSpec
 from runtime.reconciliation import ScanReason, ScanRunner
 from runtime.structured_logging import log_event
 from runtime.task_context import watch_expression
-from runtime.task_plans import can_insert_new, new_task, snapshot_hash
-from runtime.task_status import PENDING, PROCESSING_DIRTY, RUNNING
+from runtime.task_plans import can_insert_new, new_task
 from runtime.task_store import (
     claim_fields,
     plan_update,
@@ -54,7 +53,6 @@ from runtime.time_triggers import TimeTriggerPlanner
 
 log = logging.getLogger("runtime.planner")
 MAX_BACKOFF_S = 5.0
-STOP_WAIT_S = 2.0
 REQUEST_POLL_S = 1.0
 DUPLICATE_KEY = 11000
 # Errors that say nothing about the document: the batch is retried, never marked as poison.
@@ -62,10 +60,6 @@ TRANSIENT_CODES = frozenset({6, 7, 50, 89, 91, 112, 189, 251, 260, 262, 280, 286
                              10107, 11600, 11602, 13435, 13436})
 DueHint = Callable[[str, int], None]
 Clock = Callable[[], datetime.datetime]
-
-
-def _id_key(value: Any) -> bytes:
-    return bson.encode({"v": value})
 
 
 def _is_poison(exc: OperationFailure) -> bool:
@@ -153,7 +147,7 @@ class DatabasePlanner:
                   database=self.db.name, resumed=token is not None,
                   leader_token=self.leader_token, partition=self.state.label)
         try:
-            await _run_together([self._loop(), self.scans.run(), self.time.run(),
+            await run_together([self._loop(), self.scans.run(), self.time.run(),
                                  self._watch_requests()])
         finally:
             await self.feed.close()
@@ -259,7 +253,7 @@ class DatabasePlanner:
             coll = ns.get("coll")
             if op in ("insert", "update", "replace", "delete") and coll in self.by_collection:
                 source_id = event["documentKey"]["_id"]
-                key = _id_key(source_id)
+                key = id_key(source_id)
                 touched.setdefault(coll, {})[key] = source_id
                 if op == "insert":
                     inserted.add(key)
@@ -276,9 +270,9 @@ class DatabasePlanner:
                        reactors: list[ReactorSpec] | None = None,
                        inserted: set[bytes] | None = None) -> None:
         """Re-read ``ids`` of one source collection and upsert the tasks of ``reactors``
-        (default: every reactor of the collection). ``inserted``: keys (:func:`_id_key`) of
-        the ids whose change was an insert, whose tasks are most likely new: they are
-        inserted (:func:`~runtime.task_plans.new_task`), and upserted only if they exist."""
+        (default: every reactor of the collection). ``inserted``: keys (:func:`id_key`) of the
+        ids whose change was an insert, whose tasks are most likely new: they are inserted
+        (:func:`~runtime.task_plans.new_task`), and upserted only if they exist."""
         reactors = reactors if reactors is not None else self.by_collection[collection]
         try:
             found = await self._evaluate(collection, reactors, ids)
@@ -301,9 +295,9 @@ class DatabasePlanner:
         # Decided once per batch: at DEBUG each change is explained (one extra read of the
         # tasks' previous state); otherwise the loop below does no logging work at all.
         debug = log.isEnabledFor(logging.DEBUG)
-        before = await self._tasks_before(reactors, ids) if debug else {}
+        before = await tasks_before(self.db, reactors, ids) if debug else {}
         for source_id in ids:
-            key = _id_key(source_id)
+            key = id_key(source_id)
             verdicts = found.get(key)
             for reactor in reactors:
                 target = ops.setdefault(reactor.tasks_collection, [])
@@ -320,8 +314,8 @@ class DatabasePlanner:
                         target.append(plan_update(reactor, source_id, snapshot, token, fields))
                     planned[reactor.name] += 1
                     if debug:
-                        _log_planned(collection, reactor, source_id, snapshot,
-                                     before.get((reactor.name, _id_key(source_id))))
+                        log_planned(collection, reactor, source_id, snapshot,
+                                     before.get((reactor.name, key)))
                     continue
                 retire = (verdicts is None and cleanup != "never") or (
                     verdicts is not None and cleanup == "sourceDeletedOrUnmatched")
@@ -344,27 +338,6 @@ class DatabasePlanner:
             if reactor.name in planned:
                 self.middleware.on_planned(reactor.name, planned[reactor.name])
                 self.due_hint(reactor.name, reactor.policies.debounce.delay_ms)
-
-    async def _tasks_before(self, reactors: list[ReactorSpec], ids: list[Any]
-                            ) -> dict[tuple[str, bytes], dict[str, Any]]:
-        """For DEBUG logs only: the current task of each (reactor, source id), before the
-        plan is written. A failed read only makes the log less precise."""
-        found: dict[tuple[str, bytes], dict[str, Any]] = {}
-        by_tasks: dict[str, list[str]] = {}
-        for reactor in reactors:
-            by_tasks.setdefault(reactor.tasks_collection, []).append(reactor.name)
-        try:
-            for tasks_collection, names in by_tasks.items():
-                cursor = self.db[tasks_collection].find(
-                    {"reactor": {"$in": names}, "sourceId": {"$in": ids}},
-                    {"reactor": 1, "sourceId": 1, "status": 1, "snapshotHash": 1,
-                     "expiresAt": 1})
-                async for task in cursor:
-                    found[(task["reactor"], _id_key(task["sourceId"]))] = task
-        except PyMongoError as exc:
-            log_event(log, logging.DEBUG, "cannot read tasks to explain planning",
-                      event="planner.explain_failed", error=str(exc))
-        return found
 
     async def _insert_new(self, tasks_collection: str,
                           pairs: list[tuple[dict[str, Any], Callable[[], UpdateOne]]]
@@ -461,10 +434,10 @@ class DatabasePlanner:
         if not rows:
             return result
         row = rows[0]
-        matching = {f"m{i}": {_id_key(d["_id"]) for d in row.get(f"m{i}", [])}
+        matching = {f"m{i}": {id_key(d["_id"]) for d in row.get(f"m{i}", [])}
                     for i, reactor in enumerate(reactors) if reactor.filter}
         for doc in row["snapshots"]:
-            key = _id_key(doc["_id"])
+            key = id_key(doc["_id"])
             verdict: dict[str, Any] = {}
             for i, reactor in enumerate(reactors):
                 if reactor.filter and key not in matching[f"m{i}"]:
@@ -478,9 +451,9 @@ class DatabasePlanner:
     async def sweep_orphans(self, reactor: ReactorSpec, source_ids: list[Any]) -> int:
         """Apply the cleanup policy to the tasks of ``source_ids`` whose source is gone;
         returns how many were orphans."""
-        present = {_id_key(doc["_id"]) async for doc in self.db[reactor.collection].find(
+        present = {id_key(doc["_id"]) async for doc in self.db[reactor.collection].find(
             {"_id": {"$in": source_ids}}, {"_id": 1})}
-        gone = [sid for sid in source_ids if _id_key(sid) not in present]
+        gone = [sid for sid in source_ids if id_key(sid) not in present]
         if gone:
             await self._write({reactor.tasks_collection: [
                 source_gone_update(reactor, sid, self.leader_token) for sid in gone]})
@@ -497,54 +470,6 @@ class DatabasePlanner:
                 source_gone_pipeline(reactor, self.leader_token))
 
 
-def _log_planned(collection: str, reactor: ReactorSpec, source_id: Any, snapshot: Any,
-                 task: dict[str, Any] | None) -> None:
-    """DEBUG line for a document a reactor's filter matched: a new run planned (new task, or
-    watched fields changed) or ignored (watched fields unchanged), as :func:`plan_update`
-    decides it."""
-    delay_ms = reactor.policies.debounce.delay_ms
-    if task is None:
-        log_event(log, logging.DEBUG, f"change planned for {reactor.name}: new task",
-                  event="change.planned", reactor=reactor.name, collection=collection,
-                  source_id=source_id, task_id="new", state=PENDING, due_in_ms=delay_ms)
-        return
-    if task.get("snapshotHash") == snapshot_hash(snapshot) and "expiresAt" not in task:
-        log_event(log, logging.DEBUG, f"change ignored by {reactor.name}: watched fields "
-                  "unchanged", event="change.ignored", reactor=reactor.name,
-                  collection=collection, source_id=source_id,
-                  reason="watched fields unchanged", task_id=task.get("_id"),
-                  state=task.get("status"))
-        return
-    running = task.get("status") in RUNNING
-    log_event(log, logging.DEBUG, f"change planned for {reactor.name}: watched fields "
-              "changed", event="change.planned", reactor=reactor.name, collection=collection,
-              source_id=source_id, task_id=task.get("_id"),
-              state=PROCESSING_DIRTY if running else PENDING,
-              due_in_ms=None if running else delay_ms)
-
-
-async def _run_together(coroutines: list[Coroutine[Any, Any, None]]) -> None:
-    """Run ``coroutines`` side by side until one fails (or all end); the first failure
-    cancels the others and is raised.
-
-    Not ``asyncio.TaskGroup``: on Python 3.11 a child failing while the group waits leaves a
-    cancellation request on the parent task, which the supervisor would take for a stop.
-    """
-    tasks = [asyncio.create_task(c) for c in coroutines]
-    try:
-        pending: set[asyncio.Task[None]] = set(tasks)
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                error = None if task.cancelled() else task.exception()
-                if error is not None:
-                    raise error
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
 def _merge(a: dict[str, dict[str, str]], b: dict[str, dict[str, str]]
            ) -> dict[str, dict[str, str]]:
     """Scan needs of ``a`` and ``b`` (a reason in ``a`` wins)."""
@@ -553,75 +478,3 @@ def _merge(a: dict[str, dict[str, str]], b: dict[str, dict[str, str]]
         for name, reason in reactors.items():
             merged.setdefault(coll, {}).setdefault(name, reason)
     return merged
-
-
-LeaderJob = Callable[[int], Awaitable[None]]
-
-
-class Planner:
-    """Runs one :class:`DatabasePlanner` per database, and the leader's one-off jobs, while
-    this instance leads."""
-
-    def __init__(self, factories: list[Callable[[int], DatabasePlanner]],
-                 jobs: list[LeaderJob] | None = None,
-                 on_deposed: Callable[[], None] | None = None) -> None:
-        self.factories = factories
-        self.jobs = jobs or []
-        self.on_deposed = on_deposed
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def start(self, leader_token: int) -> None:
-        """Start planning (called when leadership is gained)."""
-        await self.stop()
-        self._tasks = [asyncio.create_task(self._supervise(_runner(f, leader_token)))
-                       for f in self.factories]
-        self._tasks += [asyncio.create_task(self._supervise(_job(job, leader_token)))
-                        for job in self.jobs]
-
-    async def _supervise(self, run: Callable[[], Awaitable[None]]) -> None:
-        delay = 0.2
-        while True:
-            try:
-                await run()
-                return
-            except Exception as exc:
-                raise_if_cancelled()
-                errors = [exc]
-                deposed = [e for e in errors if isinstance(e, Deposed)]
-                if deposed:
-                    log_event(log, logging.WARNING,
-                              "a newer leader took over; this planner stops",
-                              event="planner.deposed", error=str(deposed[0]))
-                    if self.on_deposed is not None:
-                        self.on_deposed()
-                    return
-                log_event(log, logging.ERROR, "planner crashed; restarting",
-                          event="planner.crashed", error="; ".join(repr(e) for e in errors))
-            await asyncio.sleep(delay)
-            delay = min(MAX_BACKOFF_S, delay * 2)
-
-    async def stop(self) -> None:
-        """Stop planning (leadership lost or shutdown)."""
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        # Bounded: a planner cancelled inside a getMore whose server is gone honours the
-        # cancellation only at the driver's server selection timeout; it is left to end alone
-        # (its writes are fenced by the leadership token anyway).
-        if tasks:
-            _, stuck = await asyncio.wait(tasks, timeout=STOP_WAIT_S)
-            for task in stuck:
-                task.add_done_callback(consume_outcome)
-
-
-def _runner(factory: Callable[[int], DatabasePlanner],
-            token: int) -> Callable[[], Awaitable[None]]:
-    async def run() -> None:
-        await factory(token).run()
-    return run
-
-
-def _job(job: LeaderJob, token: int) -> Callable[[], Awaitable[None]]:
-    async def run() -> None:
-        await job(token)
-    return run

@@ -36,7 +36,8 @@ from runtime.partitions import (
     agree_on_partitioning,
     partitions_of,
 )
-from runtime.planner import DatabasePlanner, Planner
+from runtime.planner import DatabasePlanner
+from runtime.planner_supervisor import Planner
 from runtime.planning_state import PartitionState
 from runtime.rate_limit import RateLimiter
 from runtime.reactor import ReactorSpec
