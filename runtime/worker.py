@@ -35,6 +35,8 @@ from runtime.tracebacks import user_traceback
 
 log = logging.getLogger("runtime.worker")
 LOOP_STOP_S = 2.0
+FINALIZING_PER_SLOT = 2
+"""In-flight executions (running or being recorded) per slot of ``concurrency``."""
 Handler = Callable[[Any], Any]
 ThrottleSink = Callable[[ReactorSpec, int], Awaitable[None]]
 
@@ -122,6 +124,7 @@ def decide_outcome(reactor: ReactorSpec, task: Mapping[str, Any], ctx: Execution
                    retry_in_ms=retry_delay_ms(policies.retry, attempts, now))
 
 
+
 class WorkerPool:
     """Up to ``concurrency`` executions at once, started by one dispatcher that claims due
     tasks in rounds (:mod:`runtime.claims`) when the scheduler says a reactor is due."""
@@ -143,6 +146,9 @@ class WorkerPool:
         self.instance_id = instance_id
         self.throttle_sink = throttle_sink
         self.in_flight: dict[asyncio.Task[None], tuple[ReactorSpec, Claimed]] = {}
+        """Every execution until its outcome is recorded."""
+        self.handling: set[asyncio.Task[None]] = set()
+        """The executions whose handler is still running: what ``concurrency`` counts."""
         self.claimer = Claimer(reactors, stores, limiter)
         self._slot_freed = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
@@ -151,9 +157,17 @@ class WorkerPool:
         """Start claiming (one dispatcher: it claims in rounds and starts the executions)."""
         self._loops = [asyncio.create_task(self._dispatch(), name="worker-dispatch")]
 
+    def _capacity(self) -> int:
+        """Executions this instance may start now: ``concurrency`` handlers at once. A slot is
+        free again when the handler returns, while its outcome is still being written (the
+        next claim round overlaps that write); at most ``concurrency`` outcomes wait to be
+        written, so a slow database slows the claims down too."""
+        return min(self.concurrency - len(self.handling),
+                   FINALIZING_PER_SLOT * self.concurrency - len(self.in_flight))
+
     def _free(self, name: str) -> int:
         """Executions of ``name`` this instance may start now (per-instance limits)."""
-        free = self.concurrency - len(self.in_flight)
+        free = self._capacity()
         limit = self.reactors[name].policies.concurrency
         if limit is not None:
             free = min(free, limit - self.scheduler.running[name])
@@ -162,7 +176,7 @@ class WorkerPool:
     async def _dispatch(self) -> None:
         scheduler = self.scheduler
         while not scheduler.stopping:
-            if len(self.in_flight) >= self.concurrency:
+            if self._capacity() <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 # Executions finalized by the same bulk write end together: let their done
@@ -208,11 +222,20 @@ class WorkerPool:
         self.scheduler.running[reactor.name] += 1
         execution = asyncio.create_task(self._execute(reactor, held))
         self.in_flight[execution] = (reactor, held)
+        self.handling.add(execution)
         execution.add_done_callback(functools.partial(self._ended, reactor))
+
+    def _handler_returned(self, reactor: ReactorSpec, execution: asyncio.Task[Any] | None
+                          ) -> None:
+        """The handler of ``execution`` is no longer running: its slot is free."""
+        if execution in self.handling:
+            self.handling.discard(execution)
+            self.scheduler.running[reactor.name] -= 1
+            self._slot_freed.set()
 
     def _ended(self, reactor: ReactorSpec, execution: asyncio.Task[None]) -> None:
         self.in_flight.pop(execution, None)
-        self.scheduler.running[reactor.name] -= 1
+        self._handler_returned(reactor, execution)
         if not execution.cancelled() and execution.exception() is not None:
             log.error("execution of %s failed unexpectedly", reactor.name,
                       exc_info=execution.exception())
@@ -296,6 +319,7 @@ class WorkerPool:
                     await task
         outcome = self._decide(reactor, held, ctx, failure, timed_out,
                                time.perf_counter() - started)
+        self._handler_returned(reactor, asyncio.current_task())
         outcome = await self._apply(reactor, store, held, ctx, debounce, outcome)
         self.middleware.after_execution(reactor, held.doc, outcome)
 

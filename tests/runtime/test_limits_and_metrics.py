@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import socket
 import urllib.request
+import uuid
 from typing import Any
 
 from conftest import AppBuilder, RuntimeFactory
+from pymongo import MongoClient
 from pymongo.database import Database
-from reactive_support import GATE_CODE, definition, open_gate, wait_task, wait_waiting
+from reactive_support import (
+    GATE_CODE,
+    definition,
+    open_gate,
+    task_of,
+    wait_task,
+    wait_waiting,
+)
+from scenario import fail_point
 from support import wait_until
 
-Db = Database[dict[str, Any]]
+Doc = dict[str, Any]
+Db = Database[Doc]
 
 GATED = GATE_CODE + '''
 
@@ -35,6 +46,39 @@ def test_per_reactor_concurrency_limit(make_app: AppBuilder, start_runtime: Runt
     for i in range(6):
         wait_task(db, f"d{i}", status="completed")
     assert db.runs.count_documents({}) == 6
+
+
+
+X_WAITS = GATE_CODE + '''
+
+async def handle(ctx):
+    if ctx.doc_id == "x":
+        await wait_gate(ctx, "gate")
+    await record(ctx)
+'''
+
+
+def test_a_slot_is_free_when_the_handler_returns_while_its_outcome_is_written(
+        make_app: AppBuilder, start_runtime: RuntimeFactory, client: MongoClient[Doc],
+        db: Db) -> None:
+    # One slot: x's handler waits at a gate, y waits for the slot. While the server holds
+    # this instance's `update` commands (the finalize is one; the claim is a findAndModify
+    # and the handler's record an insert), x's handler returns: y must run at once, while
+    # x's outcome is still on its way.
+    name = f"slot-{uuid.uuid4().hex[:8]}"
+    app = make_app({"gated": definition(watch=["n"])}, {"gated": X_WAITS})
+    start_runtime(app, instance_id=name, args=["--concurrency", "1"])
+    db.things.insert_one({"_id": "x", "n": 1})
+    wait_waiting(db, "gate")
+    db.things.insert_one({"_id": "y", "n": 1})
+    with fail_point(client, {"failCommands": ["update"], "appName": f"reactgen-{name}",
+                             "blockConnection": True, "blockTimeMS": 4000}):
+        open_gate(db, "gate")
+        wait_until(lambda: db.runs.count_documents({"source": "y"}) == 1, timeout=3,
+                   message="y runs while x's outcome is held")
+        assert (task_of(db, "x") or {}).get("status") == "processing"
+    wait_task(db, "x", status="completed")
+    wait_task(db, "y", status="completed")
 
 
 SKIPPING = GATE_CODE + '''
