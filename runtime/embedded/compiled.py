@@ -1,4 +1,5 @@
-"""Compiled expressions, pipeline updates and filters for the hot path.
+"""Compiled expressions and filters for the hot path (update pipelines' stages:
+:mod:`runtime.embedded.compiled_stages`).
 
 mongomock-ng interprets an expression afresh for every document, walking the specification
 each time. The runtime's writes (planner upserts, claims, finalizations) and change-stream
@@ -16,6 +17,8 @@ import datetime
 from collections.abc import Callable
 from typing import Any
 
+from bson import ObjectId
+
 from runtime.embedded import engine, expression_limits
 
 NOTHING: Any = engine.mm_helpers.NOTHING
@@ -25,6 +28,7 @@ NOTHING: Any = engine.mm_helpers.NOTHING
 _to_bool = engine.to_bool
 #: MongoDB truthiness, for the compiled matcher's ``$expr``.
 to_bool = _to_bool
+_bson_equal = engine.bson_equal
 
 Matcher = Callable[[dict[str, Any], dict[str, Any]], bool]
 
@@ -49,6 +53,10 @@ def _get_path(doc: Any, path: str) -> Any:
     return current
 
 
+#: Variables :func:`_variable` answers itself, whatever ``variables`` holds.
+_SYSTEM_NAMES = frozenset({"REMOVE", "ROOT", "CURRENT"})
+
+
 def _variable(spec: str, doc: dict[str, Any], variables: dict[str, Any]) -> Any:
     name, _, rest = spec[2:].partition(".")
     if name == "REMOVE" and not rest:
@@ -61,12 +69,10 @@ def _variable(spec: str, doc: dict[str, Any], variables: dict[str, Any]) -> Any:
     return _get_path(found, rest) if rest else found
 
 
-def _values(operand: Any, doc: dict[str, Any], variables: dict[str, Any],
-            count: int | None = None) -> list[Any]:
-    items = operand if type(operand) is list else [operand]
-    if count is not None and len(items) != count:
-        raise Unsupported("argument count")
-    return [evaluate(item, doc, variables) for item in items]
+def _values(operand: Any, doc: dict[str, Any], variables: dict[str, Any]) -> list[Any]:
+    if type(operand) is list:
+        return [evaluate(item, doc, variables) for item in operand]
+    return [evaluate(operand, doc, variables)]
 
 
 def _pair(operand: Any, doc: dict[str, Any], variables: dict[str, Any]) -> tuple[Any, Any]:
@@ -90,7 +96,10 @@ def _cond(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
         test, then, other = operand
     else:
         raise Unsupported("$cond")
-    return evaluate(then if _to_bool(evaluate(test, d, v)) else other, d, v)
+    value = evaluate(test, d, v)
+    if value is True or (value is not False and _to_bool(value)):
+        return evaluate(then, d, v)
+    return evaluate(other, d, v)
 
 
 def _if_null(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
@@ -116,13 +125,17 @@ def _in(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
 
 
 def _eq(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
-    a, b = _pair(operand, d, v)
-    return engine.bson_equal(a, b)
+    if type(operand) is not list or len(operand) != 2:
+        raise Unsupported("argument count")
+    a, b = operand
+    return _bson_equal(evaluate(a, d, v), evaluate(b, d, v))
 
 
 def _ne(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
-    a, b = _pair(operand, d, v)
-    return not engine.bson_equal(a, b)
+    if type(operand) is not list or len(operand) != 2:
+        raise Unsupported("argument count")
+    a, b = operand
+    return not _bson_equal(evaluate(a, d, v), evaluate(b, d, v))
 
 
 def _ordering(op: Callable[[Any, Any], bool]) -> Op:
@@ -174,19 +187,26 @@ def _extreme(pick: Callable[..., Any]) -> Op:
     return choose
 
 
+def _is_count(value: Any) -> bool:
+    """An integer argument of ``$slice`` (Int64 too, not a boolean)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _slice(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
     if not isinstance(operand, list) or len(operand) not in (2, 3):
         raise Unsupported("$slice")
-    array, *numbers = _values(operand, d, v)
+    # Every argument is evaluated before any is judged, so errors come in the same order.
+    array = evaluate(operand[0], d, v)
+    n = position = evaluate(operand[1], d, v)
+    counted = len(operand) == 3
+    if counted:
+        n = evaluate(operand[2], d, v)
     if array is None or array is NOTHING:
         return None
-    if not isinstance(array, list) or any(
-            isinstance(n, bool) or not isinstance(n, int) for n in numbers):
+    if not isinstance(array, list) or not _is_count(position) or not _is_count(n):
         raise Unsupported("$slice arguments")
-    if len(numbers) == 1:
-        n = numbers[0]
+    if not counted:
         return array[:n] if n >= 0 else array[max(len(array) + n, 0):]
-    position, n = numbers
     if n <= 0:
         raise Unsupported("$slice count")
     start = position if position >= 0 else max(len(array) + position, 0)
@@ -195,13 +215,13 @@ def _slice(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
 
 def _concat_arrays(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
     values = _values(operand, d, v)
-    out: list[Any] = []
     for value in values:
         if value is None or value is NOTHING:
             return None
         if not isinstance(value, list):
             raise Unsupported("$concatArrays needs arrays")
     expression_limits.check_operands("$concatArrays", values)
+    out: list[Any] = []
     for value in values:
         out.extend(value)
     return out
@@ -231,6 +251,17 @@ _engine_add = engine.expression_handler("$add")
 
 _INT32 = range(-(2**31), 2**31)
 _EXACT_MS = range(-(2**53) + 1, 2**53)
+#: ``timedelta(milliseconds=n)`` by ``n``: a lease or a retry delay recurs in every statement.
+_DELTAS: dict[int, datetime.timedelta] = {}
+
+
+def _milliseconds(n: int) -> datetime.timedelta:
+    delta = _DELTAS.get(n)
+    if delta is None:
+        if len(_DELTAS) >= 256:
+            _DELTAS.clear()
+        delta = _DELTAS[n] = datetime.timedelta(milliseconds=n)
+    return delta
 
 
 def _add(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
@@ -239,17 +270,18 @@ def _add(operand: Any, d: dict[str, Any], v: dict[str, Any]) -> Any:
     doubles, decimals, nulls, overflow, errors) goes to the engine's own ``$add``."""
     if type(operand) is list and len(operand) == 2:
         a, b = evaluate(operand[0], d, v), evaluate(operand[1], d, v)
-        kinds = (type(a), type(b))
-        if kinds == (int, int) and a in _INT32 and b in _INT32 and a + b in _INT32:
-            return a + b
-        if kinds == (datetime.datetime, int) and b in _EXACT_MS:
+        kind_a, kind_b = type(a), type(b)
+        if kind_b is int:
+            if kind_a is int and a in _INT32 and b in _INT32 and a + b in _INT32:
+                return a + b
+            if kind_a is datetime.datetime and b in _EXACT_MS:
+                try:
+                    return a + _milliseconds(b)
+                except OverflowError:
+                    pass
+        elif kind_a is int and kind_b is datetime.datetime and a in _EXACT_MS:
             try:
-                return a + datetime.timedelta(milliseconds=b)
-            except OverflowError:
-                pass
-        elif kinds == (int, datetime.datetime) and a in _EXACT_MS:
-            try:
-                return b + datetime.timedelta(milliseconds=a)
+                return b + _milliseconds(a)
             except OverflowError:
                 pass
         return _engine_add(_Evaluated, [(a,), (b,)])
@@ -277,6 +309,9 @@ _OPERATORS: dict[str, Op] = {
                                           "$abs", "$ceil", "$floor", "$toHashedIndexKey")},
 }
 
+#: Types whose values are their own value as expressions (checked before the rarer ones).
+_CONSTANT_TYPES = frozenset({type(None), bool, int, float, datetime.datetime, ObjectId})
+
 
 def evaluate(spec: Any, doc: dict[str, Any], variables: dict[str, Any]) -> Any:
     """The value of an aggregation expression for ``doc`` (``NOTHING`` when missing)."""
@@ -285,21 +320,24 @@ def evaluate(spec: Any, doc: dict[str, Any], variables: dict[str, Any]) -> Any:
         if spec[:1] != "$":
             return spec
         if spec[1:2] == "$":
+            name = spec[2:]
+            found = variables.get(name, NOTHING)  # $$NOW: no dots in a variable's name
+            if found is not NOTHING and name not in _SYSTEM_NAMES:
+                return found
             return _variable(spec, doc, variables)
-        path = spec[1:]
-        if "." not in path and type(doc) is dict:  # a top-level field: the common case
-            return doc.get(path, NOTHING)
-        return _get_path(doc, path)
+        if "." not in spec and type(doc) is dict:  # a top-level field: the common case
+            return doc.get(spec[1:], NOTHING)
+        return _get_path(doc, spec[1:])
     if kind is dict:
         if len(spec) == 1:
-            ((name, operand),) = spec.items()
-            op = _OPERATORS.get(name)
-            if op is not None:
-                return op(operand, doc, variables)
-            if name == "$literal":
-                return operand
-            if name[:1] == "$":
-                raise Unsupported(name)
+            for name in spec:  # the one key, without unpacking items()
+                op = _OPERATORS.get(name)
+                if op is not None:
+                    return op(spec[name], doc, variables)
+                if name == "$literal":
+                    return spec[name]
+                if name[:1] == "$":
+                    raise Unsupported(name)
         out = {}
         for key, part in spec.items():
             if key[:1] == "$" or "." in key:
@@ -308,120 +346,13 @@ def evaluate(spec: Any, doc: dict[str, Any], variables: dict[str, Any]) -> Any:
             if value is not NOTHING:
                 out[key] = value
         return out
+    if kind in _CONSTANT_TYPES:
+        return spec
     if kind is list:
-        values = [evaluate(e, doc, variables) for e in spec]
-        return [None if x is NOTHING else x for x in values]
+        return [None if (x := evaluate(e, doc, variables)) is NOTHING else x for e in spec]
     if isinstance(spec, dict | list):
         raise Unsupported("subclassed container")
     return spec
-
-
-# -- pipeline updates -------------------------------------------------------------------------
-
-Stage = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
-
-
-def _set_stage(spec: Any) -> Stage:
-    if not isinstance(spec, dict) or not spec:
-        raise Unsupported("$set")
-    fields: list[tuple[str, list[str] | None, Any]] = []
-    for path, expression in spec.items():
-        if not isinstance(path, str) or path.startswith("$") or not path:
-            raise Unsupported(path)
-        fields.append((path, path.split(".") if "." in path else None, expression))
-
-    def apply(doc: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
-        out = dict(doc)
-        for path, parts, expression in fields:
-            value = evaluate(expression, doc, variables)
-            if parts is None:
-                if value is NOTHING:
-                    out.pop(path, None)
-                else:
-                    out[path] = value
-                continue
-            target = out
-            for part in parts[:-1]:
-                child = target.get(part)
-                if isinstance(child, list):
-                    raise Unsupported("$set through an array")
-                if not isinstance(child, dict):
-                    if value is NOTHING:
-                        break
-                    child = {}
-                else:
-                    child = dict(child)
-                target[part] = child
-                target = child
-            else:
-                if value is NOTHING:
-                    target.pop(parts[-1], None)
-                else:
-                    target[parts[-1]] = value
-        return out
-
-    return apply
-
-
-def _unset_stage(spec: Any) -> Stage:
-    paths = [spec] if isinstance(spec, str) else spec
-    if not isinstance(paths, list) or not paths or not all(
-            isinstance(p, str) and p and not p.startswith("$") and "." not in p for p in paths):
-        raise Unsupported("$unset")
-
-    removed = frozenset(paths)
-
-    def apply(doc: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in doc.items() if k not in removed}
-
-    return apply
-
-
-_STAGES: dict[str, Callable[[Any], Stage]] = {
-    "$set": _set_stage, "$addFields": _set_stage, "$unset": _unset_stage}
-
-
-def compile_pipeline_update(pipeline: list[Any]) -> Stage:
-    """One function applying an update pipeline of ``$set``/``$addFields``/``$unset`` stages.
-
-    The input document is never changed; the stages evaluate against the previous stage's
-    output, as in MongoDB.
-    """
-    stages: list[Stage] = []
-    for stage in pipeline:
-        if not isinstance(stage, dict) or len(stage) != 1:
-            raise Unsupported("stage shape")
-        name, spec = next(iter(stage.items()))
-        build = _STAGES.get(name)
-        if build is None:
-            raise Unsupported(name)
-        stages.append(build(spec))
-
-    def apply(doc: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
-        for stage in stages:
-            doc = stage(doc, variables)
-        return doc
-
-    return apply
-
-
-_PIPELINES: dict[int, tuple[list[Any], Stage | None]] = {}
-
-
-def pipeline_update(pipeline: list[Any]) -> Stage | None:
-    """The compiled form of an update pipeline (cached for the command's statement object), or
-    None when it needs the general engine."""
-    cached = _PIPELINES.get(id(pipeline))
-    if cached is not None and cached[0] is pipeline:
-        return cached[1]
-    try:
-        compiled: Stage | None = compile_pipeline_update(pipeline)
-    except Unsupported:
-        compiled = None
-    if len(_PIPELINES) >= 256:
-        _PIPELINES.clear()
-    _PIPELINES[id(pipeline)] = (pipeline, compiled)
-    return compiled
 
 
 # -- inclusion projections --------------------------------------------------------------------

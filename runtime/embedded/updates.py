@@ -12,8 +12,9 @@ from __future__ import annotations
 import copy
 import functools
 import re
-from collections.abc import Callable
 from typing import Any
+
+from bson import ObjectId
 
 from runtime.embedded.comparison import bson_type_name
 from runtime.embedded.engine_support import (
@@ -252,13 +253,19 @@ def apply_update(
     per-document atomicity MongoDB guarantees.
     """
     if isinstance(update, list):
-        compiled = _compiled()
-        fast = compiled.pipeline_update(update)
+        stages = _compiled_stages()
+        fast = stages.pipeline_update(update)
         if fast is not None:
             try:
-                return _checked_result(doc, _run_compiled(fast, doc, variables))
-            except compiled.Unsupported:
-                pass
+                new_doc = fast(doc, variables)
+            except stages.Unsupported:
+                pass  # this document needs the general engine
+            except WriteError:
+                raise
+            except (CommandError, *EVALUATION_ERRORS) as exc:
+                raise _as_write_error(exc) from exc
+            else:
+                return _checked_result(doc, new_doc)
     new_doc = copy.deepcopy(doc)
     try:
         if isinstance(update, list):
@@ -295,16 +302,6 @@ def apply_update(
     return _checked_result(doc, new_doc)
 
 
-def _run_compiled(fast: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]],
-                  doc: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
-    try:
-        return fast(doc, variables)
-    except (WriteError, _compiled().Unsupported):
-        raise
-    except (CommandError, *EVALUATION_ERRORS) as exc:
-        raise _as_write_error(exc) from exc
-
-
 def _as_write_error(exc: Exception) -> WriteError:
     """A failed update of one document, as the statement's write error (TypeMismatch when the
     library's exception names no code)."""
@@ -316,18 +313,28 @@ def _as_write_error(exc: Exception) -> WriteError:
 
 def _checked_result(doc: dict[str, Any], new_doc: dict[str, Any]) -> dict[str, Any]:
     """``new_doc`` with ``_id`` first, after checking that the update kept ``_id``."""
-    if "_id" in doc and ("_id" not in new_doc or new_doc["_id"] != doc["_id"]):
+    if "_id" in doc and ("_id" not in new_doc or _changed_id(doc["_id"], new_doc["_id"])):
         raise WriteError(ErrorCode.ImmutableField,
                          "Performing an update on the path '_id' would modify the immutable "
                          "field '_id'")
-    if "_id" in new_doc and new_doc["_id"] != next(iter(new_doc.values())):
+    # (When _id is the first field, putting it first again would change nothing.)
+    if "_id" in new_doc and next(iter(new_doc)) != "_id" \
+            and new_doc["_id"] != next(iter(new_doc.values())):
         new_doc = {"_id": new_doc["_id"], **{k: v for k, v in new_doc.items() if k != "_id"}}
     return new_doc
 
 
-@functools.cache
-def _compiled() -> Any:
-    """The compiled fast path (imported late: it imports the engine, which imports us)."""
-    from runtime.embedded import compiled
+def _changed_id(old: Any, new: Any) -> bool:
+    """``new != old``, without ObjectId's Python-level comparison when the compiled path kept
+    the very same ObjectId (an ObjectId always equals itself; a NaN does not)."""
+    if new is old and type(old) is ObjectId:
+        return False
+    return bool(new != old)
 
-    return compiled
+
+@functools.cache
+def _compiled_stages() -> Any:
+    """The compiled fast path (imported late: it imports the engine, which imports us)."""
+    from runtime.embedded import compiled_stages
+
+    return compiled_stages
