@@ -140,13 +140,17 @@ class ChangeEntry:
 ENTRY_OVERHEAD_BYTES = 200
 
 
-def _estimated_size(entry: ChangeEntry) -> int:
+def estimated_size(entry: ChangeEntry, post_image_size: int | None = None) -> int:
     """An entry's size for the history bound: its images encoded, plus a fixed overhead (the
-    update description is not computed for this: it is never larger than the post-image)."""
+    update description is not computed for this: it is never larger than the post-image).
+    ``post_image_size``: the post-image's encoded size when the caller measured it already."""
     size = ENTRY_OVERHEAD_BYTES
-    for image in (entry.post_image, entry.pre_image):
-        if image is not None:
-            size += encoded_size(image)
+    if post_image_size is not None:
+        size += post_image_size
+    elif entry.post_image is not None:
+        size += encoded_size(entry.post_image)
+    if entry.pre_image is not None:
+        size += encoded_size(entry.pre_image)
     return size
 
 
@@ -187,7 +191,7 @@ class ChangeLog:
             else:
                 self.last_seq = max(self.last_seq, entry.seq)
             if not entry.size:
-                entry.size = _estimated_size(entry)
+                entry.size = estimated_size(entry)
             self.entries.append(entry)
             self._bytes += entry.size
             self.last_time = entry.cluster_time

@@ -26,7 +26,7 @@ import bson
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
-from runtime.embedded.changelog import ChangeEntry, ChangeLog
+from runtime.embedded.changelog import ChangeEntry, ChangeLog, estimated_size
 from runtime.embedded.clock import ClusterClock
 from runtime.embedded.document_rules import Write, check_storable
 from runtime.embedded.indexes import IndexSpec
@@ -80,6 +80,11 @@ class WriteUnit:
         if entry is not None:
             self.entries.append(entry)
         self.steps.append((entry, version))
+
+
+#: The cluster time of an entry until :meth:`DataStore.commit` stamps it (a Timestamp is
+#: immutable, so one object serves every entry).
+_UNSTAMPED = Timestamp(0, 0)
 
 
 def _utcnow() -> datetime.datetime:
@@ -157,15 +162,17 @@ class DataStore:
         self.changelog.append(unit.entries, assign=False)
         return ts
 
-    def _entry(self, op: str, coll: Collection | None, db: str, **fields: Any) -> ChangeEntry:
+    def _entry(self, op: str, coll: Collection | None, db: str, images: bool | None = None,
+               **fields: Any) -> ChangeEntry:
         return ChangeEntry(
             op=op,
             db=db,
             coll=coll.name if coll is not None else fields.pop("coll", None),
-            cluster_time=Timestamp(0, 0),
+            cluster_time=_UNSTAMPED,
             wall_time=_utcnow(),
             collection_uuid=coll.uuid if coll is not None else None,
-            images_enabled=coll.images_enabled if coll is not None else False,
+            images_enabled=images if images is not None else (
+                coll.images_enabled if coll is not None else False),
             **fields,
         )
 
@@ -177,39 +184,44 @@ class DataStore:
 
     def insert(self, unit: WriteUnit, coll: Collection, doc: dict[str, Any]) -> None:
         """Insert a document (uniqueness is checked here)."""
-        check_storable(doc, Write.INSERT)
+        size = check_storable(doc, Write.INSERT)
         key = id_key(doc["_id"])
-        coll.check_unique(doc, key, replacing=False)
-        coll.put(doc, None)
+        coll.put(doc, None, coll.check_unique(doc, key, replacing=False))
         unit.undo.append(lambda: coll.remove(doc))
         unit.ops.append({"op": "put", "db": coll.db, "coll": coll.name, "doc": doc})
-        unit.add(self._entry("insert", coll, coll.db, document_key={"_id": doc["_id"]},
-                             post_image=doc) if self._publishes(coll.db, coll.name) else None,
-                 [coll.uuid, key, None])
+        entry = None
+        if self._publishes(coll.db, coll.name):
+            entry = self._entry("insert", coll, coll.db, document_key={"_id": doc["_id"]},
+                                post_image=doc)
+            self._size(entry, size)
+        unit.add(entry, [coll.uuid, key, None])
 
     def replace(self, unit: WriteUnit, coll: Collection, old: dict[str, Any],
                 new: dict[str, Any], is_replacement: bool) -> None:
         """Store ``new`` in place of ``old`` (an update, or a whole-document replacement)."""
-        check_storable(new, Write.UPDATE)
+        size = check_storable(new, Write.UPDATE)
         key = id_key(old["_id"])
-        coll.check_unique(new, key, replacing=True, previous=old)
-        coll.put(new, old)
+        coll.put(new, old, coll.check_unique(new, key, replacing=True, previous=old))
         unit.undo.append(lambda: coll.put(old, new))
         unit.ops.append({"op": "put", "db": coll.db, "coll": coll.name, "doc": new})
         version = [coll.uuid, key, old]
         if not self._publishes(coll.db, coll.name):
             unit.add(None, version)
-        else:
-            if is_replacement:
-                entry = self._entry("replace", coll, coll.db, document_key={"_id": new["_id"]},
-                                    post_image=new, pre_image=old)
-            else:
-                entry = self._entry("update", coll, coll.db, document_key={"_id": new["_id"]},
-                                    post_image=new, pre_image=old,
-                                    before=old)
-            if not coll.images_enabled:
-                entry.pre_image = None
-            unit.add(entry, version)
+            return
+        images = coll.images_enabled
+        entry = self._entry("replace" if is_replacement else "update", coll, coll.db,
+                            images=images, document_key={"_id": new["_id"]},
+                            post_image=new, pre_image=old if images else None,
+                            before=None if is_replacement else old)
+        self._size(entry, size)
+        unit.add(entry, version)
+
+    def _size(self, entry: ChangeEntry, post_image_size: int) -> None:
+        """Account a document write's entry in the change log's units, from the post-image
+        size its storage check measured: the log would otherwise encode the post-image again
+        (with the write-ahead log, :meth:`_commit` measures the whole encoded entry instead)."""
+        if self.persistence is None:
+            entry.size = estimated_size(entry, post_image_size)
 
     def delete(self, unit: WriteUnit, coll: Collection, doc: dict[str, Any]) -> None:
         """Remove a document."""

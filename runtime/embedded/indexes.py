@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import itertools
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -25,6 +26,8 @@ from runtime.embedded.ordering import (
     BOTTOM,
     MISSING,
     NULL,
+    NULL_KEY,
+    STRING,
     TOP,
     UNDEFINED,
     Key,
@@ -110,6 +113,11 @@ def _field_keys(doc: dict[str, Any], path: str,
     return [value_key(value)], False
 
 
+def _same_scalar(a: Any, b: Any) -> bool:
+    """Whether two field values are certainly the same index value (see :meth:`Index.unchanged`)."""
+    return a is b or (type(a) is type(b) and type(a) in _SCALARS and a == b)
+
+
 class Index:
     """One secondary index over a collection's documents."""
 
@@ -133,9 +141,8 @@ class Index:
 
     def keys_for(self, doc: dict[str, Any]) -> list[tuple[Any, ...]]:
         """Component tuples (without the ``_id`` key) that ``doc`` contributes."""
-        if self.spec.partial_filter is not None and not self._matches(
-            self.spec.partial_filter, doc
-        ):
+        spec = self.spec
+        if spec.partial_filter is not None and not self._matches(spec.partial_filter, doc):
             return []
         # The common case first: no field holds an array, so there is exactly one entry.
         components: list[Any] = []
@@ -143,16 +150,19 @@ class Index:
         get = self._get
         for path, plain, descending in self._fields:
             value = doc.get(path, MISSING) if plain else get(doc, path)
-            if isinstance(value, list):
-                break
             if value is MISSING:
-                key: Key = (NULL,)
+                key: Key = NULL_KEY
+            elif type(value) is str:  # the most common indexed value, without a call
+                present = True
+                key = (STRING, value)
+            elif isinstance(value, list):
+                break
             else:
                 present = True
                 key = value_key(value)
             components.append(Reverse(key) if descending else key)
         else:
-            if self.spec.sparse and not present:
+            if spec.sparse and not present:
                 return []
             return [tuple(components)]
         per_field: list[list[Key]] = []
@@ -179,11 +189,13 @@ class Index:
                                  f"too many index keys for index {self.spec.name}")
         return combos
 
-    def check_unique(self, doc: dict[str, Any], doc_id: Key, ignore: set[Key]) -> None:
-        """Raise DuplicateKey if another document (not in ``ignore``) has one of ``doc``'s keys."""
+    def check_unique(self, doc: dict[str, Any], doc_id: Key, ignore: AbstractSet[Key],
+                     keys: list[tuple[Any, ...]] | None = None) -> None:
+        """Raise DuplicateKey if another document (not in ``ignore``) has one of ``doc``'s keys
+        (``keys``: ``doc``'s component tuples, when the caller has them already)."""
         if not self.spec.unique and self.spec.name != "_id_":  # _id: always unique
             return
-        for components in self.keys_for(doc):
+        for components in self.keys_for(doc) if keys is None else keys:
             for entry in self.entries.irange(components + (BOTTOM,), components + (TOP,)):
                 other = entry[-1]
                 if other != doc_id and other not in ignore:
@@ -213,24 +225,32 @@ class Index:
         if self.spec.partial_filter is not None:
             return False
         top_level = self._top_level
-        if top_level is not None:
-            pairs = [(old.get(path, MISSING), new.get(path, MISSING)) for path in top_level]
-        else:
-            pairs = [(get_path(old, path), get_path(new, path)) for path in self.spec.fields]
-        for a, b in pairs:
-            if a is b:
-                continue
-            if type(a) is not type(b) or type(a) not in _SCALARS or a != b:
+        if top_level is None:
+            return all(_same_scalar(get_path(old, path), get_path(new, path))
+                       for path in self.spec.fields)
+        for path in top_level:
+            a, b = old.get(path, MISSING), new.get(path, MISSING)
+            # Stored documents are never changed in place: the same object is the same value.
+            if a is not b and (type(a) is not type(b) or type(a) not in _SCALARS or a != b):
                 return False
         return True
 
     def replace(self, old: dict[str, Any], new: dict[str, Any], doc_id: Key) -> None:
         """Swap ``old``'s entries for ``new``'s, touching only the entries that differ."""
-        old_keys, new_keys = self.keys_for(old), self.keys_for(new)
+        self.apply(self.keys_for(old), self.keys_for(new), doc_id)
+
+    def apply(self, old_keys: list[tuple[Any, ...]], new_keys: list[tuple[Any, ...]],
+              doc_id: Key) -> None:
+        """Swap the entries of a document's component tuples ``old_keys`` (stored) for those
+        of ``new_keys``, touching only the entries that differ (``old_keys`` empty: add)."""
         if len(old_keys) == 1 and len(new_keys) == 1:  # the common case: no arrays
             if old_keys[0] != new_keys[0]:
                 self.entries.discard(old_keys[0] + (doc_id,))
                 self.entries.add(new_keys[0] + (doc_id,))
+            return
+        if not old_keys:
+            for components in new_keys:
+                self.entries.add(components + (doc_id,))
             return
         before = {components + (doc_id,) for components in old_keys}
         after = {components + (doc_id,) for components in new_keys}

@@ -39,6 +39,8 @@ REGEX = 110
 MAXKEY = 200
 
 Key = tuple[Any, ...]
+#: The key of null (and of a missing field in an index); tuples are immutable, so one is shared.
+NULL_KEY: Key = (NULL,)
 
 
 class _Extreme:
@@ -132,13 +134,23 @@ def _number(value: Any) -> Key:
 
 def value_key(value: Any) -> Key:
     """The comparison key of one BSON value (arrays compared element by element)."""
+    # The exact types decoded documents hold most often first (subclasses, such as bool of
+    # int, take the general path below).
     kind = type(value)
     if kind is str:
         return (STRING, value)
     if kind is int:
         return (NUMBER, 1, value)
+    if kind is ObjectId:
+        return (OBJECT_ID, value.binary)
+    if value is None:
+        return NULL_KEY
     if kind is datetime.datetime and value.tzinfo is None:
         return (DATE, value)
+    if kind is float and value == value:  # not NaN
+        return (NUMBER, 1, value)
+    if kind is bool:
+        return (BOOLEAN, value)
     bracket = type_bracket(value)
     if bracket == NUMBER:
         return _number(value)
@@ -170,6 +182,8 @@ def value_key(value: Any) -> Key:
 
 def id_key(value: Any) -> Key:
     """Hashable identity of an ``_id`` value; equal ``_id`` values give equal keys."""
+    if type(value) is ObjectId:  # the usual _id, without a second call
+        return (OBJECT_ID, value.binary)
     return value_key(value)
 
 

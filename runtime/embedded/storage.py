@@ -27,6 +27,42 @@ def _partial_matches(query: dict[str, Any], doc: dict[str, Any]) -> bool:
     return engine.matches(query, doc, {})
 
 
+_NO_KEYS: frozenset[Key] = frozenset()
+#: An index's change for one write: the component tuples of the document it replaces (none for
+#: an insert) and of the document written.
+IndexChange = tuple[list[Key], list[Key]]
+
+
+class WritePlan:
+    """The index keys of one write, each worked out once: the uniqueness check computes those
+    of the unique indexes, :meth:`Collection.put` then reuses them and computes the others."""
+
+    __slots__ = ("changes", "doc", "previous")
+
+    def __init__(self, doc: dict[str, Any], previous: dict[str, Any] | None) -> None:
+        self.doc = doc
+        self.previous = previous
+        #: By index name; ``None`` when the index's entries stay as they are.
+        self.changes: dict[str, IndexChange | None] = {}
+
+    def change(self, name: str, index: Index) -> IndexChange | None:
+        """How the write changes ``index``'s entries (``None``: not at all)."""
+        try:
+            return self.changes[name]
+        except KeyError:
+            pass
+        previous = self.previous
+        change: IndexChange | None
+        if previous is None:
+            change = ([], index.keys_for(self.doc))
+        elif index.unchanged(previous, self.doc):
+            change = None
+        else:
+            change = (index.keys_for(previous), index.keys_for(self.doc))
+        self.changes[name] = change
+        return change
+
+
 class Collection:
     """One collection: documents by ``_id`` plus its indexes and options."""
 
@@ -69,32 +105,43 @@ class Collection:
         return index
 
     def check_unique(self, doc: dict[str, Any], key: Key, replacing: bool,
-                     previous: dict[str, Any] | None = None) -> None:
+                     previous: dict[str, Any] | None = None) -> WritePlan:
         """Raise DuplicateKey if ``doc`` would collide in a unique index (or on ``_id``).
 
         ``previous`` (the document ``doc`` replaces) lets indexes whose fields did not change
-        skip the check: their entries stay the ones already stored."""
+        skip the check: their entries stay the ones already stored. Returns the index keys
+        worked out on the way, for :meth:`put` of the same write."""
         if not replacing and key in self.docs:
             raise self.indexes[ID_INDEX].duplicate_error(doc)
+        plan = WritePlan(doc, previous)
         for name, index in self.indexes.items():
             # the _id index is unique too; under a collation its entries, not the keys, say so
             unique = index.collation is not None if name == ID_INDEX else index.spec.unique
-            if unique and not (previous is not None and index.unchanged(previous, doc)):
-                index.check_unique(doc, key, set())
+            if unique:
+                change = plan.change(name, index)
+                if change is not None:
+                    index.check_unique(doc, key, _NO_KEYS, change[1])
+        return plan
 
-    def put(self, doc: dict[str, Any], previous: dict[str, Any] | None) -> None:
-        """Store ``doc`` (replacing ``previous`` when given); uniqueness already checked."""
+    def put(self, doc: dict[str, Any], previous: dict[str, Any] | None,
+            plan: WritePlan | None = None) -> None:
+        """Store ``doc`` (replacing ``previous`` when given); uniqueness already checked
+        (``plan``: what that check returned, reused when it is for the same write)."""
         key = id_key(doc["_id"])
-        if previous is None:
-            self.docs[key] = doc
-            for index in self.indexes.values():
-                index.add(doc, key)
-            return
-        self.docs[key] = doc
+        if plan is None or plan.doc is not doc or plan.previous is not previous:
+            plan = WritePlan(doc, previous)
+        # Every index's keys are worked out before anything changes, so a document that
+        # cannot be indexed (too many keys) leaves the collection as it was.
+        changes = []
         for name, index in self.indexes.items():
-            if name == ID_INDEX or index.unchanged(previous, doc):
-                continue  # the same _id, or the same values in every indexed field
-            index.replace(previous, doc, key)
+            if previous is not None and name == ID_INDEX:
+                continue  # the same _id
+            change = plan.change(name, index)
+            if change is not None:  # else the same values in every indexed field
+                changes.append((index, change))
+        self.docs[key] = doc
+        for index, (old_keys, new_keys) in changes:
+            index.apply(old_keys, new_keys, key)
 
     def remove(self, doc: dict[str, Any]) -> None:
         """Delete a stored document."""
