@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -251,9 +251,7 @@ class EmbeddedMongoServer:
                 raw_header = await reader.readexactly(wire.HEADER.size)
                 header = wire.parse_header(raw_header)
                 payload = await reader.readexactly(header.length - wire.HEADER.size)
-                async for reply in self._replies(header, payload, connection):
-                    writer.write(reply)
-                    await writer.drain()
+                await self._respond(header, payload, connection, writer)
         except (asyncio.IncompleteReadError, ConnectionError, CloseConnection,
                 asyncio.CancelledError):
             pass
@@ -271,12 +269,13 @@ class EmbeddedMongoServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _replies(self, header: wire.Header, payload: bytes,
-                       connection: dict[str, Any]) -> AsyncIterator[bytes]:
-        """The replies to one well-framed message: none for a moreToCome request, one usually,
-        and for a ``getMore`` sent with exhaustAllowed the whole exhaust stream (OP_MSG spec:
-        each batch but the last flagged moreToCome, answering the previous reply), so the
-        driver reads batch after batch without sending getMores."""
+    async def _respond(self, header: wire.Header, payload: bytes, connection: dict[str, Any],
+                       writer: asyncio.StreamWriter) -> None:
+        """Send the replies to one well-framed message: none for a moreToCome request, one
+        usually, and for a ``getMore`` sent with exhaustAllowed the whole exhaust stream
+        (OP_MSG spec: each batch but the last flagged moreToCome, answering the previous
+        reply), so the driver reads batch after batch without sending getMores. Each reply
+        is written (and drained) before the next one is computed."""
         request = await self._handle_message(header, payload, connection)
         if request is None:
             return
@@ -284,8 +283,8 @@ class EmbeddedMongoServer:
         response_to = header.request_id
         response_id = next(self._request_ids)
         while exhaust and reply.get("ok") and _open_cursor(reply):
-            yield _encode(functools.partial(wire.encode_op_msg, flags=wire.FLAG_MORE_TO_COME),
-                          response_to, response_id, reply)
+            writer.write(_encode(_encode_more_to_come, response_to, response_id, reply))
+            await writer.drain()
             response_to, response_id = response_id, next(self._request_ids)
             assert self.state is not None
             reply = await self.state.execute(body, connection)
@@ -293,7 +292,8 @@ class EmbeddedMongoServer:
         if header.op_code == wire.OP_QUERY:
             # A legacy query's $err answer carries the QueryFailure flag.
             encoder = functools.partial(wire.encode_op_reply, query_failure="$err" in reply)
-        yield _encode(encoder, response_to, response_id, reply)
+        writer.write(_encode(encoder, response_to, response_id, reply))
+        await writer.drain()
 
     async def _handle_message(self, header: wire.Header, payload: bytes,
                               connection: dict[str, Any]
@@ -366,6 +366,11 @@ def _encode(encoder: Callable[[int, int, dict[str, Any]], bytes], response_to: i
         error = CommandError(ErrorCode.InternalError,
                              f"internal error: reply cannot be encoded: {exc}").to_document()
         return encoder(response_to, request_id, error)
+
+
+def _encode_more_to_come(response_to: int, request_id: int, doc: dict[str, Any]) -> bytes:
+    """An exhaust stream's batch that another one follows."""
+    return wire.encode_op_msg(response_to, request_id, doc, flags=wire.FLAG_MORE_TO_COME)
 
 
 def _open_cursor(reply: dict[str, Any]) -> bool:

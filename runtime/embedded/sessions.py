@@ -84,13 +84,18 @@ def _registry_key(lsid: dict[str, Any]) -> tuple[bytes, tuple[str, str] | None]:
 
 def validate_lsid(lsid: Any) -> None:
     """Reject an ``lsid`` that is not ``{id: UUID}`` (as MongoDB does, with a TypeMismatch)."""
+    _checked_session_key(lsid)
+
+
+def _checked_session_key(lsid: Any) -> bytes:
+    """``lsid.id`` as 16 bytes, after :func:`validate_lsid`'s checks (one pass for both)."""
     if not isinstance(lsid, dict):
         raise CommandError(ErrorCode.TypeMismatch,
                            "BSON field 'lsid' is the wrong type, expected type 'object'")
     if "id" not in lsid:
         raise CommandError(ErrorCode.Location40414,
                            "BSON field 'lsid.id' is missing but a required field")
-    _session_key(lsid)
+    return _session_key(lsid)
 
 
 class SessionRegistry:
@@ -108,8 +113,8 @@ class SessionRegistry:
         """
         if lsid is None:
             return None
-        validate_lsid(lsid)
-        key = _registry_key(lsid)
+        caller = current_caller()
+        key = (_checked_session_key(lsid), caller.user if caller is not None else None)
         session = self.sessions.get(key)
         if session is None:
             session = Session(lsid=lsid, user=key[1])

@@ -36,7 +36,7 @@ from runtime.embedded import deadlines, engine
 from runtime.embedded.access import DirectAccess, SnapshotAccess, Transaction, TransactionAccess
 from runtime.embedded.auth import AuthManager
 from runtime.embedded.change_streams import ChangeStreamCursor
-from runtime.embedded.commands import COMMANDS, arguments
+from runtime.embedded.commands import COMMANDS
 from runtime.embedded.commands.registry import GENERIC_FIELDS, CommandContext, Handler
 from runtime.embedded.cursors import CursorRegistry
 from runtime.embedded.datastore import DataStore, WriteUnit
@@ -47,6 +47,7 @@ from runtime.embedded.error_labels import (
 )
 from runtime.embedded.errors import CommandError, ErrorCode, WriteError
 from runtime.embedded.failpoints import FailPoints, Injected
+from runtime.embedded.generic_arguments import check_generic_arguments, has_time_limit, txn_number
 from runtime.embedded.operations import Operations
 from runtime.embedded.persistence import Persistence
 from runtime.embedded.read_concern import add_read_time, snapshot_view
@@ -61,6 +62,9 @@ __all__ = ["GENERIC_FIELDS", "CloseConnection", "ServerConfig", "ServerState"]
 FINISH_COMMANDS = frozenset({"commitTransaction", "abortTransaction"})
 HELLO_COMMANDS = frozenset({"hello", "isMaster", "ismaster"})
 DEFAULT_TRANSACTION_LIFETIME_S = 60
+#: The ``$clusterTime`` signature of every reply (no keys: nothing is signed).
+_NO_SIGNATURE_HASH = b"\x00" * 20
+_NO_SIGNATURE_KEY = Int64(0)
 
 
 @dataclass
@@ -82,7 +86,7 @@ class CloseConnection(Exception):
     """Raised by a fail point to drop the client's connection without a reply."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Request:
     """What the dispatcher worked out about a command before running it."""
 
@@ -192,6 +196,8 @@ class ServerState:
     def _transaction_for(self, name: str, body: dict[str, Any],
                          session: Session | None) -> Transaction | None:
         """Start or continue the transaction a command belongs to; None outside transactions."""
+        if "autocommit" not in body and "startTransaction" not in body:
+            return None  # (the common case: neither field, no transaction)
         if body.get("autocommit", True) is not False:
             if body.get("startTransaction"):
                 raise CommandError(ErrorCode.NotARetryableWriteCommand,
@@ -259,7 +265,7 @@ class ServerState:
             client = body.get("client")
             app = client.get("application") if isinstance(client, dict) else None
             app_name = app.get("name") if isinstance(app, dict) else None
-        time_limited = _has_time_limit(body) or (
+        time_limited = has_time_limit(body) or (
             name == "getMore" and body.get("getMore") in self._time_limited_cursors)
         return self.failpoints.check(name, app_name,
                                      self._is_change_stream_get_more(name, body), time_limited)
@@ -268,7 +274,7 @@ class ServerState:
         """A cursor opened with ``maxTimeMS`` keeps a time limit for its getMores (mongod
         counts the limit over the cursor's life), which ``maxTimeAlwaysTimeOut`` honours."""
         cursor = reply.get("cursor")
-        if not _has_time_limit(body) or not isinstance(cursor, dict) or not cursor.get("id"):
+        if not has_time_limit(body) or not isinstance(cursor, dict) or not cursor.get("id"):
             return
         if len(self._time_limited_cursors) > 10_000:  # forget cursors that are gone
             self._time_limited_cursors &= set(self.cursors.cursors)
@@ -304,7 +310,7 @@ class ServerState:
         ts = self.store.clock.now()
         reply["operationTime"] = ts
         reply["$clusterTime"] = {"clusterTime": ts, "signature": {
-            "hash": b"\x00" * 20, "keyId": Int64(0)}}
+            "hash": _NO_SIGNATURE_HASH, "keyId": _NO_SIGNATURE_KEY}}
         return reply
 
     async def _execute(self, body: dict[str, Any], connection: dict[str, Any]) -> dict[str, Any]:
@@ -323,17 +329,17 @@ class ServerState:
         if self.auth.enabled:
             self.auth.authorize(name, body, db, connection)
         self.opcounters["command"] += 1
-        _check_generic_arguments(name, body)
-        txn_number = _txn_number(body)
+        check_generic_arguments(name, body)
+        number = txn_number(body)
         in_transaction = body.get("autocommit", True) is False
         request = _Request(
             name=name,
             in_transaction=in_transaction,
             finishes_transaction=name in FINISH_COMMANDS,
-            retryable_write=info.retryable_write and txn_number is not None
+            retryable_write=info.retryable_write and number is not None
             and not in_transaction,
         )
-        if txn_number is not None and not in_transaction and not request.retryable_write \
+        if number is not None and not in_transaction and not request.retryable_write \
                 and not request.finishes_transaction:
             raise CommandError(ErrorCode.NotARetryableWriteCommand,
                                f"txnNumber may only be provided for multi-document "
@@ -436,7 +442,8 @@ class ServerState:
                     connection: dict[str, Any], session: Session | None,
                     transaction: Transaction | None, retryable: bool = False) -> dict[str, Any]:
         unit = WriteUnit()
-        view = snapshot_view(self.store, name, body, False) if transaction is None else None
+        view = snapshot_view(self.store, name, body, False) \
+            if transaction is None and "readConcern" in body else None
         access = (TransactionAccess(self.store, transaction) if transaction is not None
                   and name not in FINISH_COMMANDS
                   else DirectAccess(self.store, unit) if view is None
@@ -458,8 +465,10 @@ class ServerState:
             now=now,
             connection=connection,
         )
-        # maxTimeMS of a getMore is a change stream's await time, not a limit.
-        deadlines.start(body.get("maxTimeMS") if name != "getMore" else None)
+        # maxTimeMS of a getMore is a change stream's await time, not a limit. (Without one the
+        # deadline is already unset: every command clears it when it ends.)
+        if "maxTimeMS" in body and name != "getMore":
+            deadlines.start(body["maxTimeMS"])
         try:
             reply = await handler(ctx)
             if view is not None:
@@ -470,35 +479,6 @@ class ServerState:
             deadlines.clear()
             self.store.commit(unit)
         return reply
-
-
-def _has_time_limit(body: dict[str, Any]) -> bool:
-    limit = body.get("maxTimeMS")
-    return isinstance(limit, int | float) and not isinstance(limit, bool) and limit > 0
-
-
-def _txn_number(body: dict[str, Any]) -> int | None:
-    """The command's ``txnNumber`` (validated), or None."""
-    value = body.get("txnNumber")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise arguments.wrong_type("OperationSessionInfo.txnNumber", value, ("long",))
-    if value < 0:
-        raise CommandError(ErrorCode.BadValue, f"txnNumber ({value}) must be non-negative")
-    return value
-
-
-def _check_generic_arguments(name: str, body: dict[str, Any]) -> None:
-    """Type checks of the fields every command may carry (mongod parses them before the
-    command runs): ``maxTimeMS``, the session fields."""
-    arguments.max_time_ms(name, body)
-    session_fields = arguments.Fields(body, "OperationSessionInfo")
-    session_fields.document("lsid")
-    for flag in ("autocommit", "startTransaction"):
-        value = body.get(flag)
-        if value is not None and not isinstance(value, bool):
-            raise arguments.wrong_type(f"OperationSessionInfo.{flag}", value, ("bool",))
 
 
 def _too_old(txn_number: int, session: Session) -> CommandError:

@@ -24,6 +24,7 @@ OP_COMPRESSED = 2012
 OP_MSG = 2013
 
 HEADER = struct.Struct("<iiii")
+_FLAGS = struct.Struct("<I")
 MAX_MESSAGE_SIZE = 48_000_000
 MAX_BSON_SIZE = 16 * 1024 * 1024
 
@@ -58,7 +59,7 @@ class BadRequest(Exception):
         self.message = message
 
 
-@dataclass
+@dataclass(slots=True)
 class Header:
     """The 16-byte header every message starts with."""
 
@@ -68,7 +69,7 @@ class Header:
     op_code: int
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     """A decoded command request."""
 
@@ -96,7 +97,8 @@ def _decode_document(data: bytes, offset: int, limit: int) -> tuple[dict[str, An
     if size < 5 or offset + size > limit:
         raise BadRequest(ErrorCode.ProtocolError, "BSON document length out of range")
     try:
-        doc = bson.decode(data[offset : offset + size], codec_options=CODEC)
+        # (a view, not a slice: the decoder reads the bytes in place)
+        doc = bson.decode(memoryview(data)[offset : offset + size], CODEC)
     except Exception as exc:  # bson raises several unrelated exception types
         raise BadRequest(ErrorCode.InvalidBSON, f"invalid BSON: {exc}") from exc
     return doc, offset + size
@@ -113,8 +115,14 @@ def parse_op_msg(header: Header, payload: bytes) -> Request:
     end = len(payload) - (4 if flags & FLAG_CHECKSUM_PRESENT else 0)
     if end < 5:
         raise BadRequest(ErrorCode.ProtocolError, "OP_MSG too short for its checksum")
-    offset = 4
     body: dict[str, Any] | None = None
+    offset = 4
+    if payload[4] == 0:
+        # Most messages are a body section alone (the section loop is for the others).
+        body, offset = _decode_document(payload, 5, end)
+        if offset == end:
+            return Request(header.request_id, OP_MSG, body, bool(flags & FLAG_MORE_TO_COME),
+                           bool(flags & FLAG_EXHAUST_ALLOWED))
     sequences: dict[str, list[dict[str, Any]]] = {}
     while offset < end:
         kind = payload[offset]
@@ -210,9 +218,9 @@ def parse_op_query(header: Header, payload: bytes) -> tuple[str, Request]:
 def encode_op_msg(response_to: int, request_id: int, doc: dict[str, Any],
                   flags: int = 0) -> bytes:
     """Encode a single-section OP_MSG reply (``flags``: e.g. moreToCome in an exhaust stream)."""
-    body = bson.encode(doc, codec_options=CODEC)
-    payload = struct.pack("<I", flags) + b"\x00" + body
-    return HEADER.pack(HEADER.size + len(payload), request_id, response_to, OP_MSG) + payload
+    body = bson.encode(doc, False, CODEC)
+    return b"".join((HEADER.pack(HEADER.size + 5 + len(body), request_id, response_to, OP_MSG),
+                     _FLAGS.pack(flags), b"\x00", body))
 
 
 def encode_op_reply(response_to: int, request_id: int, doc: dict[str, Any],

@@ -279,17 +279,32 @@ def check_delete_statements(statements: list[dict[str, Any]]) -> None:
         hint(fields)
 
 
+_FIND_DOCUMENTS = ("filter", "sort", "projection", "let", "collation", "min", "max")
+_FIND_FLAGS = ("singleBatch", "noCursorTimeout", "allowPartialResults", "allowDiskUse",
+               "tailable", "awaitData", "returnKey", "showRecordId", "readOnce")
+
+
 def check_find(body: dict[str, Any]) -> Fields:
-    """The typed fields of ``find`` (and of ``explain: {find}``)."""
+    """The typed fields of ``find`` (and of ``explain: {find}``).
+
+    Checked in a fixed order (the first wrong field is the one named); a field that is absent
+    or null passes every check, so it is not looked at further."""
     fields = Fields(body, "find")
-    for name in ("filter", "sort", "projection", "let", "collation", "min", "max"):
-        fields.document(name)
-    for flag in ("singleBatch", "noCursorTimeout", "allowPartialResults", "allowDiskUse",
-                 "tailable", "awaitData", "returnKey", "showRecordId", "readOnce"):
-        fields.boolean(flag)
-    fields.integer("skip", 0)
-    fields.integer("limit", 0, minimum=None)  # negative: a single batch (legacy semantics)
-    fields.integer("batchSize")
+    get = body.get
+    for name in _FIND_DOCUMENTS:
+        value = get(name)
+        if value is not None and not isinstance(value, dict):
+            raise wrong_type(fields.name(name), value, ("object",))
+    for flag in _FIND_FLAGS:
+        value = get(flag)
+        if value is not None and type(value) is not bool:
+            fields.boolean(flag)
+    if get("skip") is not None:
+        fields.integer("skip", 0)
+    if get("limit") is not None:
+        fields.integer("limit", 0, minimum=None)  # negative: a single batch (legacy semantics)
+    if get("batchSize") is not None:
+        fields.integer("batchSize")
     hint(fields)
     return fields
 

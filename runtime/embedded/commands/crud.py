@@ -42,9 +42,15 @@ def matching(ctx: CommandContext, coll: Collection, query: dict[str, Any],
     ``limit`` (when the caller needs no more than that many) lets an in-memory sort keep only
     the first ones instead of sorting every match.
     """
-    chosen = collation.resolve(collation_spec, coll.options.get("collation"))
-    collated = collation.CollatedFilter(query, chosen)
-    with planner.collation_scope(chosen, collated.bounds_query):
+    default = coll.options.get("collation")
+    if collation_spec is None and not default:
+        chosen = None  # (what collation.resolve answers, without its calls: the usual case)
+        bounds_query = query
+    else:
+        chosen = collation.resolve(collation_spec, default)
+        collated = collation.CollatedFilter(query, chosen)
+        bounds_query = collated.bounds_query
+    with planner.collation_scope(chosen, bounds_query):
         docs, ordered = ctx.access.candidates(coll, query, sort)
     variables = ctx.variables
     if chosen is None and limit == 1 and query:
@@ -187,7 +193,9 @@ def _update_one_statement(ctx: CommandContext, coll: Collection, stmt: Any,
     if not isinstance(update, dict | list):
         raise WriteError(ErrorCode.TypeMismatch,
                          "BSON field 'update.updates.u' must be an object or an array")
-    multi = Fields(stmt, "update.updates").boolean("multi")
+    multi = stmt.get("multi", False)
+    if type(multi) is not bool:
+        multi = Fields(stmt, "update.updates").boolean("multi")
     is_replacement = isinstance(update, dict) and not engine.is_operator_update(update)
     if is_replacement and multi:
         raise WriteError(ErrorCode.FailedToParse,
@@ -195,7 +203,7 @@ def _update_one_statement(ctx: CommandContext, coll: Collection, stmt: Any,
     if isinstance(update, dict) and not is_replacement:
         field_names.check_update_paths(update)
     array_filters = stmt.get("arrayFilters")
-    sort = sort_option(stmt, "sort")
+    sort = sort_option(stmt, "sort") if "sort" in stmt else None
     check_hint(coll, stmt.get("hint"))
     check_collation(stmt.get("collation"))
     found = matching(ctx, coll, query, sort, None if multi else 1, stmt.get("collation"))

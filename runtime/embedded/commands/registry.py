@@ -23,7 +23,7 @@ GENERIC_FIELDS = frozenset({"$db", "lsid", "$clusterTime", "$readPreference", "t
                             "apiDeprecationErrors", "$audit", "bypassDocumentValidation"})
 
 
-@dataclass
+@dataclass(slots=True)
 class CommandContext:
     """Everything a handler needs about the request it serves."""
 
