@@ -218,14 +218,8 @@ def test_random_writes_keep_every_index_equal_to_a_rebuild(ops: list[tuple[str, 
         assert_indexes_match_rebuild(coll)
 
 
-def test_unchanged_indexes_are_not_recomputed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An update of fields no index covers computes no index keys at all; one of a single
-    indexed field recomputes only the indexes over it."""
-    store, coll = _store()
-    unit = WriteUnit()
-    old = {"_id": 1, "a": 1, "b": 2, "c": 3, "tags": [1, 2], "d": {"e": 1}, "t": MOMENT, "u": "x"}
-    store.insert(unit, coll, old)
-    store.commit(unit)
+def _count_key_computations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now on, the name of each index whose keys are computed, once per computation."""
     computed: list[str] = []
     original = Index.keys_for
 
@@ -234,6 +228,18 @@ def test_unchanged_indexes_are_not_recomputed(monkeypatch: pytest.MonkeyPatch) -
         return original(index, doc)
 
     monkeypatch.setattr(Index, "keys_for", counting)
+    return computed
+
+
+def test_unchanged_indexes_are_not_recomputed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An update of fields no index covers computes no index keys at all; one of a single
+    indexed field recomputes only the indexes over it."""
+    store, coll = _store()
+    unit = WriteUnit()
+    old = {"_id": 1, "a": 1, "b": 2, "c": 3, "tags": [1, 2], "d": {"e": 1}, "t": MOMENT, "u": "x"}
+    store.insert(unit, coll, old)
+    store.commit(unit)
+    computed = _count_key_computations(monkeypatch)
     unit = WriteUnit()
     new = {**old, "other": 5}
     store.replace(unit, coll, old, new, False)
@@ -249,14 +255,7 @@ def test_unchanged_indexes_are_not_recomputed(monkeypatch: pytest.MonkeyPatch) -
 def test_an_insert_computes_each_index_key_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The unique check's keys are the ones stored: no index's keys are computed twice."""
     store, coll = _store()
-    computed: list[str] = []
-    original = Index.keys_for
-
-    def counting(index: Index, doc: Doc) -> list[tuple[Any, ...]]:
-        computed.append(index.spec.name)
-        return original(index, doc)
-
-    monkeypatch.setattr(Index, "keys_for", counting)
+    computed = _count_key_computations(monkeypatch)
     unit = WriteUnit()
     store.insert(unit, coll, {"_id": 1, "a": 1, "b": 1, "u": "x"})
     store.commit(unit)
