@@ -1,9 +1,10 @@
 """Array expressions that mongomock-ng lacks or gets wrong.
 
 ``$filter`` (with MongoDB truthiness and ``limit``), ``$allElementsTrue``/``$anyElementTrue``,
-the array forms of ``$firstN``/``$lastN``/``$maxN``/``$minN``, ``$sortArray``, ``$range``,
-``$reverseArray``, ``$zip``, ``$arrayToObject`` and the expression forms of ``$median`` and
-``$percentile`` (MongoDB 7.0). Every handler takes the expression parser and the operand.
+``$slice``, the array forms of ``$firstN``/``$lastN``/``$maxN``/``$minN``, ``$sortArray``,
+``$range``, ``$reverseArray``, ``$zip``, ``$arrayToObject`` and the expression forms of
+``$median`` and ``$percentile`` (MongoDB 7.0). Every handler takes the expression parser and
+the operand.
 """
 
 from __future__ import annotations
@@ -272,6 +273,48 @@ def _percentiles(parser: Any, operand: Any, name: str, single: bool) -> Any:
     return picked[0] if single else picked
 
 
+def _slice_int(value: Any, which: str, numeric: str, codes: tuple[ErrorCode, ErrorCode]) -> int:
+    """A ``$slice`` position or count: a number representable as a 32-bit integer."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal128):
+        raise OperationFailure(f"{which} argument to $slice must be {numeric}, but is of type: "
+                               f"{bson_type_name(value)}", code=codes[0])
+    number = value.to_decimal() if isinstance(value, Decimal128) else value
+    if not _integral(value) or not -(2**31) <= int(number) < 2**31:
+        raise OperationFailure(f"{which} argument to $slice can't be represented as a 32-bit "
+                               f"integer: {value!r}", code=codes[1])
+    return int(number)
+
+
+def _slice_expression(parser: Any, operand: Any) -> Any:
+    """``$slice: [array, n]`` (the first ``n``, or the last ``-n``) or ``[array, position,
+    n]`` (``n > 0`` from ``position``; a negative position counts from the end and stops at
+    the start). Null when the array, the position or the count is null or missing."""
+    args = operand if isinstance(operand, list) else [operand]
+    if not 2 <= len(args) <= 3:
+        raise OperationFailure("Expression $slice takes at least 2 arguments, and at most 3, "
+                               f"but {len(args)} were passed in.", code=ErrorCode.Location28667)
+    array, first = parser.parse(args[0]), parser.parse(args[1])
+    if _nullish(array) or _nullish(first):
+        return None
+    if not isinstance(array, list):
+        raise OperationFailure("First argument to $slice must be an array, but is of type: "
+                               f"{bson_type_name(array)}", code=ErrorCode.Location28724)
+    first_int = _slice_int(first, "Second", "a numeric value",
+                           (ErrorCode.Location28725, ErrorCode.Location28726))
+    if len(args) == 2:
+        return array[:first_int] if first_int >= 0 else array[max(len(array) + first_int, 0):]
+    start = max(len(array) + first_int, 0) if first_int < 0 else first_int
+    count = parser.parse(args[2])
+    if _nullish(count):
+        return None
+    count_int = _slice_int(count, "Third", "numeric",
+                           (ErrorCode.Location28727, ErrorCode.Location28728))
+    if count_int <= 0:
+        raise OperationFailure(f"Third argument to $slice must be positive: {count_int}",
+                               code=ErrorCode.Location28729)
+    return array[start:start + count_int]
+
+
 #: The array expression operators this module implements, by name.
 HANDLERS: dict[str, Callable[[Any, Any], Any]] = {
     "$filter": _filter_expression,
@@ -285,6 +328,7 @@ HANDLERS: dict[str, Callable[[Any, Any], Any]] = {
     "$range": _range_expression,
     "$reverseArray": _reverse_array,
     "$size": _size_expression,
+    "$slice": _slice_expression,
     "$zip": _zip_expression,
     "$arrayToObject": _array_to_object,
     "$median": lambda parser, operand: _percentiles(parser, operand, "$median", True),

@@ -138,6 +138,12 @@ class ErrorCode(IntEnum):
     Location28656 = 28656
     Location28667 = 28667
     Location28714 = 28714
+    Location28724 = 28724
+    Location28725 = 28725
+    Location28726 = 28726
+    Location28727 = 28727
+    Location28728 = 28728
+    Location28729 = 28729
     Location28764 = 28764
     Location28803 = 28803
     Location28818 = 28818

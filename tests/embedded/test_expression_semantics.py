@@ -120,6 +120,45 @@ def test_filter_limit_and_errors(db: Db) -> None:
     assert caught.value.code == 17040
 
 
+SLICES: list[tuple[list[Any], Any]] = [
+    ([[1, 2, 3], 1, 1], [2]), ([[1, 2, 3], -2], [2, 3]), ([[1, 2, 3], 15, 2], []),
+    ([[1, 2, 3], -15, 2], [1, 2]), ([[1, 2, 3, 4], -9, 2], [1, 2]), ([[1, 2, 3], -15], [1, 2, 3]),
+    ([[1, 2, 3], 2.0, Int64(5)], [3]), ([[1, 2], Decimal128("1")], [1]),
+    (["$missing", 2], None), ([None, 1, 1], None), ([[1, 2], "$missing"], None),
+    ([[1, 2], 0, None], None), (["$missing", "x"], None),
+]
+
+
+@pytest.mark.parametrize(("operand", "expected"), SLICES)
+def test_slice_as_mongodb_evaluates_it(db: Db, operand: list[Any], expected: Any) -> None:
+    """``$slice`` (the examples of MongoDB's reference among them): a negative position stops
+    at the array's start; null when the array, position or count is null or missing; the same
+    in an aggregation and in an update pipeline (the compiled path)."""
+    db.arr.insert_one({"_id": 1})
+    [doc] = db.arr.aggregate([{"$project": {"s": {"$slice": operand}}}])
+    assert doc["s"] == expected
+    db.arr.update_one({"_id": 1}, [{"$set": {"s": {"$slice": operand}}}])
+    assert db.arr.find_one({"_id": 1}) == {"_id": 1, "s": expected}
+
+
+@pytest.mark.parametrize(("operand", "code", "message"), [
+    (["x", 1], 28724, "First argument to $slice must be an array, but is of type: string"),
+    ([[1], "a"], 28725, "Second argument to $slice must be a numeric value, but is of type: "
+                        "string"),
+    ([[1], 1.5], 28726, "Second argument to $slice can't be represented as a 32-bit integer"),
+    ([[1], 0, True], 28727, "Third argument to $slice must be numeric, but is of type: bool"),
+    ([[1], 0, 2.5], 28728, "Third argument to $slice can't be represented as a 32-bit integer"),
+    ([[1], 0, 0], 28729, "Third argument to $slice must be positive: 0"),
+])
+def test_slice_errors(db: Db, operand: list[Any], code: int, message: str) -> None:
+    """Bad ``$slice`` arguments fail with MongoDB's codes, naming the argument and its type."""
+    db.arr.insert_one({"_id": 1})
+    with pytest.raises(OperationFailure) as caught:
+        list(db.arr.aggregate([{"$project": {"s": {"$slice": operand}}}]))
+    assert caught.value.code == code
+    assert message in str(caught.value)
+
+
 @pytest.fixture
 def deadlines(db: Db) -> Coll:
     """Two tasks: one due yesterday, one due in a year."""
