@@ -13,6 +13,7 @@ between its markers in that page; a test fails when the page is out of date.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Iterable
 from enum import StrEnum
@@ -210,6 +211,9 @@ for _name in ("createRole", "updateRole", "dropRole", "dropAllRolesFromDatabase"
 
 def _registered() -> dict[str, frozenset[str]]:
     """What the server registers, by kind (imported lazily: the engine is large)."""
+    # The command table first: importing collectionless first would import the commands
+    # package from inside it, whose table needs collectionless complete.
+    importlib.import_module("runtime.embedded.commands")
     from runtime.embedded import collectionless, engine, stats_stages
     from runtime.embedded.commands import COMMANDS
 
