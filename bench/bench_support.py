@@ -285,6 +285,8 @@ class Measurement:
     #: serverStatus().metrics.queryExecutor deltas over the throughput phase (until every
     #: handler started, before the completion polls): index keys and documents examined.
     examined: dict[str, int] = field(default_factory=dict)
+    #: Server CPU seconds over the latency phase (documents one at a time: low load).
+    latency_server_cpu: float = 0.0
     latencies: dict[int, list[float]] = field(default_factory=dict)
     commands: dict[str, int] = field(default_factory=dict)
     per_instance: list[int] = field(default_factory=list)
@@ -308,6 +310,11 @@ class Measurement:
     def cpu_per_1000(self) -> float:
         """Server CPU seconds per 1,000 tasks in the throughput phase."""
         return self.server_cpu / self.docs * 1000
+
+    @property
+    def low_load_cpu_per_1000(self) -> float:
+        """Server CPU seconds per 1,000 tasks in the latency phase (one task at a time)."""
+        return self.latency_server_cpu / self.samples * 1000 if self.samples else float("nan")
 
     @property
     def worker_cpu_per_1000(self) -> float:
@@ -335,16 +342,19 @@ class Measurement:
                 "server_cpu_s": round(self.server_cpu, 3),
                 "server_cpu_s_per_1000": round(self.cpu_per_1000, 3),
                 "worker_cpu_s_per_1000": round(self.worker_cpu_per_1000, 3),
+                "low_load_server_cpu_s_per_1000": round(self.low_load_cpu_per_1000, 3),
                 "keys_examined_per_task": round(self.examined_per_task("scanned"), 2),
                 "docs_examined_per_task": round(self.examined_per_task("scannedObjects"), 2),
                 "commands": self.commands, "per_instance": self.per_instance}
 
 
 def measure_latency(client: Client, starts: StartsLog, samples: int, result: Measurement,
-                    timeout: float = 30.0) -> None:
+                    timeout: float = 30.0, server_pid: int | None = None) -> None:
     """Insert ``samples`` documents (ids 1..samples) one by one, each after the previous one's
-    handler started; record acknowledgement -> start in ms, per process."""
+    handler started; record acknowledgement -> start in ms, per process, and the server's CPU
+    seconds over the phase (``server_pid``)."""
     items = client.app.items
+    cpu_before = cpu_seconds(server_pid) if server_pid is not None else 0.0
     for doc_id in range(1, samples + 1):
         items.insert_one({"_id": doc_id, "n": 1})
         acked = time.time()
@@ -356,6 +366,8 @@ def measure_latency(client: Client, starts: StartsLog, samples: int, result: Mea
             starts.poll()
         stamp, index = starts.starts[doc_id]
         result.latencies.setdefault(index, []).append((stamp - acked) * 1000)
+    if server_pid is not None:
+        result.latency_server_cpu = cpu_seconds(server_pid) - cpu_before
 
 
 def measure_throughput(client: Client, starts: StartsLog, server_pid: int, result: Measurement,

@@ -93,6 +93,8 @@ def add_flags(parser: argparse.ArgumentParser | Any, flags: Iterable[Flag],
     ``defaults`` has one) and its environment variable."""
     for spec in flags:
         default = defaults.get(spec.name)
+        if isinstance(default, bool):
+            default = "on" if default else "off"
         shown = f" (default: {default})" if default is not None else ""
         if spec.switch:
             parser.add_argument(spec.flag, dest=spec.name, default=None, action="store_const",

@@ -21,6 +21,7 @@ import contextlib
 import datetime
 import functools
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,13 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 from runtime import evolution
 from runtime.cancellation import raise_if_cancelled, run_together
 from runtime.change_feed import ChangeFeed, HistoryLost, is_resumable
+from runtime.eager_dispatch import (
+    EagerDispatch,
+    NewTask,
+    PlannedChange,
+    insert_new,
+    plan_upserts,
+)
 from runtime.meta import Deposed, MetaStore
 from runtime.middleware import Middleware
 from runtime.partitions import Partition
@@ -41,10 +49,9 @@ from runtime.reactor import ReactorSpec
 from runtime.reconciliation import ScanReason, ScanRunner
 from runtime.structured_logging import log_event
 from runtime.task_context import watch_expression
-from runtime.task_plans import can_insert_new, new_task
+from runtime.task_plans import can_insert_new, new_task, plan_update
 from runtime.task_store import (
     claim_fields,
-    plan_update,
     poison_update,
     source_gone_pipeline,
     source_gone_update,
@@ -60,6 +67,7 @@ TRANSIENT_CODES = frozenset({6, 7, 50, 89, 91, 112, 189, 251, 260, 262, 280, 286
                              10107, 11600, 11602, 13435, 13436})
 DueHint = Callable[[str, int], None]
 Clock = Callable[[], datetime.datetime]
+Dispatcher = Callable[[], EagerDispatch | None]
 
 
 def _is_poison(exc: OperationFailure) -> bool:
@@ -76,7 +84,8 @@ class DatabasePlanner:
                  batch_max: int, leader_token: int, due_hint: DueHint,
                  now: Clock, middleware: Middleware | None = None,
                  partition: Partition | None = None, state: PlanningState | None = None,
-                 client: Any = None, reached: Clock | None = None) -> None:
+                 client: Any = None, reached: Clock | None = None,
+                 dispatch: Dispatcher | None = None) -> None:
         self.db = db
         self.meta = MetaStore(meta_db)
         self.partition = partition
@@ -95,6 +104,9 @@ class DatabasePlanner:
         self.now = now
         self.reached = reached or now
         """A time the server's clock has certainly reached: the "now" of inserted tasks."""
+        self.dispatch = dispatch or (lambda: None)
+        """This instance's workers, to which new tasks go at once when they have room
+        (:mod:`runtime.eager_dispatch`); None: every task waits for a claim round."""
         self.middleware = middleware or Middleware()
         # The partition's stage last: the database hashes only the events that the compiled
         # pipeline kept (the source collections' relevant changes).
@@ -287,7 +299,8 @@ class DatabasePlanner:
             await self.plan_ids(collection, ids[middle:], reactors)
             return
         ops: dict[str, list[UpdateOne]] = {}
-        news: dict[str, list[tuple[dict[str, Any], Callable[[], UpdateOne]]]] = {}
+        news: dict[str, list[NewTask]] = {}
+        upserting: dict[str, tuple[ReactorSpec, list[PlannedChange]]] = {}
         planned: Counter[str] = Counter()
         token = self.leader_token
         inserted = inserted or set()
@@ -306,12 +319,14 @@ class DatabasePlanner:
                     snapshot, fields = verdicts[reactor.name]
                     if reached is not None and can_insert_new(reactor) and \
                             key in inserted:
-                        news.setdefault(reactor.tasks_collection, []).append(
-                            (new_task(reactor, source_id, snapshot, token, reached, fields),
-                             functools.partial(plan_update, reactor, source_id, snapshot,
-                                               token, fields)))
+                        news.setdefault(reactor.tasks_collection, []).append(NewTask(
+                            reactor, new_task(reactor, source_id, snapshot, token, reached,
+                                              fields),
+                            functools.partial(plan_update, reactor, source_id, snapshot,
+                                              token, fields)))
                     else:
-                        target.append(plan_update(reactor, source_id, snapshot, token, fields))
+                        upserting.setdefault(reactor.name, (reactor, []))[1].append(
+                            (source_id, snapshot, fields))
                     planned[reactor.name] += 1
                     if debug:
                         log_planned(collection, reactor, source_id, snapshot,
@@ -327,33 +342,34 @@ class DatabasePlanner:
                               event="change.ignored", reactor=reactor.name,
                               collection=collection, source_id=source_id, reason=why,
                               task="retired" if retire else "kept")
-        for tasks_collection, pairs in news.items():
-            ops.setdefault(tasks_collection, []).extend(
-                await self._insert_new(tasks_collection, pairs))
-        await self._write(ops)
+        started: Counter[str] = Counter()
+        dispatch = self.dispatch()
+        for tasks_collection, tasks in news.items():
+            assert reached is not None
+            upserts, here = await insert_new(self.db[tasks_collection], tasks, dispatch,
+                                             reached)
+            ops.setdefault(tasks_collection, []).extend(upserts)
+            started.update(here)
+        eager = plan_upserts(dispatch, upserting.values(), token, ops)
+        began = time.perf_counter()
+        wrote = False
+        try:
+            await self._write(ops)
+            wrote = True
+        finally:
+            if dispatch is not None:
+                for tasks_collection, claims in eager.items():
+                    started.update(await claims.settle(
+                        self.db[tasks_collection], dispatch, wrote, time.perf_counter() - began))
         # Hints only after the write: a worker woken earlier would find nothing and park the
         # reactor until the idle poll. A debounced task's exact due time also reaches every
         # instance through the wake-up stream; this local hint is never earlier than it.
+        # Tasks already started here (eager dispatch) need no claim round.
         for reactor in reactors:
             if reactor.name in planned:
                 self.middleware.on_planned(reactor.name, planned[reactor.name])
-                self.due_hint(reactor.name, reactor.policies.debounce.delay_ms)
-
-    async def _insert_new(self, tasks_collection: str,
-                          pairs: list[tuple[dict[str, Any], Callable[[], UpdateOne]]]
-                          ) -> list[UpdateOne]:
-        """Insert new tasks in one unordered bulk write; returns the upserts (built by each
-        pair's function) of those whose task key exists already (the unique index refused
-        them), to be written instead."""
-        try:
-            await self.db[tasks_collection].insert_many([doc for doc, _ in pairs],
-                                                        ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if not errors or any(e.get("code") != DUPLICATE_KEY for e in errors):
-                raise
-            return [pairs[int(e["index"])][1]() for e in errors]
-        return []
+                if planned[reactor.name] > started[reactor.name]:
+                    self.due_hint(reactor.name, reactor.policies.debounce.delay_ms)
 
     async def _write(self, ops: dict[str, list[UpdateOne]]) -> None:
         """Unordered bulk writes of task updates, one per tasks collection (fenced)."""

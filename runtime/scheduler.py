@@ -191,6 +191,18 @@ class Scheduler:
             return False
         return not self._limited(name)
 
+    def idle(self, name: str, now: datetime.datetime) -> bool:
+        """Whether ``name`` may run and has no known due work: no due time has passed, no
+        claim round is in flight or called for (a claim that got all it asked for keeps the
+        reactor due until a round misses). New work of an idle reactor jumps no queue, so the
+        local planner may hand it to this instance's workers at once
+        (:meth:`runtime.worker.WorkerPool.reserve`)."""
+        state = self._state.get(name)
+        if state is None or self.stopping or not self._available(name, now):
+            return False
+        earliest = self._earliest(state)
+        return earliest is None or earliest > now
+
     def next_reactor(self, now: datetime.datetime) -> str | None:
         """The reactor with the most overdue known work that may run now, rotating ties.
 
@@ -250,6 +262,15 @@ class Scheduler:
         state.fresh = None
         state.poll_at = now + self.idle_poll
         self.blocked_until[reactor] = now + self.idle_poll
+
+    def execution_ended(self, reactor: str) -> None:
+        """A slot of ``reactor`` on this instance is free again (a handler returned, or a
+        reserved slot was given back): if the per-instance limit held its due work back, a
+        sleeping worker looks again now rather than at the idle poll."""
+        spec = self.reactors.get(reactor)
+        limit = spec.policies.concurrency if spec is not None else None
+        if limit is not None and self.running[reactor] < limit:
+            self._wake(1)
 
     def slot_freed(self, reactor: str) -> None:
         """An execution of a reactor with cluster-wide limits ended: its work may go now."""

@@ -179,7 +179,9 @@ class Runtime:
             return DatabasePlanner(db, meta_db, reactors, list(pipeline or []),
                                    self.settings.batch_max, token, self._due_hint,
                                    self.clock.now, self.middleware, partition, state,
-                                   self.planner_client, reached=self.clock.reached)
+                                   self.planner_client, reached=self.clock.reached,
+                                   dispatch=(lambda: self.workers)
+                                   if self.settings.eager_dispatch else None)
 
         return factory
 

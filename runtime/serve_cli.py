@@ -122,6 +122,8 @@ FLAGS = (
          "(key=value) or json (one object per line, for log shippers)", "FORMAT"),
     Flag("planner_partitions", "--planner-partitions", _partitions, "split planning into "
          "N partitions by a hash of _id, spread over the instances (same N on all)", "N"),
+    Flag("eager_dispatch", "--eager-dispatch", boolean, "start new tasks on this "
+         "instance's free slots as the planner inserts them (no claim round)", "on|off"),
     Flag("reload", "--reload", boolean, "development loop: rebuild the app when the "
          "definitions (--schemas) change and restart the runtime when they or the app's "
          "handlers change; the embedded server keeps running (and its data)", "", switch=True),

@@ -53,6 +53,9 @@ class RuntimeSettings:
     :mod:`runtime.reload`)."""
     schemas: str | None = None
     """With ``reload``: the definitions folder (``None``: ``schemas`` if it exists)."""
+    eager_dispatch: bool = True
+    """The planner hands new tasks straight to this instance's workers when they have room
+    (:mod:`runtime.eager_dispatch`); off: every task is claimed in a claim round."""
     planner_partitions: int = 1
     """Change-stream planning is split into this many partitions by a hash of the source
     ``_id``, spread over the live instances (1: the leader plans everything)."""
@@ -92,6 +95,7 @@ ENVIRONMENT = {
     "metrics_scope": "REACTGEN_METRICS_SCOPE",
     "metrics_refresh_ms": "REACTGEN_METRICS_REFRESH_MS",
     "planner_partitions": "REACTGEN_PLANNER_PARTITIONS",
+    "eager_dispatch": "REACTGEN_EAGER_DISPATCH",
     "db_port": "REACTGEN_DB_PORT",
     "connect_timeout_ms": "REACTGEN_CONNECT_TIMEOUT_MS",
     "reload": "REACTGEN_RELOAD",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import bson
@@ -17,7 +18,7 @@ from bson import ObjectId
 from pymongo import UpdateOne
 
 from runtime.reactor import ReactorSpec
-from runtime.task_status import FAILED, PENDING, PROCESSING_DIRTY, RUNNING, SKIPPED
+from runtime.task_status import FAILED, PENDING, PROCESSING, PROCESSING_DIRTY, RUNNING, SKIPPED
 
 
 def snapshot_hash(snapshot: Any) -> str:
@@ -110,15 +111,44 @@ def _plan_template(reactor: ReactorSpec
     return template
 
 
+@dataclass(frozen=True)
+class EagerClaim:
+    """A claim the planner's upsert takes for its own instance if the task becomes due at once
+    (eager dispatch, :mod:`runtime.eager_dispatch`)."""
+
+    claim: ObjectId
+    owner: str
+    lease_ms: int
+
+
+def _claim_stage(eager: EagerClaim) -> dict[str, Any]:
+    """Claim the task as a claim round would, if the plan made it due now (``_fresh``: changed
+    and not running; only for reactors without a debounce delay, where that means due now)."""
+    fresh = "$_fresh"
+    expires = {"$add": ["$$NOW", eager.lease_ms]}
+    return {"$set": {
+        "status": {"$cond": [fresh, PROCESSING, "$status"]},
+        "claimedDue": {"$cond": [fresh, "$nextRunAt", "$claimedDue"]},
+        "attempts": {"$cond": [fresh, {"$add": ["$attempts", 1]}, "$attempts"]},
+        "startedAt": {"$cond": [fresh, "$$NOW", "$startedAt"]},
+        "lease": {"$cond": [fresh, {"owner": {"$literal": eager.owner}, "claim": eager.claim,
+                                    "expiresAt": expires}, "$lease"]},
+        "nextRunAt": {"$cond": [fresh, expires, "$nextRunAt"]},
+    }}
+
+
 def plan_update(reactor: ReactorSpec, source_id: Any, snapshot: Any,
-                leader_token: int, claim_fields: dict[str, Any] | None = None) -> UpdateOne:
+                leader_token: int, claim_fields: dict[str, Any] | None = None,
+                eager: EagerClaim | None = None) -> UpdateOne:
     """Upsert of one task after its source changed: a no-op unless the snapshot changed.
 
     Changed: a pending/completed/failed/skipped task becomes pending (debounced); a running one
     becomes ``processing_dirty`` and keeps its lease. Unchanged: nothing is written at all,
     except the leadership token the first time a new leader plans the task (fencing).
     ``claim_fields`` (``priority``, ``concurrencyKey``: see :func:`claim_fields`) are written
-    with every plan, so they follow the source document.
+    with every plan, so they follow the source document. ``eager``: a task that becomes due
+    at once is claimed for the planner's own instance in the same write (reactors without a
+    debounce delay only: :func:`can_insert_new`).
     """
     digest = snapshot_hash(snapshot)
     facts, fields, unset_stage = _plan_template(reactor)
@@ -137,6 +167,7 @@ def plan_update(reactor: ReactorSpec, source_id: Any, snapshot: Any,
             "plannerToken": leader_token,
             **{name: {"$literal": value} for name, value in (claim_fields or {}).items()},
         }},
+        *([_claim_stage(eager)] if eager is not None else []),
         unset_stage,
     ]
     return UpdateOne(task_key(reactor, source_id, leader_token), pipeline, upsert=True)

@@ -128,6 +128,21 @@ class TaskStore:
             projection=CLAIMED_FIELDS, return_document=ReturnDocument.AFTER)
         return Claimed(doc, claim) if doc is not None else None
 
+    def claim_new(self, doc: dict[str, Any], now: datetime.datetime) -> Claimed:
+        """``doc``, a new task not yet written (:func:`~runtime.task_plans.new_task`), made
+        claimed by this instance: what the planner inserts when it hands the task straight to
+        this instance's workers (:mod:`runtime.eager_dispatch`). The fields are those of a
+        claim round's compare-and-set; the times come from ``now``, the server's clock as this
+        instance estimates it, lowered by its uncertainty (where a claim uses ``$$NOW``), so
+        the lease expires no later than a claim's would."""
+        claim = ObjectId()
+        expires = now + datetime.timedelta(milliseconds=self.lease_ms)
+        doc.update(status=PROCESSING, claimedDue=doc.get("nextRunAt"),
+                   attempts=int(doc.get("attempts") or 0) + 1, nextRunAt=expires,
+                   startedAt=now, lease={"owner": self.instance_id, "claim": claim,
+                                         "expiresAt": expires})
+        return Claimed(doc, claim)
+
     async def due_candidates(self, reactor: str, now: datetime.datetime, limit: int,
                              order: Sort = DUE_ORDER,
                              exclude: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:

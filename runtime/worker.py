@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ from pymongo.errors import PyMongoError
 
 from runtime.cancellation import consume_outcome, raise_if_cancelled
 from runtime.claims import Claimer, FlowLimit, is_limited
+from runtime.eager_dispatch import Reservation, can_dispatch_eagerly
 from runtime.middleware import Middleware
 from runtime.outcome import Outcome, OutcomeKind
 from runtime.rate_limit import RateLimiter
@@ -150,6 +152,10 @@ class WorkerPool:
         self.handling: set[asyncio.Task[None]] = set()
         """The executions whose handler is still running: what ``concurrency`` counts."""
         self.claimer = Claimer(reactors, stores, limiter)
+        self.reserved: Counter[str] = Counter()
+        """Slots promised to new tasks the local planner is inserting (eager dispatch)."""
+        self._draining = False
+        self._releases: set[asyncio.Task[bool]] = set()
         self._slot_freed = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
 
@@ -162,8 +168,9 @@ class WorkerPool:
         free again when the handler returns, while its outcome is still being written (the
         next claim round overlaps that write); at most ``concurrency`` outcomes wait to be
         written, so a slow database slows the claims down too."""
-        return min(self.concurrency - len(self.handling),
-                   FINALIZING_PER_SLOT * self.concurrency - len(self.in_flight))
+        reserved = self.reserved.total()
+        return min(self.concurrency - len(self.handling) - reserved,
+                   FINALIZING_PER_SLOT * self.concurrency - len(self.in_flight) - reserved)
 
     def _free(self, name: str) -> int:
         """Executions of ``name`` this instance may start now (per-instance limits)."""
@@ -172,6 +179,48 @@ class WorkerPool:
         if limit is not None:
             free = min(free, limit - self.scheduler.running[name])
         return free
+
+    # -- eager dispatch (runtime.eager_dispatch): the local planner's new tasks ------------
+
+    def reserve(self, reactor: ReactorSpec, wanted: int) -> Reservation | None:
+        """Promise up to ``wanted`` free slots to tasks of ``reactor`` that the local planner is
+        about to write claimed, if the reactor has no known due work here (they would overtake
+        it) and may run now."""
+        name = reactor.name
+        if not (not self._draining and can_dispatch_eagerly(reactor)
+                and name in self.handlers and name in self.stores
+                and self.scheduler.idle(name, self.clock.now())):
+            return None
+        slots = min(wanted, self._free(name))
+        if slots <= 0:
+            return None
+        # Counted as running at once, so that the scheduler's per-instance limit holds while
+        # the planner's write is on its way.
+        self.reserved[name] += slots
+        self.scheduler.running[name] += slots
+        return Reservation(self.stores[name], slots)
+
+    def give_back(self, reactor: ReactorSpec, slots: int) -> None:
+        """Reserved slots whose tasks were not claimed are free again."""
+        self.reserved[reactor.name] -= slots
+        self.scheduler.running[reactor.name] -= slots
+        self.scheduler.execution_ended(reactor.name)
+        self._slot_freed.set()
+
+    def run_reserved(self, reactor: ReactorSpec, held: list[Claimed], seconds: float) -> None:
+        """Run reserved tasks, inserted (claimed) in ``seconds``. Once draining has begun
+        they are given back instead (due at once, for any instance)."""
+        self.reserved[reactor.name] -= len(held)
+        self.scheduler.running[reactor.name] -= len(held)  # _start counts each again
+        for task in held:
+            if self._draining:
+                release = asyncio.create_task(self.stores[reactor.name].release(task))
+                self._releases.add(release)
+                release.add_done_callback(self._releases.discard)
+                release.add_done_callback(consume_outcome)
+                continue
+            self.middleware.on_claim(reactor.name, True, seconds)
+            self._start(reactor, task)
 
     async def _dispatch(self) -> None:
         scheduler = self.scheduler
@@ -231,6 +280,7 @@ class WorkerPool:
         if execution in self.handling:
             self.handling.discard(execution)
             self.scheduler.running[reactor.name] -= 1
+            self.scheduler.execution_ended(reactor.name)
             self._slot_freed.set()
 
     def _ended(self, reactor: ReactorSpec, execution: asyncio.Task[None]) -> None:
@@ -374,6 +424,7 @@ class WorkerPool:
     async def drain(self, timeout_s: float) -> list[tuple[ReactorSpec, Claimed]]:
         """Stop claiming and wait for running handlers; returns the ones that did not finish."""
         self.scheduler.stopping = True
+        self._draining = True
         self.scheduler.wake_all()
         running = list(self.in_flight)
         if running:

@@ -48,6 +48,20 @@ def test_per_reactor_concurrency_limit(make_app: AppBuilder, start_runtime: Runt
     assert db.runs.count_documents({}) == 6
 
 
+def test_work_held_back_by_the_per_reactor_limit_starts_when_a_slot_frees(
+        make_app: AppBuilder, start_runtime: RuntimeFactory, db: Db) -> None:
+    # No idle poll (10 minutes): only the end of the first execution can start the second.
+    app = make_app({"limited": definition(watch=["n"], policies={"concurrency": 1})},
+                   {"limited": GATED})
+    start_runtime(app, args=["--concurrency", "10", "--idle-poll-ms", "600000"])
+    db.things.insert_many([{"_id": f"d{i}", "n": 1} for i in range(2)])
+    wait_waiting(db, "gate")
+    wait_until(lambda: db.things_tasks.count_documents({"status": "pending"}) == 1)
+    open_gate(db, "gate")
+    for i in range(2):
+        wait_task(db, f"d{i}", timeout=10, status="completed")
+
+
 
 X_WAITS = GATE_CODE + '''
 
