@@ -155,14 +155,16 @@ class EagerUpserts:
     """claim id -> (reactor, source ``_id``)."""
 
     async def settle(self, collection: AsyncCollection[dict[str, Any]],
-                     dispatch: EagerDispatch, wrote: bool, seconds: float) -> Counter[str]:
-        """After the upserts (``wrote``: they succeeded): read which tasks they claimed, run
-        those, give back the other slots."""
+                     dispatch: EagerDispatch, answered: bool, seconds: float) -> Counter[str]:
+        """After the upserts (``answered``: the database answered them, even with errors):
+        read which tasks they claimed, run those, give back the other slots. Without an
+        answer nothing is read and every slot is given back (the tasks claimed meanwhile, if
+        any, run when their lease expires)."""
         if not self.reserved:
             return Counter()
         held: dict[ObjectId, Claimed] = {}
         try:
-            if wrote:
+            if answered:
                 by_reactor: dict[str, list[Any]] = {}
                 for reactor, source_id in self.reserved.values():
                     by_reactor.setdefault(reactor.name, []).append(source_id)

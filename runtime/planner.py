@@ -352,15 +352,21 @@ class DatabasePlanner:
             started.update(here)
         eager = plan_upserts(dispatch, upserting.values(), token, ops)
         began = time.perf_counter()
-        wrote = False
+        # Whether the database answered the write (some upserts may have claimed their task
+        # even if others failed); not after a lost connection or a cancellation.
+        answered = False
         try:
             await self._write(ops)
-            wrote = True
+            answered = True
+        except OperationFailure:
+            answered = True
+            raise
         finally:
             if dispatch is not None:
                 for tasks_collection, claims in eager.items():
                     started.update(await claims.settle(
-                        self.db[tasks_collection], dispatch, wrote, time.perf_counter() - began))
+                        self.db[tasks_collection], dispatch, answered,
+                        time.perf_counter() - began))
         # Hints only after the write: a worker woken earlier would find nothing and park the
         # reactor until the idle poll. A debounced task's exact due time also reaches every
         # instance through the wake-up stream; this local hint is never earlier than it.
