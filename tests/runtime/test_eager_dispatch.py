@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from bson import ObjectId
 from conftest import AppBuilder, RuntimeFactory
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, MongoClient
 from pymongo.database import Database
 from reactive_support import watch_task_writes
-from scenario import build, release, runs_of, start, task_of
+from scenario import build, fail_point, release, runs_of, start, task_of
 from support import reactor_spec, wait_until
 
 from runtime.middleware import Middleware
@@ -104,6 +104,40 @@ def test_an_eagerly_dispatched_task_of_a_dead_instance_runs_elsewhere_after_its_
                       timeout=20)
     assert [h["by"] for h in done["history"]] == ["b"]
     b.stop()
+
+
+@pytest.mark.parametrize("command", ["insert", "update"])
+def test_a_failed_planner_write_gives_its_reserved_slots_back(
+        make_app: AppBuilder, start_runtime: RuntimeFactory, client: MongoClient[dict[str, Any]],
+        db: Db, command: str) -> None:
+    """One slot. The planner's write (the insert of a new task, or the upsert of a changed
+    one) fails once; the planner retries it, the task runs, and so does later work: the slot
+    reserved for the failed write came back (a leaked one would stop this instance)."""
+    app = build(make_app)
+    a = start(start_runtime, app, "a", "--concurrency", "1", "--idle-poll-ms", "600000")
+    # The start-up scan's own writes are done: the planner's next write is the task's.
+    a.wait_for_log(r"event=scan\.finished")
+
+    def completed(source: str, runs: int) -> None:
+        wait_until(lambda: (t := task_of(db, source)) is not None and t["status"] == "completed"
+                   and len(t.get("history") or []) == runs, message=f"{source} ran {runs}x")
+
+    if command == "update":
+        db.things.insert_one({"_id": "s", "n": 1})
+        completed("s", 1)
+    # BadValue: not an error the driver retries by itself.
+    with fail_point(client, {"failCommands": [command], "appName": "reactgen-a-planner",
+                             "errorCode": 2}, mode={"times": 1}):
+        if command == "insert":
+            db.things.insert_one({"_id": "s", "n": 1})
+        else:
+            db.things.update_one({"_id": "s"}, {"$set": {"n": 2}})
+        a.wait_for_log(r"event=planner\.batch_failed")
+        completed("s", 1 if command == "insert" else 2)
+    for later in ("t", "u"):
+        db.things.insert_one({"_id": later, "n": 1})
+        completed(later, 1)
+    a.stop()
 
 
 def test_new_work_never_overtakes_known_due_work(
