@@ -153,7 +153,7 @@ class WorkerPool:
         """The executions whose handler is still running: what ``concurrency`` counts."""
         self.claimer = Claimer(reactors, stores, limiter)
         self.reserved: Counter[str] = Counter()
-        """Slots promised to new tasks the local planner is inserting (eager dispatch)."""
+        """Slots promised to tasks the local planner's write is claiming (eager dispatch)."""
         self._draining = False
         self._releases: set[asyncio.Task[bool]] = set()
         self._slot_freed = asyncio.Event()
@@ -208,7 +208,7 @@ class WorkerPool:
         self._slot_freed.set()
 
     def run_reserved(self, reactor: ReactorSpec, held: list[Claimed], seconds: float) -> None:
-        """Run reserved tasks, inserted (claimed) in ``seconds``. Once draining has begun
+        """Run reserved tasks, claimed by a write that took ``seconds``. Once draining has begun
         they are given back instead (due at once, for any instance)."""
         self.reserved[reactor.name] -= len(held)
         self.scheduler.running[reactor.name] -= len(held)  # _start counts each again
